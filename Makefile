@@ -1,0 +1,36 @@
+# Two commands set everything up on a fresh machine: `make dev` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: dev test lint typecheck format install bench clean
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+dev: $(STAMP)
+	$(BIN)/tidings dev
+
+lint: $(STAMP)
+	$(BIN)/ruff check api worker shared tests
+	$(BIN)/ruff format --check api worker shared tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/pytest -q -p no:cacheprovider
+
+format: $(STAMP)
+	$(BIN)/ruff format api worker shared tests
+	$(BIN)/ruff check --fix api worker shared tests
+
+clean:
+	rm -rf $(VENV) .data .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The aiohttp ingress: auth, validation, rate limit, durable write, enqueue."""

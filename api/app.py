@@ -1,0 +1,60 @@
+"""Build the aiohttp application; resources are made once in its cleanup context."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from arq import create_pool as create_arq_pool
+from arq.connections import RedisSettings
+
+# Importing the route modules registers their routes (see api.routing.route).
+from api import (  # noqa: F401
+    routes_broadcasts,
+    routes_contacts,
+    routes_health,
+    routes_messages,
+    routes_send,
+    routes_webhooks,
+)
+from api.auth import KeyCache
+from api.middleware import request_middleware
+from api.ratelimit import RateLimiter
+from api.routing import WEBHOOK_MAX_BODY_BYTES, add_routes
+from api.send_waiter import SendWaiter
+from api.state import STATE, State
+from shared import db
+from shared.config import Settings
+from shared.redis_keys import RedisKeys
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[request_middleware], client_max_size=WEBHOOK_MAX_BODY_BYTES)
+    add_routes(app)
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        pool = await db.create_pool(
+            settings.database_url, min_size=settings.db_pool_min_size, max_size=settings.db_pool_max_size
+        )
+        redis = await create_arq_pool(
+            RedisSettings.from_dsn(settings.redis_url), default_queue_name=settings.queue_name
+        )
+        keys = RedisKeys(settings.redis_prefix)
+        waiter = SendWaiter(redis, keys)
+        await waiter.start()
+        app[STATE] = State(
+            settings=settings,
+            pool=pool,
+            redis=redis,
+            keys=keys,
+            key_cache=KeyCache(settings.key_cache_ttl_s),
+            rate_limiter=RateLimiter(redis, keys),
+            waiter=waiter,
+        )
+        yield
+        await waiter.close()
+        await redis.aclose()
+        await pool.close()
+
+    app.cleanup_ctx.append(resources)
+    return app

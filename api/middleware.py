@@ -1,0 +1,52 @@
+"""Request id, one log line per request with its duration, and the error mapping."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from api import errors as http_errors
+from api.jsonio import json_response
+from shared import errors
+
+log = structlog.get_logger("tidings.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+REQUEST_ID = web.RequestKey("request_id", str)
+
+
+@web.middleware
+async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    incoming = request.headers.get("X-Request-Id", "")
+    # Echo a sane client id; otherwise make one. Bounded so logs cannot be flooded through it.
+    request_id = incoming if 0 < len(incoming) <= 200 and incoming.isprintable() else uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    response: web.StreamResponse | None = None
+    try:
+        try:
+            response = await handler(request)
+        except errors.TidingsError as exc:
+            response = json_response(http_errors.body_for(exc), status=http_errors.status_for(exc), headers=exc.headers)
+        except web.HTTPException as exc:
+            code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+            response = json_response({"error": {"code": code, "message": exc.reason}}, status=exc.status)
+        except Exception:
+            log.exception("unhandled_error", path=request.path)
+            response = json_response({"error": {"code": "internal_error", "message": "internal error"}}, status=500)
+        response.headers["X-Request-Id"] = request_id
+        return response
+    finally:
+        log.info(
+            "request",
+            method=request.method,
+            path=request.path,
+            status=response.status if response is not None else None,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+        structlog.contextvars.unbind_contextvars("request_id")

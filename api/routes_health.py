@@ -1,0 +1,40 @@
+"""Liveness, readiness and the OpenAPI document: no auth."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from api import openapi
+from api.jsonio import json_response
+from api.routing import Call, route
+
+
+@route("GET", "/healthz", summary="The process is up", scope=None, tag="service")
+async def healthz(call: Call[None]) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+@route("GET", "/readyz", summary="Postgres and Redis are reachable", scope=None, tag="service")
+async def readyz(call: Call[None]) -> web.Response:
+    checks: dict[str, Any] = {}
+
+    async def check(name: str, probe: Any) -> None:
+        try:
+            await asyncio.wait_for(probe, timeout=2)
+            checks[name] = "ok"
+        except Exception as exc:
+            checks[name] = f"unreachable: {type(exc).__name__}"
+
+    await asyncio.gather(
+        check("postgres", call.state.pool.fetchval("SELECT 1")), check("redis", call.state.redis.ping())
+    )
+    ready = all(v == "ok" for v in checks.values())
+    return json_response({"status": "ready" if ready else "not_ready", "checks": checks}, status=200 if ready else 503)
+
+
+@route("GET", "/openapi.json", summary="This API's OpenAPI 3.1 document", scope=None, tag="service")
+async def openapi_json(call: Call[None]) -> web.Response:
+    return json_response(openapi.document(call.state.settings.public_base))

@@ -1,0 +1,107 @@
+"""The send endpoint: rate limit, validate, commit, enqueue, and (optionally) wait."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from api import schemas
+from api.jsonio import json_response
+from api.middleware import REQUEST_ID
+from api.routing import Call, route
+from shared import jobs, sending
+from shared.domain import SETTLED
+
+TAG = "send"
+
+
+def status_url(base: str, org_id: object, message_id: object) -> str:
+    return f"{base}/orgs/{org_id}/messages/{message_id}"
+
+
+def record_json(base: str, send: sending.PreparedSend, r: sending.Record) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "template_id": r.template_id,
+        "channel": r.channel,
+        "contact_id": send.contact_id,
+        "contact_channel_id": r.contact_channel_id,
+        "to": r.to,
+        "status": r.status,
+        "external_message_id": r.external_message_id,
+        "error": r.error,
+        "status_url": status_url(base, send.org_id, r.id),
+    }
+
+
+@route(
+    "POST",
+    "/orgs/{org_id}/broadcasts/{broadcast_id}/send",
+    summary="Trigger one transactional send",
+    scope="write",
+    tag=TAG,
+    body=schemas.SendRequest,
+    response=schemas.SendResponse,
+    idempotent=True,
+    rate_limited=True,
+)
+async def send(call: Call[schemas.SendRequest]) -> web.Response:
+    body = call.body
+    state = call.state
+    trigger = sending.Trigger(
+        contact_channel_id=body.contact_channel_id,
+        contact_id=body.contact_id,
+        phone=body.phone,
+        email=body.email,
+        name=body.name,
+        variables=body.variables,
+        template_ids=body.template_ids,
+        source="api",
+        request_id=call.request[REQUEST_ID],
+    )
+    prepared = await sending.prepare(state.pool, call.org_id, call.path_uuid("broadcast_id"), trigger)
+    await sending.commit(state.pool, prepared)
+
+    status = 202 if body.background else 200
+    if prepared.queued:
+        send_key = str(prepared.send_id)
+        waiter = None if body.background else state.waiter.register(send_key)
+        try:
+            await jobs.enqueue_send(
+                state.redis,
+                state.settings.queue_name,
+                prepared.send_id,
+                notify=waiter is not None,
+                request_id=trigger.request_id,
+            )
+            if waiter is not None:
+                try:
+                    outcome = await asyncio.wait_for(waiter, timeout=state.settings.sync_send_timeout_s)
+                except TimeoutError:
+                    outcome = None
+                if outcome is None:
+                    status = 202
+                else:
+                    _apply_outcome(prepared, outcome)
+                    if any(r.status not in SETTLED and not r.error for r in prepared.records):
+                        status = 202
+        finally:
+            state.waiter.forget(send_key)
+
+    base = state.settings.public_base
+    return json_response(
+        {"send_id": prepared.send_id, "recipients": [record_json(base, prepared, r) for r in prepared.records]},
+        status=status,
+    )
+
+
+def _apply_outcome(prepared: sending.PreparedSend, outcome: dict[str, Any]) -> None:
+    """Fold the worker's published results into the records (keyed by message id)."""
+    for r in prepared.records:
+        result = outcome.get(str(r.id))
+        if result is not None:
+            r.status = result["status"]
+            r.external_message_id = result.get("external_message_id")
+            r.error = result.get("error")

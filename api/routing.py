@@ -1,0 +1,147 @@
+"""Route declarations carrying what OpenAPI needs, and the per-request `Call`.
+
+Every route is declared once with `@route(...)`: method, path, scope, body and response
+types. The wrapper authenticates, checks the scope and the org in the path, decodes the
+body, then hands the handler a `Call`. `api.openapi` builds the document from the same
+declarations, so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
+
+from aiohttp import web
+
+from api import auth, idempotency, jsonio, ratelimit
+from api.state import STATE, State
+from shared import errors
+
+B = TypeVar("B")
+
+
+@dataclasses.dataclass(slots=True)
+class Call(Generic[B]):
+    request: web.Request
+    state: State
+    key: auth.AuthKey | None
+    body: B
+    raw_body: bytes = b""
+
+    @property
+    def org_id(self) -> uuid.UUID:
+        assert self.key is not None
+        return self.key.org_id
+
+    def path_uuid(self, name: str) -> uuid.UUID:
+        """A UUID from the path; anything else cannot name an object, so it is a 404."""
+        try:
+            return uuid.UUID(self.request.match_info[name])
+        except ValueError:
+            raise errors.NotFound() from None
+
+
+Handler = Callable[[Call[Any]], Awaitable[web.StreamResponse]]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RouteSpec:
+    method: str
+    path: str
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    summary: str
+    scope: str | None
+    body: Any
+    response: Any
+    status: int
+    tag: str
+    query: tuple[str, ...]
+    raw: bool
+    idempotent: bool
+
+
+ROUTES: list[RouteSpec] = []
+WEBHOOK_MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+def route(
+    method: str,
+    path: str,
+    *,
+    summary: str,
+    scope: str | None,
+    tag: str,
+    body: Any = None,
+    response: Any = None,
+    status: int = 200,
+    query: tuple[str, ...] = (),
+    raw: bool = False,
+    idempotent: bool = False,
+    rate_limited: bool = False,
+) -> Callable[[Handler], Handler]:
+    """Declare a route. `scope=None` means no bearer auth (health, webhooks, public pages).
+    `raw=True` leaves the body undecoded (webhooks must verify the exact bytes).
+    `idempotent=True` honours an `Idempotency-Key` header (POSTs that send).
+    `rate_limited=True` spends the org's send budget before anything else is looked at."""
+
+    def decorate(fn: Handler) -> Handler:
+        async def endpoint(request: web.Request) -> web.StreamResponse:
+            state = request.app[STATE]
+            key = None
+            if scope is not None:
+                key = await auth.authenticate(request, state)
+                auth.require(key, scope, request.match_info.get("org_id"))
+            limit_headers = await ratelimit.enforce(state, key) if rate_limited and key is not None else None
+            try:
+                response = await _run(request, state, key, fn)
+            except errors.TidingsError as exc:
+                if limit_headers:
+                    exc.headers = {**limit_headers, **(exc.headers or {})}
+                raise
+            if limit_headers:
+                response.headers.update(limit_headers)
+            return response
+
+        async def _run(request: web.Request, state: State, key: auth.AuthKey | None, fn: Handler) -> web.StreamResponse:
+            decoded: Any = None
+            raw_body = b""
+            if body is not None or raw:
+                # Webhook batches from a provider may be larger than any client request.
+                limit = WEBHOOK_MAX_BODY_BYTES if raw else state.settings.max_body_bytes
+                raw_body = await read_body(request, limit)
+            if body is not None:
+                decoded = jsonio.decode(raw_body, body)
+            call = Call(request=request, state=state, key=key, body=decoded, raw_body=raw_body)
+            if idempotent and key is not None:
+                return await idempotency.run_once(request, state.pool, key.org_id, raw_body, lambda: fn(call))
+            return await fn(call)
+
+        ROUTES.append(
+            RouteSpec(method, path, endpoint, summary, scope, body, response, status, tag, query, raw, idempotent)
+        )
+        return fn
+
+    return decorate
+
+
+async def read_body(request: web.Request, limit_bytes: int) -> bytes:
+    """The whole body, or BodyTooLarge as soon as it passes `limit_bytes` (never buffered past it)."""
+    if request.content_length is not None and request.content_length > limit_bytes:
+        raise errors.BodyTooLarge()
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.read(65536)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit_bytes:
+            raise errors.BodyTooLarge()
+        chunks.append(chunk)
+
+
+def add_routes(app: web.Application) -> None:
+    for spec in ROUTES:
+        app.router.add_route(spec.method, spec.path, spec.handler)

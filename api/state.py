@@ -1,0 +1,29 @@
+"""Process-wide resources of the API, made once in the app's cleanup context."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import asyncpg
+from aiohttp import web
+from arq.connections import ArqRedis
+
+from api.auth import KeyCache
+from api.ratelimit import RateLimiter
+from api.send_waiter import SendWaiter
+from shared.config import Settings
+from shared.redis_keys import RedisKeys
+
+
+@dataclasses.dataclass(slots=True)
+class State:
+    settings: Settings
+    pool: asyncpg.Pool
+    redis: ArqRedis
+    keys: RedisKeys
+    key_cache: KeyCache
+    rate_limiter: RateLimiter
+    waiter: SendWaiter
+
+
+STATE = web.AppKey("state", State)

@@ -1,0 +1,52 @@
+"""Email and phone parsing: email-validator and phonenumbers, never hand-written regexes."""
+
+from __future__ import annotations
+
+import email_validator
+import phonenumbers
+
+# A self-hosted sender legitimately mails `.test` / `.local` / `localhost` hosts (staging,
+# on-premises, `tidings dev`); the other special-use names (`invalid`, `onion`, ...) stay refused.
+email_validator.SPECIAL_USE_DOMAIN_NAMES[:] = [
+    name for name in email_validator.SPECIAL_USE_DOMAIN_NAMES if name not in ("test", "local", "localhost")
+]
+
+
+class InvalidAddress(ValueError):
+    pass
+
+
+def normalize_email(raw: str) -> str:
+    """Syntax-checked address with the domain lower-cased (the local part is left as given:
+    RFC 5321 lets servers treat it case-sensitively). No DNS lookups on the hot path."""
+    try:
+        result = email_validator.validate_email(raw.strip(), check_deliverability=False)
+    except email_validator.EmailNotValidError as exc:
+        raise InvalidAddress(str(exc)) from exc
+    return f"{result.local_part}@{result.ascii_domain.lower()}"
+
+
+def normalize_phone(raw: str) -> str:
+    """E.164 (`+14155550123`). Numbers must carry their country code: a service that takes
+    triggers from anywhere cannot guess a default region."""
+    text = raw.strip()
+    if text.startswith("00"):
+        text = "+" + text[2:]
+    if not text.startswith("+"):
+        text = "+" + text
+    try:
+        number = phonenumbers.parse(text, None)
+    except phonenumbers.NumberParseException as exc:
+        raise InvalidAddress(f"not a phone number: {exc}") from exc
+    if not phonenumbers.is_valid_number(number):
+        raise InvalidAddress("not a valid phone number (include the country code, e.g. +14155550123)")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def has_line_break(value: str | None) -> bool:
+    return value is not None and ("\r" in value or "\n" in value)
+
+
+def fold_header(value: str) -> str:
+    """A rendered header value never carries a line break: each run becomes one space."""
+    return " ".join(value.replace("\r", "\n").split("\n")) if has_line_break(value) else value

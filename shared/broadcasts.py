@@ -1,0 +1,158 @@
+"""Broadcast configuration: templates, readiness, summary, and their JSON shapes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import asyncpg
+
+from shared import addresses, errors, templating
+from shared.domain import BUILTIN_VARIABLES, BroadcastStatus, Channel, MessageStatus
+from shared.sql import Q
+
+# Fields that become mail headers: a literal CR/LF in them is refused, never folded.
+HEADER_FIELDS = ("from_email", "from_name", "reply_to", "subject")
+EMAIL_LIQUID_FIELDS = ("from_email", "from_name", "reply_to", "subject", "html_body", "text_body", "preheader")
+SENT_STATUSES = frozenset({MessageStatus.sent, MessageStatus.delivered, MessageStatus.read, MessageStatus.bounced})
+
+
+def check_template(channel: str, body: Mapping[str, Any]) -> None:
+    """Refuse a template that can never render: bad Liquid, literal header line breaks."""
+    problems: dict[str, list[str]] = {}
+    if channel == Channel.email:
+        for field in HEADER_FIELDS:
+            if addresses.has_line_break(body.get(field)):
+                problems[field] = ["must not contain line breaks (CR or LF)"]
+        sources = {f: body.get(f) for f in EMAIL_LIQUID_FIELDS}
+        from_email = body.get("from_email") or ""
+        if "{" not in from_email and "from_email" not in problems:
+            try:
+                addresses.normalize_email(from_email)
+            except addresses.InvalidAddress as exc:
+                problems["from_email"] = [str(exc)]
+        if "reply_to" not in problems and body.get("reply_to") and "{" not in body["reply_to"]:
+            try:
+                addresses.normalize_email(body["reply_to"])
+            except addresses.InvalidAddress as exc:
+                problems["reply_to"] = [str(exc)]
+    else:
+        sources = {}
+        for field in ("body_parameters", "button_parameters"):
+            for i, src in enumerate(body.get(field) or []):
+                sources[f"{field}[{i}]"] = src
+    for field, found in templating.check_syntax(sources).items():
+        problems.setdefault(field.split("[")[0], []).extend(found)
+    if problems:
+        first = next(iter(problems))
+        raise errors.ValidationFailed(f"{first}: {problems[first][0]}", fields=problems)
+
+
+def template_sources(channel: str, body: Mapping[str, Any]) -> list[str | None]:
+    if channel == Channel.email:
+        return [body.get(f) for f in EMAIL_LIQUID_FIELDS]
+    return [*(body.get("body_parameters") or []), *(body.get("button_parameters") or [])]
+
+
+def template_variables(channel: str, body: Mapping[str, Any]) -> set[str]:
+    return templating.variables_used(template_sources(channel, body))
+
+
+def template_problems(template_id: uuid.UUID, channel: str, body: Mapping[str, Any]) -> list[str]:
+    """What keeps one template from being complete (empty list: complete)."""
+    label = f"{channel} template {template_id}"
+    out: list[str] = []
+    if channel == Channel.email:
+        if not (body.get("from_email") or "").strip():
+            out.append(f"{label}: from_email is empty")
+        if not (body.get("subject") or "").strip():
+            out.append(f"{label}: subject is empty")
+        if not (body.get("html_body") or "").strip() and not (body.get("text_body") or "").strip():
+            out.append(f"{label}: html_body and text_body are both empty")
+    else:
+        if not (body.get("template_name") or "").strip():
+            out.append(f"{label}: template_name is empty")
+        if not (body.get("language") or "").strip():
+            out.append(f"{label}: language is empty")
+    return out
+
+
+def readiness(variables: Sequence[Mapping[str, Any]], templates: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    declared = {v["name"] for v in variables}
+    missing: list[str] = []
+    complete = 0
+    for t in templates:
+        problems = template_problems(t["id"], t["channel"], t["body"])
+        complete += not problems
+        missing.extend(problems)
+    if not complete:
+        missing.insert(0, "at least one complete template")
+    for t in templates:
+        for name in sorted(template_variables(t["channel"], t["body"]) - declared - BUILTIN_VARIABLES):
+            missing.append(f"variable {name} used in template {t['id']} is not declared")
+    return {"ready": not missing, "missing": missing}
+
+
+def template_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {"id": row["id"], "channel": row["channel"], **row["body"]}
+
+
+def summary_json(status: str, activated_at: Any, counts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    by_status: dict[str, int] = {}
+    channels: set[str] = set()
+    sent = 0
+    for c in counts:
+        by_status[c["status"]] = by_status.get(c["status"], 0) + c["n"]
+        if c["status"] in SENT_STATUSES:
+            sent += c["n"]
+            channels.add(c["channel"])
+    return {
+        "status": status,
+        "active_since": activated_at if status == BroadcastStatus.active else None,
+        "messages_sent": sent,
+        "channels_used": sorted(channels),
+        "by_status": by_status,
+    }
+
+
+async def load_full(conn: asyncpg.Connection | asyncpg.Pool, rows: Sequence[asyncpg.Record]) -> list[dict[str, Any]]:
+    """Broadcast rows -> full JSON objects (templates, readiness, summary) in two more queries."""
+    if not rows:
+        return []
+    ids = [r["id"] for r in rows]
+    templates: dict[uuid.UUID, list[asyncpg.Record]] = {i: [] for i in ids}
+    for t in await conn.fetch(Q.select_templates, ids):
+        templates[t["broadcast_id"]].append(t)
+    counts: dict[uuid.UUID, list[asyncpg.Record]] = {i: [] for i in ids}
+    for c in await conn.fetch(Q.select_message_counts, ids):
+        counts[c["broadcast_id"]].append(c)
+    return [broadcast_json(r, templates[r["id"]], counts[r["id"]]) for r in rows]
+
+
+def broadcast_json(
+    row: Mapping[str, Any], templates: Sequence[Mapping[str, Any]], counts: Iterable[Mapping[str, Any]]
+) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "type": row["type"],
+        "status": row["status"],
+        "variables": row["variables"],
+        "templates": [template_json(t) for t in templates],
+        "readiness": readiness(row["variables"], templates),
+        "summary": summary_json(row["status"], row["activated_at"], counts),
+        "activated_at": row["activated_at"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+    }
+
+
+def check_variables(variables: Sequence[Mapping[str, Any]]) -> None:
+    seen: set[str] = set()
+    for v in variables:
+        if v["name"] in seen:
+            raise errors.ValidationFailed(
+                f"variable {v['name']} is declared twice", fields={"variables": [f"{v['name']} is declared twice"]}
+            )
+        seen.add(v["name"])

@@ -1,0 +1,189 @@
+"""The `tidings` operator CLI.
+
+Ids and keys that a script needs go alone on the last line of stdout; everything else
+(logs, hints) goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import uuid
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+from shared import logs
+from shared.config import Settings
+
+
+def _run(coro: Coroutine[Any, Any, Any]) -> Any:
+    import uvloop
+
+    return uvloop.run(coro)
+
+
+def _need_database(settings: Settings) -> None:
+    if not settings.database_url:
+        sys.exit("DATABASE_URL is not set (only `tidings dev` starts an embedded Postgres)")
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
+    from shared.migrate import migrate
+
+    _need_database(settings)
+    applied = _run(migrate(settings.database_url))
+    print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none'}", file=sys.stderr)
+
+
+def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
+    import uvloop
+    from aiohttp import web
+
+    from api.app import create_app
+
+    _need_database(settings)
+    uvloop.install()
+    web.run_app(
+        create_app(settings),
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        access_log=None,
+        print=None,
+        shutdown_timeout=15,
+    )
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
+    import uvloop
+
+    from worker.main import make_worker
+
+    _need_database(settings)
+    uvloop.install()
+    worker = make_worker(settings)
+    worker.run()
+
+
+def cmd_org_create(settings: Settings, args: argparse.Namespace) -> None:
+    from shared import db, orgs
+
+    _need_database(settings)
+
+    async def go() -> uuid.UUID:
+        pool = await db.create_pool(settings.database_url, min_size=1, max_size=2)
+        try:
+            return await orgs.create_org(pool, args.name)
+        finally:
+            await pool.close()
+
+    print(_run(go()))
+
+
+def cmd_key_create(settings: Settings, args: argparse.Namespace) -> None:
+    from shared import db, keys, orgs
+    from shared.sql import Q
+
+    _need_database(settings)
+    try:
+        scopes = keys.parse_scopes(args.scopes)
+        org_id = uuid.UUID(args.org)
+    except ValueError as exc:
+        sys.exit(str(exc))
+
+    async def go() -> str:
+        pool = await db.create_pool(settings.database_url, min_size=1, max_size=2)
+        try:
+            if await pool.fetchrow(Q.select_org, org_id) is None:
+                sys.exit(f"no org {org_id}")
+            return await orgs.create_key(pool, org_id, scopes)
+        finally:
+            await pool.close()
+
+    key = _run(go())
+    print("the key is shown once; store it now", file=sys.stderr)
+    print(key)
+
+
+def cmd_send(settings: Settings, args: argparse.Namespace) -> None:
+    from shared.manual_send import manual_send
+
+    _need_database(settings)
+    variables: dict[str, str] = {}
+    for item in args.var or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            sys.exit(f"--var takes name=value, not {item!r}")
+        variables[name] = value
+    code = _run(
+        manual_send(
+            settings,
+            org=args.org,
+            broadcast=args.broadcast,
+            email=args.email,
+            phone=args.phone,
+            contact_id=args.contact_id,
+            contact_channel_id=args.contact_channel_id,
+            name=args.name,
+            variables=variables,
+            template_ids=args.template_id,
+            wait=not args.background,
+        )
+    )
+    sys.exit(code)
+
+
+def cmd_dev(settings: Settings, args: argparse.Namespace) -> None:
+    from shared.dev import run_dev
+
+    _run(run_dev())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tidings", description="transactional email and WhatsApp, tracked")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("migrate", help="apply the SQL migrations").set_defaults(fn=cmd_migrate)
+    api = sub.add_parser("api", help="run one API process")
+    api.add_argument("--host")
+    api.add_argument("--port", type=int)
+    api.set_defaults(fn=cmd_api)
+    sub.add_parser("worker", help="run one worker process").set_defaults(fn=cmd_worker)
+    sub.add_parser("dev", help="the whole stack on this machine").set_defaults(fn=cmd_dev)
+
+    org = sub.add_parser("org", help="orgs").add_subparsers(dest="org_command", required=True)
+    org_create = org.add_parser("create", help="create an org; prints its id")
+    org_create.add_argument("name")
+    org_create.set_defaults(fn=cmd_org_create)
+
+    key = sub.add_parser("key", help="API keys").add_subparsers(dest="key_command", required=True)
+    key_create = key.add_parser("create", help="create a key; prints it once")
+    key_create.add_argument("--org", required=True)
+    key_create.add_argument("--scopes", default="read,write")
+    key_create.set_defaults(fn=cmd_key_create)
+
+    send = sub.add_parser("send", help="trigger a broadcast by hand (source: manual)")
+    send.add_argument("--org", required=True)
+    send.add_argument("--broadcast", required=True)
+    send.add_argument("--email")
+    send.add_argument("--phone")
+    send.add_argument("--contact-id")
+    send.add_argument("--contact-channel-id")
+    send.add_argument("--name")
+    send.add_argument("--var", action="append", metavar="NAME=VALUE")
+    send.add_argument("--template-id", action="append")
+    send.add_argument("--background", action="store_true", help="enqueue and return at once")
+    send.set_defaults(fn=cmd_send)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        sys.exit(f"configuration error: {exc}")
+    logs.configure(settings.log_level, settings.log_format)
+    args.fn(settings, args)
+
+
+if __name__ == "__main__":
+    main()

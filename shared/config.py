@@ -1,0 +1,115 @@
+"""One settings object, read from the environment once and passed down.
+
+Every variable has a default so that `tidings dev` and the test suite need nothing
+set; production sets at least DATABASE_URL, REDIS_URL, PUBLIC_BASE_URL and SMTP_*.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any, Literal
+
+SmtpTls = Literal["none", "starttls", "tls"]
+LogFormat = Literal["json", "console"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    # Empty DATABASE_URL / REDIS_URL mean "start embedded servers" (only `tidings dev` does).
+    database_url: str = ""
+    redis_url: str = ""
+    public_base_url: str = "http://localhost:8080"
+    host: str = "0.0.0.0"
+    port: int = 8080
+
+    smtp_host: str = "localhost"
+    smtp_port: int = 25
+    smtp_username: str = ""
+    smtp_password: str = ""
+    smtp_tls: SmtpTls = "starttls"
+    smtp_timeout_s: float = 30.0
+    smtp_pool_size: int = 8
+    # Domain used in Message-ID when the sender's domain cannot be parsed.
+    message_id_domain: str = "tidings.local"
+
+    dkim_selector: str = ""
+    dkim_domain: str = ""
+    dkim_private_key_path: str = ""
+
+    whatsapp_api_base_url: str = "https://graph.facebook.com"
+    whatsapp_api_version: str = "v21.0"
+    whatsapp_access_token: str = ""
+    whatsapp_phone_number_id: str = ""
+    whatsapp_app_secret: str = ""
+    whatsapp_verify_token: str = ""
+    whatsapp_timeout_s: float = 15.0
+
+    worker_concurrency: int = 100
+    retry_base_delay_s: float = 5.0
+    retry_max_delay_s: float = 600.0
+    retry_max_attempts: int = 5
+    # A claimed message whose worker died is reclaimed after this long.
+    lease_s: float = 120.0
+    # Queued messages older than this with no job in Redis are re-enqueued by the reconciler.
+    reconcile_grace_s: float = 30.0
+    sync_send_timeout_s: float = 10.0
+
+    rate_limit_requests: int = 100
+    rate_limit_window_s: int = 60
+    # How long a resolved API key stays cached in one process; a revoked key works at most this long.
+    key_cache_ttl_s: float = 5.0
+
+    db_pool_min_size: int = 2
+    db_pool_max_size: int = 20
+    max_body_bytes: int = 256 * 1024
+    queue_name: str = "tidings:queue"
+    redis_prefix: str = "tidings:"
+
+    log_level: str = "INFO"
+    log_format: LogFormat = "json"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read every field from its upper-cased environment variable, converting by the field's type."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            raw = env.get(field.name.upper())
+            if raw is None or (raw == "" and field.type != "str"):
+                continue
+            values[field.name] = _convert(field.name, field.type, raw)
+        values.update(overrides)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> None:
+        if self.smtp_tls not in ("none", "starttls", "tls"):
+            raise ValueError(f"SMTP_TLS must be none, starttls or tls, not {self.smtp_tls!r}")
+        if self.log_format not in ("json", "console"):
+            raise ValueError(f"LOG_FORMAT must be json or console, not {self.log_format!r}")
+        if self.retry_max_attempts < 1:
+            raise ValueError("RETRY_MAX_ATTEMPTS must be at least 1")
+
+    @property
+    def public_base(self) -> str:
+        return self.public_base_url.rstrip("/")
+
+
+def _convert(name: str, type_name: Any, raw: str) -> Any:
+    type_name = str(type_name)
+    try:
+        if type_name == "int":
+            return int(raw)
+        if type_name == "float":
+            return float(raw)
+        if type_name == "bool":
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+    except ValueError as exc:
+        raise ValueError(f"{name.upper()}={raw!r} is not a valid {type_name}") from exc
+    return raw

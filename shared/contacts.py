@@ -1,0 +1,151 @@
+"""Contacts and their channels: create, read, change, and race-safe find-or-create."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import asyncpg
+
+from shared import addresses, errors
+from shared.domain import Channel
+from shared.sql import Q
+
+# The contact field each channel type fills.
+FIELD_OF = {Channel.email: "email", Channel.whatsapp: "phone"}
+
+
+def normalize(channel_type: str, raw: str, *, field: str | None = None) -> str:
+    """Normalize an address for its channel type; an invalid one is a 422 naming `field`."""
+    field = field or FIELD_OF[Channel(channel_type)]
+    try:
+        if channel_type == Channel.email:
+            return addresses.normalize_email(raw)
+        return addresses.normalize_phone(raw)
+    except addresses.InvalidAddress as exc:
+        raise errors.ValidationFailed(f"{field}: {exc}", fields={field: [str(exc)]}) from exc
+
+
+def contact_json(row: Mapping[str, Any], channels: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    first = first_addresses(channels)
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "email": first.get(Channel.email),
+        "phone": first.get(Channel.whatsapp),
+        "status": row["status"],
+        "properties": row["properties"],
+        "channels": [{"id": c["id"], "type": c["type"], "address": c["address"]} for c in channels],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+    }
+
+
+def first_addresses(channels: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """The contact's email and phone: the oldest channel of each type."""
+    out: dict[str, str] = {}
+    for c in channels:
+        out.setdefault(c["type"], c["address"])
+    return out
+
+
+async def channels_of(conn: asyncpg.Connection | asyncpg.Pool, contact_id: uuid.UUID) -> list[asyncpg.Record]:
+    return list(await conn.fetch(Q.select_contact_channels, [contact_id]))
+
+
+async def create(
+    pool: asyncpg.Pool,
+    org_id: uuid.UUID,
+    *,
+    name: str | None,
+    email: str | None,
+    phone: str | None,
+    status: str,
+    properties: dict[str, Any],
+) -> dict[str, Any]:
+    wanted = [(t, a) for t, a in ((Channel.email, email), (Channel.whatsapp, phone)) if a]
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(Q.insert_contact, uuid.uuid4(), org_id, name, status, properties)
+        assert row is not None
+        channels = []
+        for channel_type, address in wanted:
+            ch = await conn.fetchrow(Q.insert_contact_channel, uuid.uuid4(), org_id, row["id"], channel_type, address)
+            if ch is None:
+                # Raising rolls the transaction back: the new contact is not kept.
+                raise errors.Conflict(
+                    f"a contact with this {FIELD_OF[channel_type]} already exists in this org",
+                    fields={FIELD_OF[channel_type]: ["already belongs to a contact"]},
+                )
+            channels.append(ch)
+    return contact_json(row, channels)
+
+
+async def add_channel(
+    pool: asyncpg.Pool, org_id: uuid.UUID, contact_id: uuid.UUID, channel_type: str, address: str
+) -> dict[str, Any]:
+    async with pool.acquire() as conn:
+        if await conn.fetchrow(Q.select_contact, contact_id, org_id) is None:
+            raise errors.ContactNotFound()
+        ch = await conn.fetchrow(Q.insert_contact_channel, uuid.uuid4(), org_id, contact_id, channel_type, address)
+    if ch is None:
+        raise errors.Conflict(
+            "this address already belongs to a contact in this org",
+            fields={"address": ["already belongs to a contact"]},
+        )
+    return {"id": ch["id"], "type": ch["type"], "address": ch["address"]}
+
+
+async def find_or_create(
+    pool: asyncpg.Pool, org_id: uuid.UUID, *, email: str | None, phone: str | None, name: str | None
+) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
+    """The contact owning `email` (else `phone`), created with both when neither is known.
+
+    Safe under concurrent triggers for the same new address: the unique key on
+    (org, type, address) lets exactly one creator win; a loser rolls back its new contact
+    and takes the winner's. An address given beside a known one is attached to that
+    contact when no other contact owns it.
+    """
+    wanted = [(t, a) for t, a in ((Channel.email, email), (Channel.whatsapp, phone)) if a]
+    for _ in range(5):
+        owned = {}
+        for channel_type, address in wanted:
+            ch = await pool.fetchrow(Q.select_channel_by_address, org_id, channel_type, address)
+            if ch is not None:
+                owned[channel_type] = ch
+        if owned:
+            contact_id = next(iter(owned.values()))["contact_id"]
+            contact = await pool.fetchrow(Q.select_contact, contact_id, org_id)
+            if contact is None:  # deleted meanwhile: look again
+                continue
+            for channel_type, address in wanted:
+                if channel_type not in owned:
+                    await pool.execute(
+                        Q.insert_contact_channel, uuid.uuid4(), org_id, contact_id, channel_type, address
+                    )
+            return contact, await channels_of(pool, contact_id)
+        async with pool.acquire() as conn:
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                contact = await conn.fetchrow(Q.insert_contact, uuid.uuid4(), org_id, name, "subscribed", {})
+                assert contact is not None
+                channels = []
+                lost_race = False
+                for channel_type, address in wanted:
+                    ch = await conn.fetchrow(
+                        Q.insert_contact_channel, uuid.uuid4(), org_id, contact["id"], channel_type, address
+                    )
+                    if ch is None:
+                        lost_race = True
+                        break
+                    channels.append(ch)
+            except BaseException:
+                await tx.rollback()
+                raise
+            if lost_race:
+                await tx.rollback()
+                continue
+            await tx.commit()
+            return contact, channels
+    raise errors.Unavailable("could not resolve the contact under contention; retry")

@@ -1,0 +1,50 @@
+"""Opaque keyset cursors: (created_at, id) of the last row, URL-safe base64.
+
+Keyset pagination (not OFFSET) stays correct while new rows arrive: newer rows sort
+before the cursor and never shift the pages a client is walking.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import uuid
+
+from shared import errors
+
+
+def encode(created_at: dt.datetime, row_id: uuid.UUID) -> str:
+    raw = f"{created_at.isoformat()}|{row_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode(cursor: str | None) -> tuple[dt.datetime | None, uuid.UUID | None]:
+    if not cursor:
+        return None, None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        at, _, row_id = raw.partition("|")
+        return dt.datetime.fromisoformat(at), uuid.UUID(row_id)
+    except (ValueError, UnicodeDecodeError):
+        raise errors.ValidationFailed("cursor is not valid", fields={"cursor": ["is not valid"]}) from None
+
+
+def parse_limit(raw: str | None, *, default: int = 50, maximum: int = 200) -> int:
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= maximum:
+        raise errors.ValidationFailed(
+            f"limit must be between 1 and {maximum}", fields={"limit": [f"must be between 1 and {maximum}"]}
+        )
+    return value
+
+
+def parse_uuid(raw: str, field: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise errors.ValidationFailed(f"{field} is not a valid id", fields={field: ["is not a valid id"]}) from None

@@ -1,0 +1,66 @@
+"""The one database boundary: pool creation, codecs, and asyncpg errors -> domain errors."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import orjson
+
+from shared import errors
+
+Pool = asyncpg.Pool
+Connection = asyncpg.Connection
+Record = asyncpg.Record
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # jsonb in and out as Python objects, through orjson (several times faster than json).
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=lambda v: b"\x01" + orjson.dumps(v),
+        decoder=lambda b: orjson.loads(b[1:]),
+        schema="pg_catalog",
+        format="binary",
+    )
+
+
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        # Statements are prepared once per connection and reused (asyncpg's statement cache).
+        statement_cache_size=256,
+    )
+    assert pool is not None
+    return pool
+
+
+# Unique constraints whose violation means "this already exists" to a client.
+_CONFLICTS = {
+    "contact_channels_org_address": "a contact with this address already exists in this org",
+}
+
+
+@contextlib.contextmanager
+def translate_errors() -> Any:
+    """Turn asyncpg's errors into the domain's; used around every statement that can conflict."""
+    try:
+        yield
+    except asyncpg.UniqueViolationError as exc:
+        constraint = getattr(exc, "constraint_name", None) or ""
+        raise errors.Conflict(_CONFLICTS.get(constraint, "this already exists")) from exc
+    except asyncpg.ForeignKeyViolationError as exc:
+        raise errors.NotFound("a referenced object does not exist") from exc
+    except (OSError, asyncpg.CannotConnectNowError, asyncpg.InterfaceError) as exc:
+        raise errors.Unavailable("the database is unavailable") from exc
+
+
+@contextlib.asynccontextmanager
+async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    async with pool.acquire() as conn, conn.transaction():
+        yield conn

@@ -1,0 +1,107 @@
+"""`tidings send`: the manual trigger. Same rules as the API, with `source: manual`."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from typing import Any
+
+from arq import create_pool as create_arq_pool
+from arq.connections import RedisSettings
+
+from shared import db, errors, jobs, sending
+from shared.config import Settings
+from shared.jsonutil import dumps
+from shared.redis_keys import RedisKeys
+from shared.sql import Q
+
+
+async def manual_send(
+    settings: Settings,
+    *,
+    org: str,
+    broadcast: str,
+    email: str | None,
+    phone: str | None,
+    contact_id: str | None,
+    contact_channel_id: str | None,
+    name: str | None,
+    variables: dict[str, Any],
+    template_ids: list[str] | None,
+    wait: bool,
+) -> int:
+    """Trigger, print the records as JSON on stdout, and return the exit code (0 sent or queued)."""
+    try:
+        org_id, broadcast_id = uuid.UUID(org), uuid.UUID(broadcast)
+    except ValueError:
+        print("--org and --broadcast take ids", file=sys.stderr)
+        return 2
+    pool = await db.create_pool(settings.database_url, min_size=1, max_size=4)
+    redis = await create_arq_pool(RedisSettings.from_dsn(settings.redis_url))
+    keys = RedisKeys(settings.redis_prefix)
+    try:
+        trigger = sending.Trigger(
+            contact_channel_id=contact_channel_id,
+            contact_id=contact_id,
+            phone=phone,
+            email=email,
+            name=name,
+            variables=variables,
+            template_ids=template_ids,
+            source="manual",
+            request_id=f"cli-{uuid.uuid4().hex[:12]}",
+        )
+        try:
+            prepared = await sending.prepare(pool, org_id, broadcast_id, trigger)
+        except errors.TidingsError as exc:
+            print(dumps({"error": {"code": exc.code, "message": exc.message, "fields": exc.fields}}).decode())
+            return 1
+        await sending.commit(pool, prepared)
+        if prepared.queued:
+            pubsub = redis.pubsub()
+            await pubsub.subscribe(keys.send_done_channel(prepared.send_id))
+            try:
+                await jobs.enqueue_send(
+                    redis, settings.queue_name, prepared.send_id, notify=wait, request_id=trigger.request_id
+                )
+                if wait:
+                    await _wait_for_message(pubsub, settings.sync_send_timeout_s)
+            finally:
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+        rows = await pool.fetch(Q.select_send_messages, prepared.send_id)
+        base = settings.public_base
+        out = {
+            "send_id": prepared.send_id,
+            "recipients": [
+                {
+                    "id": r["id"],
+                    "template_id": r["template_id"],
+                    "channel": r["channel"],
+                    "to": r["to_address"],
+                    "status": r["status"],
+                    "source": r["source"],
+                    "external_message_id": r["external_message_id"],
+                    "error": r["error"],
+                    "status_url": f"{base}/orgs/{org_id}/messages/{r['id']}",
+                }
+                for r in rows
+            ],
+        }
+        print(dumps(out).decode())
+        return 1 if any(r["status"] in ("failed", "rejected") for r in rows) else 0
+    finally:
+        await redis.aclose()
+        await pool.close()
+
+
+async def _wait_for_message(pubsub: Any, timeout_s: float) -> None:
+    async def first() -> None:
+        async for message in pubsub.listen():
+            if message.get("type") == "message":
+                return
+
+    try:
+        await asyncio.wait_for(first(), timeout=timeout_s)
+    except TimeoutError:
+        print("the workers did not answer in time; the send is queued", file=sys.stderr)

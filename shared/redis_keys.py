@@ -1,0 +1,23 @@
+"""Every Redis key and channel name tidings uses, built from one prefix in one place."""
+
+from __future__ import annotations
+
+import uuid
+
+
+class RedisKeys:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def rate_limit(self, org_id: uuid.UUID, window_start_s: int) -> str:
+        return f"{self.prefix}rl:{org_id}:{window_start_s}"
+
+    def send_done_channel(self, send_id: uuid.UUID | str) -> str:
+        return f"{self.prefix}done:{send_id}"
+
+    @property
+    def send_done_pattern(self) -> str:
+        return f"{self.prefix}done:*"
+
+    def broadcast_changed_channel(self) -> str:
+        return f"{self.prefix}broadcast-changed"

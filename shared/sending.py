@@ -1,0 +1,244 @@
+"""A trigger, from request to committed send: the rules of the send endpoint.
+
+Used by the api (`POST .../send`, source `api`) and the operator CLI (`tidings send`,
+source `manual`). `prepare` validates and resolves everything and raises on any
+rejection before anything is written; `commit` writes the send and its messages in
+one transaction. Enqueueing is the caller's (the api must register its waiter first).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import asyncpg
+
+from shared import broadcasts, contacts, errors
+from shared.domain import BUILTIN_VARIABLES, BroadcastStatus, BroadcastType, Channel, ContactStatus, MessageStatus
+from shared.sql import Q
+
+
+@dataclasses.dataclass(slots=True)
+class Trigger:
+    contact_channel_id: str | None = None
+    contact_id: str | None = None
+    phone: str | None = None
+    email: str | None = None
+    name: str | None = None
+    variables: dict[str, Any] = dataclasses.field(default_factory=dict)
+    template_ids: list[str] | None = None
+    source: str = "api"
+    request_id: str | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class Record:
+    id: uuid.UUID
+    template_id: uuid.UUID
+    channel: str
+    contact_channel_id: uuid.UUID | None
+    to: str | None
+    status: str
+    error: str | None = None
+    external_message_id: str | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class PreparedSend:
+    send_id: uuid.UUID
+    org_id: uuid.UUID
+    broadcast_id: uuid.UUID
+    contact_id: uuid.UUID
+    source: str
+    request_id: str | None
+    variables: dict[str, Any]
+    records: list[Record]
+
+    @property
+    def queued(self) -> list[Record]:
+        return [r for r in self.records if r.status == MessageStatus.queued]
+
+
+def _uuid_or_none(raw: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(raw)
+    except (ValueError, AttributeError, TypeError):
+        return None
+
+
+async def prepare(pool: asyncpg.Pool, org_id: uuid.UUID, broadcast_id: uuid.UUID, trigger: Trigger) -> PreparedSend:
+    broadcast = await pool.fetchrow(Q.select_broadcast, broadcast_id, org_id)
+    if broadcast is None:
+        raise errors.NotFound("no such broadcast")
+    if broadcast["type"] != BroadcastType.transactional:
+        raise errors.NotTransactional()
+    if broadcast["status"] != BroadcastStatus.active:
+        raise errors.BroadcastNotActive(f"the broadcast is {broadcast['status']}; activate or resume it first")
+    templates = list(await pool.fetch(Q.select_templates, [broadcast_id]))
+    selected = _select_templates(templates, trigger.template_ids)
+
+    if not (trigger.contact_channel_id or trigger.contact_id or trigger.phone or trigger.email):
+        raise errors.RecipientRequired()
+    email = contacts.normalize(Channel.email, trigger.email) if trigger.email else None
+    phone = contacts.normalize(Channel.whatsapp, trigger.phone) if trigger.phone else None
+
+    only_type: str | None = None  # with contact_channel_id, only that channel's templates fire
+    if trigger.contact_channel_id:
+        channel_id = _uuid_or_none(trigger.contact_channel_id)
+        ch = await pool.fetchrow(Q.select_channel_with_contact, channel_id, org_id) if channel_id else None
+        if ch is None:
+            raise errors.ContactNotFound("no such contact channel in this org")
+        contact = await pool.fetchrow(Q.select_contact, ch["contact_id"], org_id)
+        channels = [ch]
+        only_type = ch["type"]
+    elif trigger.contact_id:
+        contact_id = _uuid_or_none(trigger.contact_id)
+        contact = await pool.fetchrow(Q.select_contact, contact_id, org_id) if contact_id else None
+        if contact is None:
+            raise errors.ContactNotFound()
+        channels = await contacts.channels_of(pool, contact["id"])
+    else:
+        contact, channels = await contacts.find_or_create(pool, org_id, email=email, phone=phone, name=trigger.name)
+    assert contact is not None
+
+    if contact["status"] == ContactStatus.unsubscribed:
+        raise errors.RecipientUnsubscribed()
+    if contact["status"] == ContactStatus.blocked:
+        raise errors.RecipientBlocked()
+
+    # Delivery addresses: a per-send override wins over the stored channel, for this send only.
+    stored = contacts.first_addresses(channels)
+    to_by_channel = {
+        Channel.email: email or stored.get(Channel.email),
+        Channel.whatsapp: phone or stored.get(Channel.whatsapp),
+    }
+    channel_ids = {(c["type"], c["address"]): c["id"] for c in channels}
+
+    variables = _resolve_variables(broadcast["variables"], contact["properties"], trigger.variables)
+    variables["name"] = trigger.name or variables.get("name") or contact["name"] or ""
+    variables["email"] = to_by_channel[Channel.email] or ""
+    variables["phone"] = to_by_channel[Channel.whatsapp] or ""
+    variables.setdefault("unsubscribe_url", "")
+
+    records: list[Record] = []
+    firing: list[Mapping[str, Any]] = []
+    for t in selected:
+        channel = t["channel"]
+        to = to_by_channel[channel]
+        record = Record(
+            id=uuid.uuid4(),
+            template_id=t["id"],
+            channel=channel,
+            contact_channel_id=channel_ids.get((channel, to)),
+            to=to,
+            status=MessageStatus.queued,
+        )
+        if only_type is not None and channel != only_type:
+            record.status, record.to, record.contact_channel_id = MessageStatus.skipped, None, None
+            record.error = f"contact_channel_id names a {only_type} channel; {channel} templates do not fire"
+        elif to is None:
+            record.status = MessageStatus.skipped
+            record.error = f"the recipient has no {contacts.FIELD_OF[Channel(channel)]} for this {channel} template"
+        else:
+            firing.append(t)
+        records.append(record)
+
+    missing = sorted(
+        {
+            name
+            for t in firing
+            for name in broadcasts.template_variables(t["channel"], t["body"])
+            if name not in BUILTIN_VARIABLES and variables.get(name) is None
+        }
+    )
+    if missing:
+        raise errors.MissingVariables(
+            f"missing variables: {', '.join(missing)}",
+            fields={"variables": [f"{n} has no value and no default" for n in missing]},
+            extra={"missing": missing},
+        )
+
+    await _apply_suppressions(pool, org_id, records)
+    return PreparedSend(
+        send_id=uuid.uuid4(),
+        org_id=org_id,
+        broadcast_id=broadcast_id,
+        contact_id=contact["id"],
+        source=trigger.source,
+        request_id=trigger.request_id,
+        variables=variables,
+        records=records,
+    )
+
+
+def _select_templates(templates: list[asyncpg.Record], template_ids: list[str] | None) -> list[asyncpg.Record]:
+    if template_ids is None:
+        return templates
+    by_id = {str(t["id"]): t for t in templates}
+    wanted = [str(_uuid_or_none(i) or i) for i in template_ids]
+    unknown = [raw for raw, norm in zip(template_ids, wanted, strict=True) if norm not in by_id]
+    if unknown:
+        raise errors.ValidationFailed(
+            f"template_ids: not templates of this broadcast: {', '.join(unknown)}",
+            fields={"template_ids": [f"{i} is not a template of this broadcast" for i in unknown]},
+        )
+    if not wanted:
+        raise errors.ValidationFailed(
+            "template_ids: name at least one template, or omit the field",
+            fields={"template_ids": ["must not be empty"]},
+        )
+    chosen = set(wanted)
+    return [t for t in templates if str(t["id"]) in chosen]
+
+
+def _resolve_variables(
+    declared: list[dict[str, Any]], properties: Mapping[str, Any], given: Mapping[str, Any]
+) -> dict[str, Any]:
+    """trigger value > contact property > broadcast default."""
+    out: dict[str, Any] = {v["name"]: v.get("default") for v in declared if v.get("default") is not None}
+    out.update({k: v for k, v in properties.items() if v is not None})
+    out.update({k: v for k, v in given.items() if v is not None})
+    return out
+
+
+async def _apply_suppressions(pool: asyncpg.Pool, org_id: uuid.UUID, records: list[Record]) -> None:
+    for record in records:
+        if record.status == MessageStatus.queued and record.channel == Channel.email and record.to:
+            reason = await pool.fetchval(Q.select_suppression, org_id, record.to.lower())
+            if reason is not None:
+                record.status = MessageStatus.rejected
+                record.error = f"{record.to} is on the suppression list ({reason}); nothing was sent"
+
+
+async def commit(pool: asyncpg.Pool, send: PreparedSend) -> None:
+    """Write the send and its messages with their first event, atomically."""
+    recs = send.records
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            Q.insert_send,
+            send.send_id,
+            send.org_id,
+            send.broadcast_id,
+            send.contact_id,
+            send.source,
+            send.request_id,
+            send.variables,
+        )
+        await conn.execute(
+            Q.insert_messages,
+            send.send_id,
+            send.org_id,
+            send.broadcast_id,
+            send.contact_id,
+            send.source,
+            [r.id for r in recs],
+            [r.template_id for r in recs],
+            [r.contact_channel_id for r in recs],
+            [r.channel for r in recs],
+            [r.to for r in recs],
+            [r.status for r in recs],
+            [r.error for r in recs],
+        )
+        await conn.execute(Q.insert_events, [r.id for r in recs], [r.status for r in recs], [r.error for r in recs])

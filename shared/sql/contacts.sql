@@ -1,0 +1,46 @@
+-- name: insert_contact
+-- Create a contact (its channels are inserted separately).
+INSERT INTO contacts (id, org_id, name, status, properties)
+VALUES ($1, $2, $3, $4, $5)
+RETURNING *;
+
+-- name: select_contact
+-- One contact of an org.
+SELECT * FROM contacts WHERE id = $1 AND org_id = $2;
+
+-- name: update_contact
+-- Change name, status, properties; $6 says whether name was given (it may be set to NULL).
+UPDATE contacts
+SET name = CASE WHEN $6 THEN $3 ELSE name END,
+    status = coalesce($4, status),
+    properties = coalesce($5, properties),
+    updated_at = now()
+WHERE id = $1 AND org_id = $2
+RETURNING *;
+
+-- name: select_contact_channels
+-- The channels of some contacts, oldest first (the first of each type is the contact's address).
+SELECT id, contact_id, type, address FROM contact_channels
+WHERE contact_id = ANY($1::uuid[]) ORDER BY created_at, id;
+
+-- name: insert_contact_channel
+-- Add a channel; returns nothing when the org already has this address (see the unique key).
+INSERT INTO contact_channels (id, org_id, contact_id, type, address)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT ON CONSTRAINT contact_channels_org_address DO NOTHING
+RETURNING id, contact_id, type, address;
+
+-- name: select_channel_by_address
+-- The channel (and so the contact) that owns an address in an org.
+SELECT id, contact_id, type, address FROM contact_channels
+WHERE org_id = $1 AND type = $2 AND address = $3;
+
+-- name: select_channel_with_contact
+-- One channel of an org with its contact's status, name and properties.
+SELECT ch.id, ch.contact_id, ch.type, ch.address, c.status, c.name, c.properties
+FROM contact_channels ch JOIN contacts c ON c.id = ch.contact_id
+WHERE ch.id = $1 AND ch.org_id = $2;
+
+-- name: delete_contact
+-- Remove a contact that lost a find-or-create race before anyone saw it.
+DELETE FROM contacts WHERE id = $1;

@@ -1,0 +1,69 @@
+-- name: claim_send_messages
+-- Claim a send's due messages (queued -> sending, attempts + 1, a lease) and log the event.
+WITH claimed AS (
+    UPDATE messages
+    SET status = 'sending', attempts = attempts + 1, updated_at = now(),
+        lease_expires_at = now() + make_interval(secs => $2), next_attempt_at = NULL
+    WHERE send_id = $1 AND status = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+    RETURNING id, send_id, org_id, template_id, contact_id, channel, to_address, attempts
+), logged AS (
+    INSERT INTO message_events (message_id, status) SELECT id, 'sending' FROM claimed
+)
+SELECT * FROM claimed;
+
+-- name: select_send_for_delivery
+-- What rendering needs from the send.
+SELECT id, org_id, variables, request_id FROM sends WHERE id = $1;
+
+-- name: select_templates_by_id
+-- Templates by id (for rendering).
+SELECT id, channel, body, updated_at FROM templates WHERE id = ANY($1::uuid[]);
+
+-- name: record_outcomes
+-- Settle claimed messages: sent, failed, or back to queued for a retry; log each event.
+WITH u AS (
+    SELECT * FROM unnest($1::uuid[], $2::message_status[], $3::text[], $4::text[], $5::timestamptz[])
+        AS u(id, status, external_message_id, error, next_attempt_at)
+), updated AS (
+    UPDATE messages m
+    SET status = u.status,
+        external_message_id = coalesce(u.external_message_id, m.external_message_id),
+        error = u.error,
+        next_attempt_at = u.next_attempt_at,
+        lease_expires_at = NULL,
+        sent_at = CASE WHEN u.status = 'sent' THEN now() ELSE m.sent_at END,
+        updated_at = now()
+    FROM u
+    WHERE m.id = u.id AND m.status = 'sending'
+    RETURNING m.id, m.status, m.error
+), logged AS (
+    INSERT INTO message_events (message_id, status, detail)
+    SELECT id, status, error FROM updated
+)
+SELECT id FROM updated;
+
+-- name: select_pending_for_send
+-- Whether a send still has messages waiting for a later attempt, and the earliest.
+SELECT min(next_attempt_at) AS next_at, count(*) AS n
+FROM messages WHERE send_id = $1 AND status = 'queued';
+
+-- name: reclaim_expired_leases
+-- Messages whose worker died mid-send go back to queued (and are logged) so they are retried.
+WITH reclaimed AS (
+    UPDATE messages
+    SET status = 'queued', lease_expires_at = NULL, updated_at = now(),
+        error = 'the worker handling this message stopped; retrying'
+    WHERE status = 'sending' AND lease_expires_at < now()
+    RETURNING id, send_id
+), logged AS (
+    INSERT INTO message_events (message_id, status, detail)
+    SELECT id, 'queued', 'the worker handling this message stopped; retrying' FROM reclaimed
+)
+SELECT DISTINCT send_id FROM reclaimed;
+
+-- name: select_stranded_sends
+-- Sends with due queued messages untouched for longer than the grace period (their job was lost).
+SELECT DISTINCT send_id FROM messages
+WHERE status = 'queued' AND updated_at < now() - make_interval(secs => $1)
+  AND (next_attempt_at IS NULL OR next_attempt_at < now() - make_interval(secs => $1))
+LIMIT $2;

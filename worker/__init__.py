@@ -1,0 +1,1 @@
+"""The arq worker: claims messages, renders them, delivers them, records the outcome."""

@@ -1,0 +1,74 @@
+"""The protocol every channel implements, and the two failures a channel may report.
+
+The pipeline (`worker.deliver`) depends on nothing else: a channel turns one rendered
+message into a provider id, or sorts its failure into transient (retry later) or
+permanent (give up now). Channels decide which is which, since only they know what
+their provider's codes mean.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RenderedEmail:
+    message_id: str  # our Message-ID header value, `<...@...>`
+    from_email: str
+    from_name: str | None
+    to: str
+    to_name: str | None
+    reply_to: str | None
+    subject: str
+    html: str | None
+    text: str
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RenderedWhatsApp:
+    to: str  # E.164
+    template_name: str
+    language: str
+    body_parameters: list[str]
+    button_parameters: list[str]
+
+
+Rendered = RenderedEmail | RenderedWhatsApp
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    external_message_id: str
+    detail: str | None = None
+
+
+class DeliveryError(Exception):
+    """A failure the channel has already classified; `detail` quotes the provider's reply."""
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        super().__init__(detail)
+
+
+class TransientDeliveryError(DeliveryError):
+    """Worth retrying: connection errors, timeouts, SMTP 4xx, provider rate limits and 5xx."""
+
+    def __init__(self, detail: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+
+class PermanentDeliveryError(DeliveryError):
+    """Retrying cannot help. `hard_bounce`: the address itself was refused (suppress it)."""
+
+    def __init__(self, detail: str, *, hard_bounce: bool = False) -> None:
+        super().__init__(detail)
+        self.hard_bounce = hard_bounce
+
+
+class Channel(Protocol):
+    async def send(self, message: Any) -> DeliveryResult: ...
+
+    async def close(self) -> None: ...

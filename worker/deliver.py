@@ -1,0 +1,164 @@
+"""The delivery job: claim a send's due messages, render, deliver, record.
+
+Every job may run twice (arq redelivers after a crash, the reconciler re-enqueues):
+the claim in Postgres (`queued -> sending`) is what makes a second run find nothing to
+do. The one window for a duplicate send is a worker killed after the provider accepted
+a message and before `record_outcomes` committed; the reconciler then reclaims the
+expired lease and sends again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+import structlog
+from arq import Retry
+
+from shared import errors
+from shared.domain import Channel, MessageStatus
+from shared.sql import Q
+from worker import render
+from worker.channels.base import DeliveryError, DeliveryResult, PermanentDeliveryError, TransientDeliveryError
+from worker.context import WorkerContext
+
+log = structlog.get_logger("tidings.worker")
+
+
+class Outcome:
+    __slots__ = ("error", "external_message_id", "message_id", "next_attempt_at", "status", "suppress")
+
+    def __init__(
+        self,
+        message_id: uuid.UUID,
+        status: MessageStatus,
+        *,
+        external_message_id: str | None = None,
+        error: str | None = None,
+        next_attempt_at: dt.datetime | None = None,
+        suppress: str | None = None,
+    ) -> None:
+        self.message_id = message_id
+        self.status = status
+        self.external_message_id = external_message_id
+        self.error = error
+        self.next_attempt_at = next_attempt_at
+        self.suppress = suppress
+
+
+def backoff_s(ctx: WorkerContext, attempts: int, retry_after_s: float | None) -> float:
+    """Exponential backoff with jitter, capped; a provider's Retry-After is a floor."""
+    s = ctx.settings
+    delay = min(s.retry_max_delay_s, s.retry_base_delay_s * 2 ** max(0, attempts - 1))
+    delay *= random.uniform(0.5, 1.0)  # jitter: retries of a burst do not arrive together
+    return float(max(delay, retry_after_s or 0.0))
+
+
+async def deliver_send(
+    arq_ctx: dict[str, Any], send_id: str, notify: bool = False, request_id: str | None = None
+) -> dict[str, int]:
+    ctx: WorkerContext = arq_ctx["tidings"]
+    started = time.perf_counter()
+    structlog.contextvars.bind_contextvars(request_id=request_id, send_id=send_id)
+    try:
+        counts = await _deliver(ctx, uuid.UUID(send_id), notify)
+        log.info(
+            "job",
+            job="deliver_send",
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            try_=arq_ctx.get("job_try"),
+            **counts,
+        )
+    finally:
+        structlog.contextvars.unbind_contextvars("request_id", "send_id")
+    pending = await ctx.pool.fetchrow(Q.select_pending_for_send, uuid.UUID(send_id))
+    if pending is not None and pending["n"]:
+        # Some messages wait for a later attempt: run this job again when the first is due.
+        next_at = pending["next_at"]
+        delay_s = max(0.0, (next_at - dt.datetime.now(dt.UTC)).total_seconds()) if next_at else 0.0
+        raise Retry(defer=delay_s)
+    return counts
+
+
+async def _deliver(ctx: WorkerContext, send_id: uuid.UUID, notify: bool) -> dict[str, int]:
+    claimed = await ctx.pool.fetch(Q.claim_send_messages, send_id, ctx.settings.lease_s)
+    if not claimed:
+        return {"claimed": 0}
+    send = await ctx.pool.fetchrow(Q.select_send_for_delivery, send_id)
+    template_ids = list({m["template_id"] for m in claimed})
+    templates = {t["id"]: t for t in await ctx.pool.fetch(Q.select_templates_by_id, template_ids)}
+    data: Mapping[str, Any] = send["variables"] if send is not None else {}
+
+    outcomes = await asyncio.gather(*(_deliver_one(ctx, m, templates.get(m["template_id"]), data) for m in claimed))
+    await _record(ctx, send_id, outcomes, claimed[0]["org_id"])
+    if notify:
+        payload = {
+            str(o.message_id): {"status": o.status, "external_message_id": o.external_message_id, "error": o.error}
+            for o in outcomes
+        }
+        await ctx.redis.publish(ctx.keys.send_done_channel(send_id), orjson.dumps(payload))
+    counts: dict[str, int] = {"claimed": len(claimed)}
+    for o in outcomes:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    return counts
+
+
+async def _deliver_one(
+    ctx: WorkerContext, message: Mapping[str, Any], template: Mapping[str, Any] | None, data: Mapping[str, Any]
+) -> Outcome:
+    message_id: uuid.UUID = message["id"]
+    if template is None:
+        return Outcome(message_id, MessageStatus.failed, error="the template was deleted before delivery")
+    try:
+        if message["channel"] == Channel.email:
+            rendered_email = render.render_email(
+                message_id,
+                template["body"],
+                data,
+                to=message["to_address"],
+                fallback_domain=ctx.settings.message_id_domain,
+            )
+            result: DeliveryResult = await ctx.email.send(rendered_email)
+        else:
+            rendered_wa = render.render_whatsapp(template["body"], data, to=message["to_address"])
+            result = await ctx.whatsapp.send(rendered_wa)
+    except errors.ValidationFailed as exc:
+        return Outcome(message_id, MessageStatus.failed, error=exc.message)
+    except TransientDeliveryError as exc:
+        attempts = message["attempts"]
+        if attempts >= ctx.settings.retry_max_attempts:
+            return Outcome(message_id, MessageStatus.failed, error=f"gave up after {attempts} attempts: {exc.detail}")
+        delay_s = backoff_s(ctx, attempts, exc.retry_after_s)
+        return Outcome(
+            message_id,
+            MessageStatus.queued,
+            error=exc.detail,
+            next_attempt_at=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay_s),
+        )
+    except PermanentDeliveryError as exc:
+        suppress = message["to_address"] if exc.hard_bounce and message["channel"] == Channel.email else None
+        return Outcome(message_id, MessageStatus.failed, error=exc.detail, suppress=suppress)
+    except DeliveryError as exc:  # a channel that did not sort its failure: treat as permanent
+        return Outcome(message_id, MessageStatus.failed, error=exc.detail)
+    return Outcome(message_id, MessageStatus.sent, external_message_id=result.external_message_id)
+
+
+async def _record(ctx: WorkerContext, send_id: uuid.UUID, outcomes: list[Outcome], org_id: uuid.UUID) -> None:
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        await conn.fetch(
+            Q.record_outcomes,
+            [o.message_id for o in outcomes],
+            [o.status for o in outcomes],
+            [o.external_message_id for o in outcomes],
+            [o.error for o in outcomes],
+            [o.next_attempt_at for o in outcomes],
+        )
+        for o in outcomes:
+            if o.suppress:
+                await conn.execute(Q.insert_suppression, org_id, o.suppress.lower(), "hard_bounce", o.error)
