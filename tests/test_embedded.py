@@ -144,7 +144,8 @@ async def _postgres_left_running_is_adopted_then_stopped(pgdata: Path) -> None:
 
 
 async def test_redis_listens_on_tcp_for_arq_and_keeps_data_across_restarts(tmp_path: Path) -> None:
-    server = EmbeddedRedis(tmp_path / "redis")
+    folder = tmp_path / 'with space and "quotes"' / "redis"  # redis.conf needs them escaped
+    server = EmbeddedRedis(folder)
     url = await server.start()
     try:
         assert url == f"redis://127.0.0.1:{server.port}/0"
@@ -163,7 +164,7 @@ async def test_redis_listens_on_tcp_for_arq_and_keeps_data_across_restarts(tmp_p
         await client.ping()
     await client.aclose()
 
-    async with EmbeddedRedis(tmp_path / "redis") as again:
+    async with EmbeddedRedis(folder) as again:
         client = Redis.from_url(again.url)
         assert await client.get("kept") == b"still here"
         await client.aclose()

@@ -87,11 +87,12 @@ async def deliver_send(
 
 
 async def _deliver(ctx: WorkerContext, send_id: uuid.UUID, notify: bool) -> dict[str, int]:
+    await ctx.pool.execute(Q.promote_due_scheduled, send_id)
     claimed = await ctx.pool.fetch(Q.claim_send_messages, send_id, ctx.settings.lease_s)
     if not claimed:
         return {"claimed": 0}
     send = await ctx.pool.fetchrow(Q.select_send_for_delivery, send_id)
-    template_ids = list({m["template_id"] for m in claimed})
+    template_ids = list({m["template_id"] for m in claimed if m["template_id"] is not None})
     templates = {t["id"]: t for t in await ctx.pool.fetch(Q.select_templates_by_id, template_ids)}
     data: Mapping[str, Any] = send["variables"] if send is not None else {}
 
@@ -113,20 +114,22 @@ async def _deliver_one(
     ctx: WorkerContext, message: Mapping[str, Any], template: Mapping[str, Any] | None, data: Mapping[str, Any]
 ) -> Outcome:
     message_id: uuid.UUID = message["id"]
-    if template is None:
+    # A message carries its own content (Transactionals API) or names a broadcast template.
+    body = message["content"] if message["content"] is not None else template["body"] if template else None
+    if body is None:
         return Outcome(message_id, MessageStatus.failed, error="the template was deleted before delivery")
     try:
         if message["channel"] == Channel.email:
             rendered_email = render.render_email(
                 message_id,
-                template["body"],
+                body,
                 data,
                 to=message["to_address"],
                 fallback_domain=ctx.settings.message_id_domain,
             )
             result: DeliveryResult = await ctx.email.send(rendered_email)
         else:
-            rendered_wa = render.render_whatsapp(template["body"], data, to=message["to_address"])
+            rendered_wa = render.render_whatsapp(body, data, to=message["to_address"])
             result = await ctx.whatsapp.send(rendered_wa)
     except errors.ValidationFailed as exc:
         return Outcome(message_id, MessageStatus.failed, error=exc.message)

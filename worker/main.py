@@ -22,6 +22,8 @@ from worker.reconcile import reconcile
 POLL_DELAY_S = 0.005
 # Our own attempt counter (RETRY_MAX_ATTEMPTS) decides when to give up; arq's must never.
 ARQ_MAX_TRIES = 10_000
+# The reconciler's period: also the worst-case lateness of a scheduled send whose job was lost.
+RECONCILE_EVERY_S = 4
 
 
 def make_worker(settings: Settings, **overrides: Any) -> arq.Worker:
@@ -49,7 +51,7 @@ def make_worker(settings: Settings, **overrides: Any) -> arq.Worker:
     options: dict[str, Any] = {
         "functions": [arq.func(cast(WorkerCoroutine, deliver_send), name=jobs.DELIVER_SEND, max_tries=ARQ_MAX_TRIES)],
         "cron_jobs": [
-            arq.cron(cast(WorkerCoroutine, reconcile), second=set(range(0, 60, 10)), run_at_startup=True, timeout=60)
+            arq.cron(cast(WorkerCoroutine, reconcile), second=set(range(0, 60, RECONCILE_EVERY_S)), run_at_startup=True, timeout=60)
         ],
         "queue_name": settings.queue_name,
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),

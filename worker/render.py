@@ -90,7 +90,8 @@ def render_email(
         subject=subject,
         html=html_part,
         text=text_part,
-        headers=dict(headers or {}),
+        # Fixed extra headers (e.g. List-Unsubscribe) stored with the content; folded like the rest.
+        headers={k: addresses.fold_header(v) for k, v in {**(body.get("headers") or {}), **(headers or {})}.items()},
     )
 
 

@@ -5,7 +5,7 @@ WITH claimed AS (
     SET status = 'sending', attempts = attempts + 1, updated_at = now(),
         lease_expires_at = now() + make_interval(secs => $2), next_attempt_at = NULL
     WHERE send_id = $1 AND status = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= now())
-    RETURNING id, send_id, org_id, template_id, contact_id, channel, to_address, attempts
+    RETURNING id, send_id, org_id, template_id, contact_id, channel, to_address, attempts, content
 ), logged AS (
     INSERT INTO message_events (message_id, status) SELECT id, 'sending' FROM claimed
 )
@@ -67,3 +67,14 @@ SELECT DISTINCT send_id FROM messages
 WHERE status = 'queued' AND updated_at < now() - make_interval(secs => $1)
   AND (next_attempt_at IS NULL OR next_attempt_at < now() - make_interval(secs => $1))
 LIMIT $2;
+
+-- name: promote_due_scheduled
+-- Scheduled messages whose time has come become queued (one send, or every send when $1 is NULL).
+WITH due AS (
+    UPDATE messages SET status = 'queued', updated_at = now()
+    WHERE status = 'scheduled' AND queue_at <= now() AND ($1::uuid IS NULL OR send_id = $1)
+    RETURNING id, send_id
+), logged AS (
+    INSERT INTO message_events (message_id, status) SELECT id, 'queued' FROM due
+)
+SELECT DISTINCT send_id FROM due;
