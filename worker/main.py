@@ -51,7 +51,12 @@ def make_worker(settings: Settings, **overrides: Any) -> arq.Worker:
     options: dict[str, Any] = {
         "functions": [arq.func(cast(WorkerCoroutine, deliver_send), name=jobs.DELIVER_SEND, max_tries=ARQ_MAX_TRIES)],
         "cron_jobs": [
-            arq.cron(cast(WorkerCoroutine, reconcile), second=set(range(0, 60, RECONCILE_EVERY_S)), run_at_startup=True, timeout=60)
+            arq.cron(
+                cast(WorkerCoroutine, reconcile),
+                second=set(range(0, 60, RECONCILE_EVERY_S)),
+                run_at_startup=True,
+                timeout=60,
+            )
         ],
         "queue_name": settings.queue_name,
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),

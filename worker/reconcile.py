@@ -33,7 +33,12 @@ async def reconcile(arq_ctx: dict[str, Any]) -> dict[str, int]:
     for send_id in dict.fromkeys([*promoted, *reclaimed, *stranded]):
         # The job id is the send id: a send whose job is still queued is not enqueued twice.
         enqueued += await jobs.enqueue_send(ctx.redis, ctx.settings.queue_name, send_id, notify=False, request_id=None)
-    counts = {"promoted_sends": len(promoted), "reclaimed_sends": len(reclaimed), "stranded_sends": len(stranded), "enqueued": enqueued}
+    counts = {
+        "promoted_sends": len(promoted),
+        "reclaimed_sends": len(reclaimed),
+        "stranded_sends": len(stranded),
+        "enqueued": enqueued,
+    }
     if promoted or reclaimed or stranded:
         log.info("job", job="reconcile", duration_ms=round((time.perf_counter() - started) * 1000, 2), **counts)
     return counts
