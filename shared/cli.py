@@ -135,7 +135,7 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> None:
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> None:
     from shared.dev import run_dev
 
-    _run(run_dev())
+    sys.exit(_run(run_dev()))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,7 +182,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValueError as exc:
         sys.exit(f"configuration error: {exc}")
     logs.configure(settings.log_level, settings.log_format)
-    args.fn(settings, args)
+    try:
+        args.fn(settings, args)
+    except KeyboardInterrupt:
+        # Ctrl-C before a command installed its own signal handling: no traceback.
+        sys.exit(130)
 
 
 if __name__ == "__main__":

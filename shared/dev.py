@@ -6,7 +6,7 @@ a local Cloud API sandbox that calls our webhook back. Migrations are applied; a
 key and active OTP broadcast are made once and remembered in `./.data/dev.json`; then one
 API and one worker process run until Ctrl-C, which stops everything in reverse order.
 
-Knobs (environment): PORT (API, 8080), HOST (API, 127.0.0.1), DEV_SMTP_PORT (2525),
+Everything listens on 127.0.0.1. Knobs (environment): PORT (API, 8080), DEV_SMTP_PORT (2525),
 DEV_INBOX_PORT (8025), DEV_WHATSAPP_PORT (8090), DEV_DATA_DIR (./.data), PUBLIC_BASE_URL,
 LOG_LEVEL, and DATABASE_URL / REDIS_URL to use servers of your own.
 """
@@ -55,8 +55,7 @@ DEMO_BROADCAST: dict[str, Any] = {
 }
 DEMO_EMAIL_TEMPLATE: dict[str, Any] = {
     "channel": "email",
-    # example.com, not tidings.local: address validation refuses special-use domains (.local, .test).
-    "from_email": "otp@example.com",
+    "from_email": "otp@tidings.local",
     "from_name": "Tidings demo",
     "subject": "Your code is {{ otp }}",
     "html_body": "<p>Hi {{ name | default: 'there' }},</p><p>Your one-time passcode is <strong>{{ otp }}</strong>.</p>",
@@ -72,10 +71,14 @@ class DevError(Exception):
     """A start-up problem with a plain explanation: reported in one line, no traceback."""
 
 
+# Everything `tidings dev` serves listens on loopback only: it is a developer's machine, and
+# HOST is not read because some shells export it as the machine's name.
+LOOPBACK = "127.0.0.1"
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class DevConfig:
     data_dir: Path
-    host: str
     api_port: int
     smtp_port: int
     inbox_port: int
@@ -86,8 +89,7 @@ class DevConfig:
 
     @property
     def api_url(self) -> str:
-        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
-        return f"http://{host}:{self.api_port}"
+        return f"http://{LOOPBACK}:{self.api_port}"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], cwd: Path) -> DevConfig:
@@ -97,19 +99,16 @@ class DevConfig:
                 raise DevError(f"{name}={raw!r} is not a port number")
             return int(raw)
 
-        host = env.get("HOST") or "127.0.0.1"
         api_port = port("PORT", 8080)
-        api_url = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{api_port}"
         return cls(
             data_dir=Path(env.get("DEV_DATA_DIR") or cwd / ".data").resolve(),
-            host=host,
             api_port=api_port,
             smtp_port=port("DEV_SMTP_PORT", 2525),
             inbox_port=port("DEV_INBOX_PORT", 8025),
             whatsapp_port=port("DEV_WHATSAPP_PORT", 8090),
             database_url=env.get("DATABASE_URL", ""),
             redis_url=env.get("REDIS_URL", ""),
-            public_base_url=env.get("PUBLIC_BASE_URL") or api_url,
+            public_base_url=env.get("PUBLIC_BASE_URL") or f"http://{LOOPBACK}:{api_port}",
         )
 
 
@@ -192,7 +191,7 @@ async def _start(config: DevConfig, env: dict[str, str], stack: contextlib.Async
         ("DEV_INBOX_PORT", config.inbox_port),
         ("DEV_WHATSAPP_PORT", config.whatsapp_port),
     ):
-        _ensure_port_free(config.host if name == "PORT" else "127.0.0.1", port, name)
+        _ensure_port_free(LOOPBACK, port, name)
     config.data_dir.mkdir(parents=True, exist_ok=True)
 
     database_url = config.database_url or await _embedded_postgres(config, stack)
@@ -203,10 +202,10 @@ async def _start(config: DevConfig, env: dict[str, str], stack: contextlib.Async
     state = await _ensure_org_and_key(database_url, DevState.load(state_path))
     state.save(state_path)
 
-    inbox = await start_inbox("127.0.0.1", config.smtp_port, "127.0.0.1", config.inbox_port, config.data_dir)
+    inbox = await start_inbox(LOOPBACK, config.smtp_port, LOOPBACK, config.inbox_port, config.data_dir)
     stack.push_async_callback(inbox.close)
     sandbox_runner, sandbox_url, _ = await start_sandbox(
-        "127.0.0.1",
+        LOOPBACK,
         config.whatsapp_port,
         access_token=DEV_WHATSAPP_ACCESS_TOKEN,
         webhook_url=f"{config.api_url}/webhooks/whatsapp",
@@ -218,10 +217,10 @@ async def _start(config: DevConfig, env: dict[str, str], stack: contextlib.Async
     child_env = env | {
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
-        "HOST": config.host,
+        "HOST": LOOPBACK,
         "PORT": str(config.api_port),
         "PUBLIC_BASE_URL": config.public_base_url,
-        "SMTP_HOST": "127.0.0.1",
+        "SMTP_HOST": LOOPBACK,
         "SMTP_PORT": str(inbox.smtp_port),
         "SMTP_TLS": "none",
         # The inbox takes no AUTH; credentials meant for a real relay must not be tried on it.
@@ -439,7 +438,7 @@ def _banner(
     )
     rows = [
         ("API", f"{config.api_url}  (OpenAPI at /openapi.json)"),
-        ("Inbox", f"{inbox_url}  (SMTP on 127.0.0.1:{config.smtp_port})"),
+        ("Inbox", f"{inbox_url}  (SMTP on {LOOPBACK}:{config.smtp_port})"),
         ("WhatsApp sandbox", sandbox_url),
         ("Postgres", database_url),
         ("Redis", redis_url),

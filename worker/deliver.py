@@ -96,7 +96,13 @@ async def _deliver(ctx: WorkerContext, send_id: uuid.UUID, notify: bool) -> dict
     templates = {t["id"]: t for t in await ctx.pool.fetch(Q.select_templates_by_id, template_ids)}
     data: Mapping[str, Any] = send["variables"] if send is not None else {}
 
-    outcomes = await asyncio.gather(*(_deliver_one(ctx, m, templates.get(m["template_id"]), data) for m in claimed))
+    try:
+        outcomes = await asyncio.gather(*(_deliver_one(ctx, m, templates.get(m["template_id"]), data) for m in claimed))
+    except asyncio.CancelledError:
+        # The worker is stopping (SIGTERM past its drain time): give the claims back so the
+        # retried job sends them, rather than waiting for their leases to expire.
+        await asyncio.shield(ctx.pool.execute(Q.release_claims, [m["id"] for m in claimed]))
+        raise
     await _record(ctx, send_id, outcomes, claimed[0]["org_id"])
     if notify:
         payload = {

@@ -78,3 +78,17 @@ WITH due AS (
     INSERT INTO message_events (message_id, status) SELECT id, 'queued' FROM due
 )
 SELECT DISTINCT send_id FROM due;
+
+-- name: release_claims
+-- Give back claimed messages a stopping worker did not finish (they are retried, not lost).
+WITH released AS (
+    UPDATE messages
+    SET status = 'queued', lease_expires_at = NULL, updated_at = now(),
+        attempts = greatest(attempts - 1, 0)
+    WHERE id = ANY($1::uuid[]) AND status = 'sending'
+    RETURNING id
+), logged AS (
+    INSERT INTO message_events (message_id, status, detail)
+    SELECT id, 'queued', 'released by a worker shutting down' FROM released
+)
+SELECT count(*) FROM released;
