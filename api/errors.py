@@ -27,10 +27,21 @@ def status_for(exc: errors.TidingsError) -> int:
     return 500
 
 
-def body_for(exc: errors.TidingsError) -> dict[str, Any]:
+# The Transactionals API speaks its model's dialect (a Rails product): errors under `errors`.
+V1_PREFIX = "/api/v1/"
+
+
+def body_for(exc: errors.TidingsError, path: str = "") -> dict[str, Any]:
+    if path.startswith(V1_PREFIX):
+        return v1_body(exc.message, exc.fields)
     error: dict[str, Any] = {"code": exc.code, "message": exc.message}
     if exc.fields:
         error["fields"] = exc.fields
     if exc.extra:
         error.update(exc.extra)
     return {"error": error}
+
+
+def v1_body(message: str, fields: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """`{"errors": {"field": ["problem"]}}`; a problem with no field is reported under `base`."""
+    return {"errors": fields or {"base": [message]}}

@@ -6,17 +6,23 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
+import redis.exceptions
 import structlog
 from aiohttp import web
 
 from api import errors as http_errors
 from api.jsonio import json_response
-from shared import errors
+from shared import db, errors
 
 log = structlog.get_logger("tidings.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_ID = web.RequestKey("request_id", str)
+UNREACHABLE: tuple[type[BaseException], ...] = (
+    *db.UNREACHABLE,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
 
 
 @web.middleware
@@ -32,10 +38,23 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         try:
             response = await handler(request)
         except errors.TidingsError as exc:
-            response = json_response(http_errors.body_for(exc), status=http_errors.status_for(exc), headers=exc.headers)
+            response = json_response(
+                http_errors.body_for(exc, request.path), status=http_errors.status_for(exc), headers=exc.headers
+            )
+        except UNREACHABLE as exc:
+            # Nothing was acknowledged: the client may retry. (A send is only acknowledged after
+            # its commit, so an outage never loses an accepted message.)
+            log.warning("backing_service_unavailable", error=repr(exc), path=request.path)
+            unavailable = errors.Unavailable("a backing service (Postgres or Redis) is unreachable; retry later")
+            response = json_response(
+                http_errors.body_for(unavailable, request.path), status=503, headers={"Retry-After": "1"}
+            )
         except web.HTTPException as exc:
             code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
-            response = json_response({"error": {"code": code, "message": exc.reason}}, status=exc.status)
+            if request.path.startswith(http_errors.V1_PREFIX):
+                response = json_response(http_errors.v1_body(exc.reason), status=exc.status)
+            else:
+                response = json_response({"error": {"code": code, "message": exc.reason}}, status=exc.status)
         except Exception:
             log.exception("unhandled_error", path=request.path)
             response = json_response({"error": {"code": "internal_error", "message": "internal error"}}, status=500)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import redis.exceptions
+import structlog
 from aiohttp import web
 
 from api import schemas
@@ -15,6 +17,7 @@ from shared import jobs, sending
 from shared.domain import SETTLED
 
 TAG = "send"
+log = structlog.get_logger("tidings.api.send")
 
 
 def status_url(base: str, org_id: object, message_id: object) -> str:
@@ -69,13 +72,20 @@ async def send(call: Call[schemas.SendRequest]) -> web.Response:
         send_key = str(prepared.send_id)
         waiter = None if body.background else state.waiter.register(send_key)
         try:
-            await jobs.enqueue_send(
-                state.redis,
-                state.settings.queue_name,
-                prepared.send_id,
-                notify=waiter is not None,
-                request_id=trigger.request_id,
-            )
+            try:
+                await jobs.enqueue_send(
+                    state.redis,
+                    state.settings.queue_name,
+                    prepared.send_id,
+                    notify=waiter is not None,
+                    request_id=trigger.request_id,
+                )
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                # The send is committed, so it is accepted: the reconciler enqueues it once Redis
+                # is back. Answering 503 here would invite a retry and a duplicate.
+                log.warning("enqueue_failed_send_kept", send_id=send_key)
+                waiter = None
+                status = 202
             if waiter is not None:
                 try:
                     outcome = await asyncio.wait_for(waiter, timeout=state.settings.sync_send_timeout_s)

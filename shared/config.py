@@ -50,6 +50,8 @@ class Settings:
     whatsapp_timeout_s: float = 15.0
 
     worker_concurrency: int = 100
+    # A job running longer is cancelled; arq also keeps a dead worker's job id this long (+10 s).
+    job_timeout_s: float = 60.0
     retry_base_delay_s: float = 5.0
     retry_max_delay_s: float = 600.0
     retry_max_attempts: int = 5

@@ -11,6 +11,19 @@ import orjson
 
 from shared import errors
 
+CONNECT_TIMEOUT_S = 5.0
+COMMAND_TIMEOUT_S = 30.0
+
+# Failures that mean "Postgres cannot be reached now", not "this request is wrong".
+UNREACHABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+)
+
 Pool = asyncpg.Pool
 Connection = asyncpg.Connection
 Record = asyncpg.Record
@@ -35,6 +48,9 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20) -> asy
         init=_init_connection,
         # Statements are prepared once per connection and reused (asyncpg's statement cache).
         statement_cache_size=256,
+        # Never wait forever on a server that stopped answering: connect and per-statement bounds.
+        timeout=CONNECT_TIMEOUT_S,
+        command_timeout=COMMAND_TIMEOUT_S,
     )
     assert pool is not None
     return pool
@@ -56,7 +72,7 @@ def translate_errors() -> Any:
         raise errors.Conflict(_CONFLICTS.get(constraint, "this already exists")) from exc
     except asyncpg.ForeignKeyViolationError as exc:
         raise errors.NotFound("a referenced object does not exist") from exc
-    except (OSError, asyncpg.CannotConnectNowError, asyncpg.InterfaceError) as exc:
+    except UNREACHABLE as exc:
         raise errors.Unavailable("the database is unavailable") from exc
 
 

@@ -196,7 +196,9 @@ class InboxHandler:
     - `reject_rcpt`: the reply to RCPT TO for that address, every time;
     - `reject_data`: the reply to DATA when that address is among the recipients, every time;
     - `fail_data_once`: the same, but only once (the entry is removed when used), as a
-      greylisting or briefly overloaded server answers 451.
+      greylisting or briefly overloaded server answers 451;
+    - `temporary_failure`: while set, the reply to every RCPT TO (a server refusing all
+      mail for a while, e.g. "421 4.3.2 shutting down" or "451 4.3.0 busy").
     """
 
     def __init__(self, *, eml_dir: Path | None = None, max_messages: int = DEFAULT_MAX_MESSAGES) -> None:
@@ -207,6 +209,7 @@ class InboxHandler:
         self.reject_rcpt: dict[str, str] = {}
         self.reject_data: dict[str, str] = {}
         self.fail_data_once: dict[str, str] = {}
+        self.temporary_failure: str | None = None
         self._messages: dict[int, InboxMessage] = {}
         self._changed = asyncio.Condition()
         self._last_number = 0
@@ -245,6 +248,8 @@ class InboxHandler:
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
     ) -> str:
+        if self.temporary_failure:
+            return self.temporary_failure
         if reply := _lookup(self.reject_rcpt, address):
             return reply
         # Implementing this hook makes recording the recipient our job, not aiosmtpd's.

@@ -17,10 +17,16 @@ async def enqueue_send(
     notify: bool,
     request_id: str | None,
     defer_s: float | None = None,
+    retry_tag: str | None = None,
 ) -> bool:
     """Enqueue delivery of a send. The job id is the send id, so a second enqueue of the same
-    send while one is pending is refused by arq and harmless. Returns whether it was new."""
+    send while one is pending is refused by arq and harmless. Returns whether it was new.
+
+    `retry_tag` makes a distinct job id: the reconciler uses it for sends whose job died
+    with its worker, since arq refuses the original id until that job's keys expire. A
+    second job for a send is harmless: jobs only act on messages they claim."""
+    job_id = str(send_id) if retry_tag is None else f"{send_id}:{retry_tag}"
     job = await redis.enqueue_job(
-        DELIVER_SEND, str(send_id), notify, request_id, _job_id=str(send_id), _queue_name=queue_name, _defer_by=defer_s
+        DELIVER_SEND, str(send_id), notify, request_id, _job_id=job_id, _queue_name=queue_name, _defer_by=defer_s
     )
     return job is not None

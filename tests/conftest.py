@@ -97,7 +97,8 @@ async def redis_url(embedded_dir: pathlib.Path) -> AsyncIterator[str]:
 async def smtp_server() -> AsyncIterator[Any]:
     from shared.dev_inbox import start_smtp
 
-    server = await start_smtp("127.0.0.1", 0)
+    # Tests find their mail by recipient among everything the session sent: keep it all.
+    server = await start_smtp("127.0.0.1", 0, max_messages=1_000_000)
     yield server
     await server.close()
 

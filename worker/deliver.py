@@ -112,7 +112,7 @@ async def _deliver(ctx: WorkerContext, send_id: uuid.UUID, notify: bool) -> dict
         await ctx.redis.publish(ctx.keys.send_done_channel(send_id), orjson.dumps(payload))
     counts: dict[str, int] = {"claimed": len(claimed)}
     for o in outcomes:
-        counts[o.status] = counts.get(o.status, 0) + 1
+        counts[o.status.value] = counts.get(o.status.value, 0) + 1
     return counts
 
 

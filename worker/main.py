@@ -55,7 +55,6 @@ def make_worker(settings: Settings, **overrides: Any) -> arq.Worker:
                 cast(WorkerCoroutine, reconcile),
                 second=set(range(0, 60, RECONCILE_EVERY_S)),
                 run_at_startup=True,
-                timeout=60,
             )
         ],
         "queue_name": settings.queue_name,
@@ -65,7 +64,7 @@ def make_worker(settings: Settings, **overrides: Any) -> arq.Worker:
         "max_jobs": settings.worker_concurrency,
         "poll_delay": POLL_DELAY_S,
         "keep_result": 60,
-        "job_timeout": 300,
+        "job_timeout": settings.job_timeout_s,
         "handle_signals": True,
         # On SIGTERM, give jobs in hand time to finish before the process exits.
         "job_completion_wait": 20,

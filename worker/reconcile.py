@@ -6,10 +6,13 @@ messages whose worker died holding them, and re-enqueues sends whose job vanishe
 
 from __future__ import annotations
 
+import asyncio
 import time
+import uuid
 from typing import Any
 
 import structlog
+from arq.constants import in_progress_key_prefix, job_key_prefix
 
 from shared import jobs
 from shared.sql import Q
@@ -30,9 +33,24 @@ async def reconcile(arq_ctx: dict[str, Any]) -> dict[str, int]:
         r["send_id"] for r in await ctx.pool.fetch(Q.select_stranded_sends, ctx.settings.reconcile_grace_s, BATCH)
     ]
     enqueued = 0
-    for send_id in dict.fromkeys([*promoted, *reclaimed, *stranded]):
+    retry_tag = f"reclaim-{int(time.time())}"
+    for send_id in dict.fromkeys([*promoted, *stranded]):
         # The job id is the send id: a send whose job is still queued is not enqueued twice.
-        enqueued += await jobs.enqueue_send(ctx.redis, ctx.settings.queue_name, send_id, notify=False, request_id=None)
+        if await jobs.enqueue_send(ctx.redis, ctx.settings.queue_name, send_id, notify=False, request_id=None):
+            enqueued += 1
+        elif not await _waiting_in_queue(ctx, send_id):
+            # Its job ran or is running, yet these messages sat untouched past the grace period:
+            # that job died before claiming them (killed worker, or Redis lost its keys mid-way).
+            # arq keeps the id taken (in-progress key, kept result) for a while; do not wait.
+            enqueued += await jobs.enqueue_send(
+                ctx.redis, ctx.settings.queue_name, send_id, notify=False, request_id=None, retry_tag=retry_tag
+            )
+    # A reclaimed lease means the job holding it died; its arq id stays taken until arq's own
+    # in-progress key expires, so these get a fresh id.
+    for send_id in dict.fromkeys(reclaimed):
+        enqueued += await jobs.enqueue_send(
+            ctx.redis, ctx.settings.queue_name, send_id, notify=False, request_id=None, retry_tag=retry_tag
+        )
     counts = {
         "promoted_sends": len(promoted),
         "reclaimed_sends": len(reclaimed),
@@ -42,3 +60,12 @@ async def reconcile(arq_ctx: dict[str, Any]) -> dict[str, int]:
     if promoted or reclaimed or stranded:
         log.info("job", job="reconcile", duration_ms=round((time.perf_counter() - started) * 1000, 2), **counts)
     return counts
+
+
+async def _waiting_in_queue(ctx: WorkerContext, send_id: uuid.UUID) -> bool:
+    """Whether the send's job is queued and not yet started (so it will claim its messages)."""
+    job_id = str(send_id)
+    queued, started = await asyncio.gather(
+        ctx.redis.exists(job_key_prefix + job_id), ctx.redis.exists(in_progress_key_prefix + job_id)
+    )
+    return bool(queued) and not started

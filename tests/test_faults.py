@@ -1,0 +1,350 @@
+"""Fault tests: a worker killed, Redis emptied, the SMTP server restarted or refusing,
+Postgres unreachable. After each, every accepted message ends `sent` (or `failed` where
+the fault was permanent), none is lost, and duplicates are counted and reported.
+
+Each test runs its own app, queue and worker processes (`tidings worker`), so the
+session's in-process worker cannot help it. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from redis.asyncio import Redis
+
+from api.app import create_app
+from shared import orgs
+from shared.config import Settings
+from shared.dev_inbox import start_smtp
+from tests.helpers import EMAIL_TEMPLATE
+from tests.procs import WorkerProcess
+
+BURST = 120
+SETTLE_TIMEOUT_S = 60.0
+
+
+class Stack:
+    def __init__(
+        self, settings: Settings, client: TestClient[Any, Any], smtp: Any, pool: asyncpg.Pool, tmp: Path
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.smtp = smtp
+        self.pool = pool
+        self.tmp = tmp
+        self.workers: list[WorkerProcess] = []
+        # Mail received by an SMTP server this test has since replaced.
+        self.archived: list[Any] = []
+        self.org_id: uuid.UUID | None = None
+        self.headers: dict[str, str] = {}
+        self.broadcast_id = ""
+
+    async def worker(self) -> WorkerProcess:
+        w = WorkerProcess(self.settings, self.tmp / f"worker-{len(self.workers)}.log")
+        await w.start()
+        self.workers.append(w)
+        return w
+
+    async def setup_broadcast(self) -> None:
+        self.org_id = await orgs.create_org(self.pool, "faults", rate_limit_requests=100_000)
+        key = await orgs.create_key(self.pool, self.org_id, ["admin", "read", "write"])
+        self.headers = {"Authorization": f"Bearer {key}"}
+        r = await self.client.post(
+            f"/orgs/{self.org_id}/broadcasts",
+            headers=self.headers,
+            json={"name": "f", "type": "transactional", "variables": [{"name": "otp"}]},
+        )
+        self.broadcast_id = (await r.json())["id"]
+        await self.client.post(
+            f"/orgs/{self.org_id}/broadcasts/{self.broadcast_id}/templates", headers=self.headers, json=EMAIL_TEMPLATE
+        )
+        r = await self.client.post(f"/orgs/{self.org_id}/broadcasts/{self.broadcast_id}/activate", headers=self.headers)
+        assert r.status == 200
+
+    async def burst(self, n: int = BURST) -> list[str]:
+        """Fire n background sends to distinct addresses; returns the accepted message ids."""
+        sem = asyncio.Semaphore(20)
+
+        async def one(i: int) -> str | None:
+            async with sem:
+                r = await self.client.post(
+                    f"/orgs/{self.org_id}/broadcasts/{self.broadcast_id}/send",
+                    headers=self.headers,
+                    json={
+                        "email": f"fault-{i}-{uuid.uuid4().hex[:6]}@example.com",
+                        "variables": {"otp": str(i)},
+                        "background": True,
+                    },
+                )
+                if r.status != 202:
+                    return None
+                message_id: str = (await r.json())["recipients"][0]["id"]
+                return message_id
+
+        ids = await asyncio.gather(*(one(i) for i in range(n)))
+        return [i for i in ids if i is not None]
+
+    async def statuses(self, ids: list[str]) -> collections.Counter[str]:
+        rows = await self.pool.fetch("SELECT status FROM messages WHERE id = ANY($1::uuid[])", ids)
+        return collections.Counter(r["status"] for r in rows)
+
+    async def settle(self, ids: list[str], done: frozenset[str] = frozenset({"sent", "failed"})) -> None:
+        deadline = asyncio.get_running_loop().time() + SETTLE_TIMEOUT_S
+        while asyncio.get_running_loop().time() < deadline:
+            counts = await self.statuses(ids)
+            if sum(counts[s] for s in done) == len(ids):
+                return
+            await asyncio.sleep(0.2)
+
+    async def report(self, name: str, ids: list[str], capsys: Any) -> dict[str, int]:
+        counts = await self.statuses(ids)
+        rows = await self.pool.fetch("SELECT to_address FROM messages WHERE id = ANY($1::uuid[])", ids)
+        addresses = {r["to_address"] for r in rows}
+        received = [*self.archived, *self.smtp.messages]
+        per_address = collections.Counter(rcpt for m in received for rcpt in m.rcpt_tos if rcpt in addresses)
+        result = {
+            "accepted": len(ids),
+            "sent": counts["sent"],
+            "failed": counts["failed"],
+            "lost": len(ids) - counts["sent"] - counts["failed"],
+            "delivered": sum(per_address.values()),
+            "duplicates": sum(n - 1 for n in per_address.values() if n > 1),
+        }
+        stuck = await self.pool.fetch(
+            "SELECT m.id, m.send_id, m.status, m.attempts, m.error, m.lease_expires_at, m.next_attempt_at,"
+            " (SELECT string_agg(e.status::text || '@' || e.at::text, ', ' ORDER BY e.id) FROM message_events e"
+            "  WHERE e.message_id = m.id) AS events"
+            " FROM messages m WHERE m.id = ANY($1::uuid[]) AND m.status NOT IN ('sent', 'failed')",
+            ids,
+        )
+        with capsys.disabled():
+            print(f"\n[fault] {name}: " + " ".join(f"{k}={v}" for k, v in result.items()))
+            for row in stuck:
+                print(f"[fault]   unsettled: {dict(row)}")
+        if stuck:
+            redis = Redis.from_url(self.settings.redis_url)
+            for row in stuck:
+                jid = str(row["send_id"])
+                with capsys.disabled():
+                    print(
+                        "[fault]   redis:",
+                        jid,
+                        await redis.exists("arq:job:" + jid),
+                        await redis.exists("arq:in-progress:" + jid),
+                        await redis.get("arq:retry:" + jid),
+                        await redis.zscore(self.settings.queue_name, jid),
+                        await redis.exists("arq:result:" + jid),
+                        await redis.pttl("arq:in-progress:" + jid),
+                    )
+            from arq import create_pool
+            from arq.connections import RedisSettings
+
+            from shared import jobs
+
+            arq_redis = await create_pool(RedisSettings.from_dsn(self.settings.redis_url))
+            for row in stuck:
+                ok = await jobs.enqueue_send(
+                    arq_redis, self.settings.queue_name, row["send_id"], notify=False, request_id=None
+                )
+                with capsys.disabled():
+                    print("[fault]   manual enqueue:", ok, self.settings.redis_url)
+            await arq_redis.aclose()
+            await redis.aclose()
+        return result
+
+
+@pytest.fixture
+async def stack(settings: Settings, pool: asyncpg.Pool, tmp_path: Path) -> AsyncIterator[Stack]:
+    run = uuid.uuid4().hex[:8]
+    smtp = await start_smtp("127.0.0.1", 0, max_messages=100_000)
+    fault_settings = settings.replace(
+        queue_name=f"tidings-fault:{run}:queue",
+        redis_prefix=f"tidings-fault:{run}:",
+        smtp_port=smtp.port,
+        lease_s=3.0,
+        reconcile_grace_s=1.0,
+        job_timeout_s=10.0,
+        retry_base_delay_s=0.2,
+        retry_max_delay_s=1.0,
+        retry_max_attempts=30,
+        log_level="INFO",
+    )
+    async with TestClient(TestServer(create_app(fault_settings))) as client:
+        s = Stack(fault_settings, client, smtp, pool, tmp_path)
+        await s.setup_broadcast()
+        try:
+            yield s
+        finally:
+            for w in s.workers:
+                await w.stop(timeout_s=10)
+            await s.smtp.close()
+            redis = Redis.from_url(fault_settings.redis_url)
+            keys = [k async for k in redis.scan_iter(match=f"tidings-fault:{run}:*")]
+            if keys:
+                await redis.delete(*keys)
+            await redis.aclose()
+
+
+async def wait_delivered(stack: Stack, at_least: int, timeout_s: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while len(stack.smtp.messages) < at_least and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+
+
+async def test_worker_killed_mid_burst(stack: Stack, capsys: Any) -> None:
+    first = await stack.worker()
+    ids = await stack.burst()
+    assert len(ids) == BURST
+    await wait_delivered(stack, BURST // 5)
+    await first.kill()
+    await stack.worker()
+    await stack.settle(ids)
+    result = await stack.report("worker kill -9 mid-burst", ids, capsys)
+    assert result["lost"] == 0 and result["sent"] == BURST
+
+
+async def test_redis_flushed_mid_burst(stack: Stack, capsys: Any) -> None:
+    ids = await stack.burst()
+    await stack.worker()
+    await wait_delivered(stack, BURST // 5)
+    redis = Redis.from_url(stack.settings.redis_url)
+    try:
+        await redis.flushdb()  # the whole queue is gone; Postgres still knows every message
+    finally:
+        await redis.aclose()
+    await stack.settle(ids)
+    result = await stack.report("redis flushed mid-burst", ids, capsys)
+    assert result["lost"] == 0 and result["sent"] == BURST
+
+
+async def test_smtp_server_restarted_mid_burst(stack: Stack, capsys: Any) -> None:
+    await stack.worker()
+    port = stack.smtp.port
+    ids = await stack.burst()
+    await wait_delivered(stack, BURST // 5)
+    stack.archived = list(stack.smtp.messages)
+    await stack.smtp.close()
+    await asyncio.sleep(1.0)
+    stack.smtp = await start_smtp("127.0.0.1", port)
+    await stack.settle(ids)
+    result = await stack.report("smtp server restarted mid-burst", ids, capsys)
+    assert result["lost"] == 0 and result["sent"] == BURST
+
+
+async def test_smtp_server_refusing_for_a_while(stack: Stack, capsys: Any) -> None:
+    handler = stack.smtp.handler
+    handler.temporary_failure = "451 4.3.0 mail system busy, try later"
+    await stack.worker()
+    ids = await stack.burst(60)
+    await asyncio.sleep(1.5)
+    counts = await stack.statuses(ids)
+    assert counts["sent"] == 0  # nothing gets through while the server refuses
+    handler.temporary_failure = None
+    await stack.settle(ids)
+    result = await stack.report("smtp 451 for a while", ids, capsys)
+    assert result["lost"] == 0 and result["sent"] == 60 and result["duplicates"] == 0
+    attempts = await stack.pool.fetch("SELECT attempts FROM messages WHERE id = ANY($1::uuid[])", ids)
+    # Those tried while the server refused were retried, not failed.
+    assert sum(r["attempts"] >= 2 for r in attempts) > 0
+
+
+async def test_permanent_refusal_fails_without_retry(stack: Stack, capsys: Any) -> None:
+    await stack.worker()
+    stack.smtp.handler.temporary_failure = None
+    ids = await stack.burst(10)
+    rows = await stack.pool.fetch("SELECT to_address FROM messages WHERE id = ANY($1::uuid[])", ids)
+    for r in rows[:5]:
+        stack.smtp.handler.reject_rcpt[r["to_address"]] = "550 5.1.1 no such user"
+    await stack.settle(ids)
+    result = await stack.report("smtp 550 for half", ids, capsys)
+    # Messages delivered before the rule was set may have gone out; none is lost either way.
+    assert result["lost"] == 0 and result["failed"] + result["sent"] == 10
+
+
+async def test_postgres_unreachable_gives_503_and_accepts_nothing(settings: Settings, org: Any) -> None:
+    """The API talks to Postgres through a proxy that the test cuts."""
+    proxy = await TcpProxy.start(settings.database_url)
+    proxied = settings.replace(database_url=proxy.dsn)
+    async with TestClient(TestServer(create_app(proxied))) as client:
+        r = await client.get(f"/orgs/{org.id}/broadcasts", headers=org.auth("read"))
+        assert r.status == 200
+        await proxy.cut()
+        r = await client.post(
+            f"/orgs/{org.id}/broadcasts", headers=org.auth("admin"), json={"name": "x", "type": "transactional"}
+        )
+        assert r.status == 503
+        body = await r.json()
+        assert body["error"]["code"] == "unavailable" and "Postgres" in body["error"]["message"]
+        r = await client.get("/readyz")
+        assert r.status == 503
+    await proxy.close()
+
+
+class TcpProxy:
+    """A loopback TCP relay to Postgres that can be cut: established links drop and new ones are refused."""
+
+    def __init__(self) -> None:
+        self.server: asyncio.Server | None = None
+        self.links: set[asyncio.StreamWriter] = set()
+        self.dsn = ""
+
+    @classmethod
+    async def start(cls, dsn: str) -> TcpProxy:
+        from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+        parts = urlsplit(dsn)
+        query = dict(parse_qsl(parts.query))
+        host = query.pop("host", None) or parts.hostname or "127.0.0.1"
+        port = int(query.pop("port", None) or parts.port or 5432)
+        if host.startswith("/"):  # the embedded server listens on a Unix socket only
+            socket_path = f"{host}/.s.PGSQL.{port}"
+
+            async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+                return await asyncio.open_unix_connection(socket_path)
+        else:
+
+            async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+                return await asyncio.open_connection(host, port)
+
+        self = cls()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            up_reader, up_writer = await connect()
+            self.links.update({writer, up_writer})
+
+            async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+                with contextlib.suppress(Exception):
+                    while data := await src.read(65536):
+                        dst.write(data)
+                        await dst.drain()
+                dst.close()
+
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+        self.server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        user = parts.username or "postgres"
+        listen_port = self.server.sockets[0].getsockname()[1]
+        self.dsn = urlunsplit((parts.scheme, f"{user}@127.0.0.1:{listen_port}", parts.path, urlencode(query), ""))
+        return self
+
+    async def cut(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for w in list(self.links):
+            w.close()
+        await asyncio.sleep(0.1)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            with contextlib.suppress(Exception):
+                await self.server.wait_closed()
