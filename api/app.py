@@ -15,15 +15,21 @@ from api import (  # noqa: F401
     routes_health,
     routes_messages,
     routes_send,
+    routes_transactionals,
     routes_webhooks,
+    v1_pages,
+    v1_subscribers,
+    v1_templates,
 )
 from api.auth import KeyCache
 from api.middleware import request_middleware
 from api.ratelimit import RateLimiter
 from api.routing import WEBHOOK_MAX_BODY_BYTES, add_routes
+from api.send_pipeline import SendPipeline
 from api.send_waiter import SendWaiter
 from api.state import STATE, State
 from shared import db
+from shared.broadcast_cache import BroadcastCache
 from shared.config import Settings
 from shared.redis_keys import RedisKeys
 
@@ -50,8 +56,11 @@ def create_app(settings: Settings) -> web.Application:
             key_cache=KeyCache(settings.key_cache_ttl_s),
             rate_limiter=RateLimiter(redis, keys),
             waiter=waiter,
+            send_pipeline=SendPipeline(pool, redis, settings.queue_name),
+            broadcast_cache=BroadcastCache(settings.broadcast_cache_ttl_s),
         )
         yield
+        await app[STATE].send_pipeline.close()
         await waiter.close()
         await redis.aclose()
         await pool.close()

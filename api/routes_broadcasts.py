@@ -105,6 +105,7 @@ async def update_broadcast(call: Call[schemas.BroadcastUpdate]) -> web.Response:
             broadcasts.check_variables(variables)
         name = None if body.name is msgspec.UNSET else body.name
         await conn.execute(Q.update_broadcast, broadcast_id, call.org_id, name, variables)
+    call.state.broadcast_cache.invalidate(call.org_id, broadcast_id)
     return await _one(call, broadcast_id)
 
 
@@ -128,6 +129,7 @@ async def create_template(call: Call[schemas.TemplateIn]) -> web.Response:
             raise errors.NotFound("no such broadcast")
         row = await conn.fetchrow(Q.insert_template, uuid.uuid4(), broadcast_id, call.org_id, channel, body)
         await conn.execute(Q.touch_broadcast, broadcast_id)
+    call.state.broadcast_cache.invalidate(call.org_id, broadcast_id)
     assert row is not None
     return json_response(broadcasts.template_json(row), status=201)
 
@@ -163,6 +165,7 @@ async def update_template(call: Call[schemas.TemplatePatch]) -> web.Response:
         broadcasts.check_template(row["channel"], body)
         updated = await conn.fetchrow(Q.update_template, template_id, broadcast_id, call.org_id, body)
         await conn.execute(Q.touch_broadcast, broadcast_id)
+    call.state.broadcast_cache.invalidate(call.org_id, broadcast_id)
     assert updated is not None
     return json_response(broadcasts.template_json(updated))
 
@@ -183,6 +186,7 @@ async def delete_template(call: Call[None]) -> web.Response:
         if await conn.fetchval(Q.delete_template, template_id, broadcast_id, call.org_id) is None:
             raise errors.NotFound("no such template")
         await conn.execute(Q.touch_broadcast, broadcast_id)
+    call.state.broadcast_cache.invalidate(call.org_id, broadcast_id)
     return web.Response(status=204)
 
 
@@ -200,6 +204,7 @@ async def _set_status(call: Call[None], allowed_from: set[str], to: BroadcastSta
             if not ready["ready"]:
                 raise errors.NotReady(extra={"missing": ready["missing"]}, fields={"readiness": ready["missing"]})
         await conn.execute(Q.update_broadcast_status, broadcast_id, call.org_id, to.value)
+    call.state.broadcast_cache.invalidate(call.org_id, broadcast_id)
     return await _one(call, broadcast_id)
 
 

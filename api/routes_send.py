@@ -5,19 +5,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import redis.exceptions
-import structlog
 from aiohttp import web
 
 from api import schemas
 from api.jsonio import json_response
 from api.middleware import REQUEST_ID
 from api.routing import Call, route
-from shared import jobs, sending
+from shared import sending
 from shared.domain import SETTLED
 
 TAG = "send"
-log = structlog.get_logger("tidings.api.send")
 
 
 def status_url(base: str, org_id: object, message_id: object) -> str:
@@ -64,40 +61,31 @@ async def send(call: Call[schemas.SendRequest]) -> web.Response:
         source="api",
         request_id=call.request[REQUEST_ID],
     )
-    prepared = await sending.prepare(state.pool, call.org_id, call.path_uuid("broadcast_id"), trigger)
-    await sending.commit(state.pool, prepared)
+    prepared = await sending.prepare(
+        state.pool, call.org_id, call.path_uuid("broadcast_id"), trigger, cache=state.broadcast_cache
+    )
 
     status = 202 if body.background else 200
-    if prepared.queued:
-        send_key = str(prepared.send_id)
-        waiter = None if body.background else state.waiter.register(send_key)
-        try:
+    send_key = str(prepared.send_id)
+    # Registered before the job can exist, so the worker's "done" cannot be missed.
+    waiter = state.waiter.register(send_key) if prepared.queued and not body.background else None
+    try:
+        accepted = await state.send_pipeline.accept(prepared, notify=waiter is not None)
+        if waiter is not None and not accepted.enqueued:
+            status = 202  # kept, to be enqueued by the reconciler once Redis is back
+        elif waiter is not None:
             try:
-                await jobs.enqueue_send(
-                    state.redis,
-                    state.settings.queue_name,
-                    prepared.send_id,
-                    notify=waiter is not None,
-                    request_id=trigger.request_id,
-                )
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-                # The send is committed, so it is accepted: the reconciler enqueues it once Redis
-                # is back. Answering 503 here would invite a retry and a duplicate.
-                log.warning("enqueue_failed_send_kept", send_id=send_key)
-                waiter = None
+                outcome = await asyncio.wait_for(waiter, timeout=state.settings.sync_send_timeout_s)
+            except TimeoutError:
+                outcome = None
+            if outcome is None:
                 status = 202
-            if waiter is not None:
-                try:
-                    outcome = await asyncio.wait_for(waiter, timeout=state.settings.sync_send_timeout_s)
-                except TimeoutError:
-                    outcome = None
-                if outcome is None:
+            else:
+                _apply_outcome(prepared, outcome)
+                if any(r.status not in SETTLED and not r.error for r in prepared.records):
                     status = 202
-                else:
-                    _apply_outcome(prepared, outcome)
-                    if any(r.status not in SETTLED and not r.error for r in prepared.records):
-                        status = 202
-        finally:
+    finally:
+        if waiter is not None:
             state.waiter.forget(send_key)
 
     base = state.settings.public_base

@@ -10,7 +10,9 @@ from arq.connections import ArqRedis
 
 from api.auth import KeyCache
 from api.ratelimit import RateLimiter
+from api.send_pipeline import SendPipeline
 from api.send_waiter import SendWaiter
+from shared.broadcast_cache import BroadcastCache
 from shared.config import Settings
 from shared.redis_keys import RedisKeys
 
@@ -24,6 +26,8 @@ class State:
     key_cache: KeyCache
     rate_limiter: RateLimiter
     waiter: SendWaiter
+    send_pipeline: SendPipeline
+    broadcast_cache: BroadcastCache
 
 
 STATE = web.AppKey("state", State)

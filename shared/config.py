@@ -65,6 +65,8 @@ class Settings:
     rate_limit_window_s: int = 60
     # How long a resolved API key stays cached in one process; a revoked key works at most this long.
     key_cache_ttl_s: float = 5.0
+    # How long an API process reuses a broadcast's templates; a pause is still honoured at once.
+    broadcast_cache_ttl_s: float = 1.0
 
     db_pool_min_size: int = 2
     db_pool_max_size: int = 20

@@ -98,7 +98,7 @@ async def add_channel(
 
 async def find_or_create(
     pool: asyncpg.Pool, org_id: uuid.UUID, *, email: str | None, phone: str | None, name: str | None
-) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
+) -> tuple[asyncpg.Record, list[Any]]:
     """The contact owning `email` (else `phone`), created with both when neither is known.
 
     Safe under concurrent triggers for the same new address: the unique key on
@@ -108,22 +108,17 @@ async def find_or_create(
     """
     wanted = [(t, a) for t, a in ((Channel.email, email), (Channel.whatsapp, phone)) if a]
     for _ in range(5):
-        owned = {}
-        for channel_type, address in wanted:
-            ch = await pool.fetchrow(Q.select_channel_by_address, org_id, channel_type, address)
-            if ch is not None:
-                owned[channel_type] = ch
-        if owned:
-            contact_id = next(iter(owned.values()))["contact_id"]
-            contact = await pool.fetchrow(Q.select_contact, contact_id, org_id)
-            if contact is None:  # deleted meanwhile: look again
-                continue
-            for channel_type, address in wanted:
-                if channel_type not in owned:
-                    await pool.execute(
-                        Q.insert_contact_channel, uuid.uuid4(), org_id, contact_id, channel_type, address
-                    )
-            return contact, await channels_of(pool, contact_id)
+        found = await pool.fetchrow(Q.select_contact_by_addresses, org_id, email, phone)
+        if found is not None:
+            channels: list[Any] = found["channels"] or []
+            have = {(c["type"], c["address"]) for c in channels}
+            missing = [(t, a) for t, a in wanted if (t, a) not in have]
+            for channel_type, address in missing:
+                # Attached only if no other contact owns it (the unique key decides).
+                await pool.execute(Q.insert_contact_channel, uuid.uuid4(), org_id, found["id"], channel_type, address)
+            if missing:
+                channels = await channels_of(pool, found["id"])
+            return found, channels
         async with pool.acquire() as conn:
             tx = conn.transaction()
             await tx.start()
@@ -131,7 +126,7 @@ async def find_or_create(
                 contact = await conn.fetchrow(Q.insert_contact, uuid.uuid4(), org_id, name, "subscribed", {})
                 assert contact is not None
                 channels = []
-                lost_race = False
+                lost_race = False  # another trigger created a contact for one of these addresses
                 for channel_type, address in wanted:
                     ch = await conn.fetchrow(
                         Q.insert_contact_channel, uuid.uuid4(), org_id, contact["id"], channel_type, address

@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 
 from shared import broadcasts, contacts, errors
+from shared.broadcast_cache import NO_CACHE, BroadcastCache
 from shared.domain import BUILTIN_VARIABLES, BroadcastStatus, BroadcastType, Channel, ContactStatus, MessageStatus
 from shared.sql import Q
 
@@ -68,15 +69,20 @@ def _uuid_or_none(raw: str) -> uuid.UUID | None:
         return None
 
 
-async def prepare(pool: asyncpg.Pool, org_id: uuid.UUID, broadcast_id: uuid.UUID, trigger: Trigger) -> PreparedSend:
-    broadcast = await pool.fetchrow(Q.select_broadcast, broadcast_id, org_id)
+async def prepare(
+    pool: asyncpg.Pool,
+    org_id: uuid.UUID,
+    broadcast_id: uuid.UUID,
+    trigger: Trigger,
+    cache: BroadcastCache = NO_CACHE,
+) -> PreparedSend:
+    broadcast, templates = await cache.get(pool, org_id, broadcast_id)
     if broadcast is None:
         raise errors.NotFound("no such broadcast")
     if broadcast["type"] != BroadcastType.transactional:
         raise errors.NotTransactional()
     if broadcast["status"] != BroadcastStatus.active:
         raise errors.BroadcastNotActive(f"the broadcast is {broadcast['status']}; activate or resume it first")
-    templates = list(await pool.fetch(Q.select_templates, [broadcast_id]))
     selected = _select_templates(templates, trigger.template_ids)
 
     if not (trigger.contact_channel_id or trigger.contact_id or trigger.phone or trigger.email):
@@ -213,32 +219,36 @@ async def _apply_suppressions(pool: asyncpg.Pool, org_id: uuid.UUID, records: li
 
 
 async def commit(pool: asyncpg.Pool, send: PreparedSend) -> None:
-    """Write the send and its messages with their first event, atomically."""
-    recs = send.records
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(
-            Q.insert_send,
-            send.send_id,
-            send.org_id,
-            send.broadcast_id,
-            send.contact_id,
-            send.source,
-            send.request_id,
-            send.variables,
-        )
-        await conn.execute(
-            Q.insert_messages,
-            send.send_id,
-            send.org_id,
-            send.broadcast_id,
-            send.contact_id,
-            send.source,
-            [r.id for r in recs],
-            [r.template_id for r in recs],
-            [r.contact_channel_id for r in recs],
-            [r.channel for r in recs],
-            [r.to for r in recs],
-            [r.status for r in recs],
-            [r.error for r in recs],
-        )
-        await conn.execute(Q.insert_events, [r.id for r in recs], [r.status for r in recs], [r.error for r in recs])
+    """Write one send and its messages with their first event, atomically."""
+    (result,) = await commit_many(pool, [send])
+    if isinstance(result, BaseException):
+        raise result
+
+
+async def commit_many(pool: asyncpg.Pool, sends: list[PreparedSend]) -> list[errors.TidingsError | None]:
+    """Write many sends in one statement; per send, None or the error that refused it.
+
+    The broadcast's status is checked again inside the statement, so a pause that
+    committed before this write refuses the trigger even if `prepare` saw it active.
+    """
+    messages = [(s.send_id, r) for s in sends for r in s.records]
+    written = await pool.fetch(
+        Q.insert_sends_batch,
+        [s.send_id for s in sends],
+        [s.org_id for s in sends],
+        [s.broadcast_id for s in sends],
+        [s.contact_id for s in sends],
+        [s.source for s in sends],
+        [s.request_id for s in sends],
+        [s.variables for s in sends],
+        [r.id for _, r in messages],
+        [send_id for send_id, _ in messages],
+        [r.template_id for _, r in messages],
+        [r.contact_channel_id for _, r in messages],
+        [r.channel for _, r in messages],
+        [r.to for _, r in messages],
+        [r.status for _, r in messages],
+        [r.error for _, r in messages],
+    )
+    ok = {row["id"] for row in written}
+    return [None if s.send_id in ok else errors.BroadcastNotActive() for s in sends]

@@ -25,7 +25,7 @@ from api.app import create_app
 from shared import orgs
 from shared.config import Settings
 from shared.dev_inbox import start_smtp
-from tests.helpers import EMAIL_TEMPLATE
+from tests.helpers import EMAIL_TEMPLATE, eventually
 from tests.procs import WorkerProcess
 
 BURST = 120
@@ -244,7 +244,14 @@ async def test_smtp_server_refusing_for_a_while(stack: Stack, capsys: Any) -> No
     handler.temporary_failure = "451 4.3.0 mail system busy, try later"
     await stack.worker()
     ids = await stack.burst(60)
-    await asyncio.sleep(1.5)
+
+    async def refused_and_waiting() -> bool:
+        n = await stack.pool.fetchval(
+            "SELECT count(*) FROM messages WHERE id = ANY($1::uuid[]) AND status = 'queued' AND error LIKE '%451%'", ids
+        )
+        return bool(n >= 10)
+
+    await eventually(refused_and_waiting, timeout_s=30)
     counts = await stack.statuses(ids)
     assert counts["sent"] == 0  # nothing gets through while the server refuses
     handler.temporary_failure = None

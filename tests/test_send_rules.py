@@ -383,3 +383,19 @@ async def test_recipients_pagination_is_stable_while_messages_arrive(client, org
         seen += [m["id"] for m in page["data"]]
         cursor = page["next_cursor"]
     assert len(seen) == len(set(seen)) == 5
+
+
+async def test_pause_between_prepare_and_commit_refuses_the_trigger(client, org, pool) -> None:
+    """No cached view of the broadcast lets a trigger through after a pause has committed."""
+    import uuid as uuid_mod
+
+    from shared import errors, sending
+
+    b = await make_broadcast(client, org)
+    trigger = sending.Trigger(email=unique_email(), variables={"otp": "1"})
+    prepared = await sending.prepare(pool, org.id, uuid_mod.UUID(b["id"]), trigger)
+    r = await client.post(org.path(f"/broadcasts/{b['id']}/pause"), headers=org.auth("admin"))
+    assert r.status == 200
+    (refused,) = await sending.commit_many(pool, [prepared])
+    assert isinstance(refused, errors.BroadcastNotActive)
+    assert await pool.fetchval("SELECT count(*) FROM messages WHERE send_id = $1", prepared.send_id) == 0

@@ -44,3 +44,17 @@ WHERE ch.id = $1 AND ch.org_id = $2;
 -- name: delete_contact
 -- Remove a contact that lost a find-or-create race before anyone saw it.
 DELETE FROM contacts WHERE id = $1;
+
+-- name: select_contact_by_addresses
+-- The contact owning an email (preferred) or a phone in an org, with all its channels, in one trip.
+SELECT c.id, c.org_id, c.name, c.status, c.properties, c.created_at, c.updated_at,
+       (SELECT jsonb_agg(jsonb_build_object('id', ch.id, 'contact_id', ch.contact_id, 'type', ch.type,
+                                            'address', ch.address) ORDER BY ch.created_at, ch.id)
+        FROM contact_channels ch WHERE ch.contact_id = c.id) AS channels
+FROM contacts c
+WHERE c.id = (
+    SELECT contact_id FROM contact_channels
+    WHERE org_id = $1 AND ((type = 'email' AND address = $2) OR (type = 'whatsapp' AND address = $3))
+    ORDER BY type = 'email' DESC
+    LIMIT 1
+);

@@ -24,3 +24,29 @@ SELECT reason FROM suppressions WHERE org_id = $1 AND email = $2;
 -- Suppress an address (a hard bounce, a complaint, or by hand); the first reason stays.
 INSERT INTO suppressions (org_id, email, reason, detail) VALUES ($1, $2, $3, $4)
 ON CONFLICT (org_id, email) DO NOTHING;
+
+-- name: insert_sends_batch
+-- Many triggers in one statement (one fsync): the sends whose broadcast is still active, their
+-- messages and first events. Returns the ids of the sends written; a send missing from the
+-- result was refused because its broadcast was paused meanwhile.
+WITH s AS (
+    INSERT INTO sends (id, org_id, broadcast_id, contact_id, source, request_id, variables)
+    SELECT u.id, u.org_id, u.broadcast_id, u.contact_id, u.source, u.request_id, u.variables
+    FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::message_source[], $6::text[], $7::jsonb[])
+        AS u(id, org_id, broadcast_id, contact_id, source, request_id, variables)
+    WHERE EXISTS (SELECT 1 FROM broadcasts b WHERE b.id = u.broadcast_id AND b.status = 'active')
+    RETURNING id, org_id, broadcast_id, contact_id, source
+), m AS (
+    INSERT INTO messages (id, send_id, org_id, broadcast_id, template_id, contact_id, contact_channel_id,
+                          channel, to_address, status, source, error)
+    SELECT v.id, s.id, s.org_id, s.broadcast_id, v.template_id, s.contact_id, v.contact_channel_id,
+           v.channel, v.to_address, v.status, s.source, v.error
+    FROM unnest($8::uuid[], $9::uuid[], $10::uuid[], $11::uuid[], $12::channel[], $13::text[],
+                $14::message_status[], $15::text[])
+        AS v(id, send_id, template_id, contact_channel_id, channel, to_address, status, error)
+    JOIN s ON s.id = v.send_id
+    RETURNING id, status, error
+), e AS (
+    INSERT INTO message_events (message_id, status, detail) SELECT id, status, error FROM m
+)
+SELECT id FROM s;

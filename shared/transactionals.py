@@ -1,0 +1,398 @@
+"""The Transactionals API's send: one email with its own content, to one address.
+
+`validate` checks a submission the way the Rails product does (every problem at once,
+keyed by attribute) and resolves the template; `send` decides the recipient's fate
+(redacted or suppressed: `rejected`; `queue_at` ahead: `scheduled`; else `queued`),
+makes the double opt-in and unsubscribe links, writes the send, its message and the
+links in one transaction, and enqueues delivery. The worker renders the stored content
+with the send's variables, like any other message.
+
+Unsubscribed subscribers still get transactional email (the product's rule); redacted
+subscribers and suppressed addresses never do. A blocked contact is not sent to either:
+blocking is this service's "never contact", stronger than unsubscribing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import html
+import re
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import asyncpg
+import structlog
+from arq.connections import ArqRedis
+from redis.exceptions import RedisError
+
+from shared import (
+    confirmations,
+    field_errors,
+    jobs,
+    subscribers,
+    suppressions,
+    transactional_templates,
+    unsubscribes,
+)
+from shared.config import Settings
+from shared.domain import ContactStatus, MessageStatus
+from shared.field_errors import FieldErrors
+from shared.sql import Q
+
+log = structlog.get_logger("tidings.transactionals")
+
+BLOCKED_ERROR = "the recipient is blocked; nothing was sent"
+# A deferred job wakes this much after queue_at, so that the database clock (which decides
+# promotion) has surely passed it; the reconciler catches any that still wake too early.
+SCHEDULE_MARGIN_S = 0.05
+
+MAX_SUBJECT = 1000
+MAX_BODY = 200_000
+MAX_PREHEADER = 1000
+MAX_NAME = 200
+
+_TAG = re.compile(r"<[A-Za-z!/][^>]*>")
+_LIQUID_MARKUP = re.compile(r"({{.*?}}|{%.*?%})", re.DOTALL)
+
+
+@dataclasses.dataclass(slots=True)
+class Submission:
+    """The request body as the client sent it (JSON types already checked)."""
+
+    to: str | None = None
+    subject: str | None = None
+    body: str | None = None
+    preheader: str | None = None
+    reply_to: str | None = None
+    template_id: str | int | None = None
+    include_unsubscribe_link: bool | None = None
+    queue_at: str | None = None
+    double_opt_in: bool | None = None
+    confirmation_template_id: str | int | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Request:
+    """A valid submission with the template's defaults applied."""
+
+    email: str
+    subject: str
+    body: str
+    preheader: str | None
+    reply_to: str | None
+    template_id: uuid.UUID | None
+    include_unsubscribe_link: bool
+    queue_at: dt.datetime
+    double_opt_in: bool
+    confirmation_template_id: uuid.UUID | None
+    first_name: str | None
+    last_name: str | None
+
+
+def parse_time(raw: str) -> dt.datetime | None:
+    """ISO 8601 / RFC 3339; a time without an offset is UTC."""
+    try:
+        value = dt.datetime.fromisoformat(raw.strip())
+    except ValueError:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC)
+
+
+async def validate(pool: asyncpg.Pool, org_id: uuid.UUID, s: Submission) -> Request:
+    problems = FieldErrors()
+    # The product's model calls the recipient `recipient_email`; its errors use that name.
+    email = problems.email("recipient_email", s.to, required=True)
+
+    template = None
+    if s.template_id is not None and str(s.template_id).strip():
+        template = await transactional_templates.find(pool, org_id, s.template_id)
+        if template is None:
+            problems.add("template_id", field_errors.NOT_FOUND)
+
+    def explicit_or_template(field: str, given: str | None) -> str | None:
+        return given if given is not None and given.strip() else (template[field] if template else None)
+
+    template_missing = "template_id" in problems  # its fields cannot be blamed on the client too
+    subject = problems.text(
+        "subject",
+        explicit_or_template("subject", s.subject),
+        maximum=MAX_SUBJECT,
+        required=not template_missing,
+        header=True,
+        liquid=True,
+    )
+    body = problems.text(
+        "body", explicit_or_template("body", s.body), maximum=MAX_BODY, required=not template_missing, liquid=True
+    )
+    preheader = problems.text(
+        "preheader", explicit_or_template("preheader", s.preheader), maximum=MAX_PREHEADER, liquid=True
+    )
+    reply_to = problems.email("reply_to", s.reply_to)
+
+    queue_at = dt.datetime.now(dt.UTC)
+    if s.queue_at is not None and s.queue_at.strip():
+        parsed = parse_time(s.queue_at)
+        if parsed is None:
+            problems.add("queue_at", field_errors.INVALID)
+        else:
+            queue_at = parsed
+
+    confirmation_template_id = None
+    if s.confirmation_template_id is not None and str(s.confirmation_template_id).strip():
+        confirmation_template_id = _uuid_or_none(s.confirmation_template_id)
+        if confirmation_template_id is None or (
+            await pool.fetchrow(Q.select_confirmation_template, confirmation_template_id, org_id) is None
+        ):
+            problems.add("confirmation_template_id", field_errors.NOT_FOUND)
+
+    # Nested attributes are named the Rails way: `subscriber.first_name`.
+    first_name = problems.text("subscriber.first_name", s.first_name, maximum=MAX_NAME, header=True)
+    last_name = problems.text("subscriber.last_name", s.last_name, maximum=MAX_NAME, header=True)
+    problems.raise_if_any()
+    assert email is not None and subject is not None and body is not None
+    return Request(
+        email=email,
+        subject=subject,
+        body=body,
+        preheader=preheader,
+        reply_to=reply_to,
+        template_id=template["id"] if template else None,
+        include_unsubscribe_link=bool(s.include_unsubscribe_link),
+        queue_at=queue_at,
+        double_opt_in=bool(s.double_opt_in),
+        confirmation_template_id=confirmation_template_id,
+        first_name=first_name.strip() if first_name else None,
+        last_name=last_name.strip() if last_name else None,
+    )
+
+
+def _uuid_or_none(raw: str | int) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(raw))
+    except ValueError:
+        return None
+
+
+def html_and_text(body: str) -> tuple[str, str | None]:
+    """The email's HTML source and, for a plain-text body, its exact text part.
+
+    HTML goes as it is (the worker wraps a fragment in html/body tags). Plain text is
+    escaped outside its Liquid markup and its line breaks kept, and it is also the text
+    part verbatim, rather than a conversion back from the HTML."""
+    if _TAG.search(body):
+        return body, None
+    parts = _LIQUID_MARKUP.split(body.replace("\r\n", "\n"))
+    escaped = "".join(part if i % 2 else html.escape(part, quote=False) for i, part in enumerate(parts))
+    return escaped.replace("\n", "<br>\n"), body
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Recipient:
+    """Who the address belongs to, and why nothing may be sent to it (if so)."""
+
+    subscriber: asyncpg.Record | None
+    rejection: str | None
+    first_name: str | None
+    last_name: str | None
+    # `recipient_name`: the subscriber's name, else the names given in the request.
+    display_name: str | None
+
+
+async def _resolve_recipient(pool: asyncpg.Pool, org_id: uuid.UUID, req: Request) -> _Recipient:
+    if await subscribers.is_redacted(pool, org_id, req.email):
+        return _Recipient(None, subscribers.REDACTED_ERROR, None, None, None)
+    subscriber = await subscribers.find_by_email(pool, org_id, req.email)
+    rejection = None
+    reason = await suppressions.reason_for(pool, org_id, req.email)
+    if reason is not None:
+        rejection = suppressions.rejection_error(reason)
+    elif subscriber is not None and subscriber["status"] == ContactStatus.blocked:
+        rejection = BLOCKED_ERROR
+    if rejection is None and req.double_opt_in:
+        # Double opt-in creates the subscriber; a rejected send creates nothing.
+        subscriber = await subscribers.find_or_create(
+            pool, org_id, req.email, first_name=req.first_name, last_name=req.last_name
+        )
+    first_name = (subscriber["first_name"] if subscriber else None) or req.first_name
+    last_name = (subscriber["last_name"] if subscriber else None) or req.last_name
+    display_name = (subscribers.display_name(subscriber) if subscriber else None) or subscribers.full_name(
+        first_name, last_name
+    )
+    return _Recipient(subscriber, rejection, first_name, last_name, display_name)
+
+
+def _content(settings: Settings, req: Request, unsubscribe_url: str) -> dict[str, Any]:
+    """The email as the worker renders it: an email template body, every text field Liquid."""
+    html_body, text_body = html_and_text(req.body)
+    return {
+        "from_email": settings.default_from_email,
+        "from_name": settings.default_from_name,
+        "reply_to": req.reply_to,
+        "subject": req.subject,
+        "html_body": html_body,
+        "text_body": text_body,
+        "preheader": req.preheader,
+        "headers": unsubscribes.headers_for(unsubscribe_url) if unsubscribe_url else {},
+    }
+
+
+def _variables(req: Request, recipient: _Recipient, confirmation_url: str, unsubscribe_url: str) -> dict[str, Any]:
+    """The seed's Liquid variables; each renders blank when unknown."""
+    return {
+        "email": req.email,
+        "first_name": recipient.first_name or "",
+        "last_name": recipient.last_name or "",
+        "name": subscribers.full_name(recipient.first_name, recipient.last_name) or recipient.display_name or "",
+        "confirmation_url": confirmation_url,
+        "unsubscribe_url": unsubscribe_url,
+    }
+
+
+async def send(
+    pool: asyncpg.Pool,
+    redis: ArqRedis,
+    settings: Settings,
+    org_id: uuid.UUID,
+    req: Request,
+    *,
+    request_id: str | None,
+) -> asyncpg.Record:
+    """Accept one transactional; returns it as `get` would (its id is the message id)."""
+    now = dt.datetime.now(dt.UTC)
+    base = settings.public_base
+    recipient = await _resolve_recipient(pool, org_id, req)
+    subscriber, rejection = recipient.subscriber, recipient.rejection
+
+    confirmation_token = None
+    if rejection is None and req.double_opt_in and subscriber is not None and subscriber["confirmed_at"] is None:
+        confirmation_token = confirmations.new_token()
+    unsubscribe_token = unsubscribes.new_token() if rejection is None and req.include_unsubscribe_link else None
+    confirmation_url = confirmations.url_for(base, confirmation_token) if confirmation_token else ""
+    unsubscribe_url = unsubscribes.url_for(base, unsubscribe_token) if unsubscribe_token else ""
+
+    address: str | None = req.email
+    recipient_name = recipient.display_name
+    content = _content(settings, req, unsubscribe_url)
+    variables = _variables(req, recipient, confirmation_url, unsubscribe_url)
+    if rejection == subscribers.REDACTED_ERROR:
+        # Nothing about a redacted address is stored again, not even in the rejected record.
+        address, recipient_name, content, variables = None, None, {}, {}
+
+    scheduled = rejection is None and req.queue_at > now
+    status = MessageStatus.rejected if rejection else MessageStatus.scheduled if scheduled else MessageStatus.queued
+    send_id, message_id = uuid.uuid4(), uuid.uuid4()
+    contact_id = subscriber["id"] if subscriber else None
+    async with pool.acquire() as conn, conn.transaction():
+        if confirmation_token is not None:
+            assert contact_id is not None
+            expires_at = confirmations.expiry_for(req.queue_at)
+            await confirmations.create(
+                conn, org_id, contact_id, req.confirmation_template_id, confirmation_token, expires_at
+            )
+        if unsubscribe_token is not None:
+            await unsubscribes.create(conn, org_id, req.email, contact_id, unsubscribe_token)
+        await conn.execute(Q.insert_send, send_id, org_id, None, contact_id, "api", request_id, variables)
+        await conn.execute(
+            Q.insert_transactional_message,
+            message_id,
+            send_id,
+            org_id,
+            contact_id,
+            subscriber["channel_id"] if subscriber else None,
+            address,
+            status,
+            rejection,
+            content,
+            req.queue_at if scheduled else None,
+        )
+        await conn.execute(Q.insert_events, [message_id], [status], [rejection])
+        await conn.execute(
+            Q.insert_transactional,
+            message_id,
+            org_id,
+            address,
+            recipient_name,
+            req.subject if address else None,
+            req.body if address else None,
+            req.preheader if address else None,
+            req.reply_to,
+            req.template_id,
+            req.include_unsubscribe_link,
+            req.double_opt_in,
+            confirmation_token,
+            req.queue_at,
+        )
+    # Read back before enqueueing: the answer shows the transactional as accepted (queued,
+    # scheduled or rejected), not whichever step a fast worker has reached meanwhile.
+    row = await get(pool, org_id, message_id)
+    assert row is not None
+    if status != MessageStatus.rejected:
+        defer_s = (req.queue_at - now).total_seconds() + SCHEDULE_MARGIN_S if scheduled else None
+        await _enqueue(redis, settings, send_id, request_id, defer_s)
+    return row
+
+
+async def _enqueue(
+    redis: ArqRedis, settings: Settings, send_id: uuid.UUID, request_id: str | None, defer_s: float | None
+) -> None:
+    try:
+        await jobs.enqueue_send(
+            redis, settings.queue_name, send_id, notify=False, request_id=request_id, defer_s=defer_s
+        )
+    except (OSError, RedisError):
+        # Accepted all the same: the reconciler enqueues queued sends whose job is missing
+        # and promotes due scheduled ones, so answering 5xx would only invite a duplicate.
+        log.warning("enqueue_failed", send_id=str(send_id), exc_info=True)
+
+
+async def get(pool: asyncpg.Pool, org_id: uuid.UUID, transactional_id: uuid.UUID) -> asyncpg.Record | None:
+    return await pool.fetchrow(Q.select_transactional, transactional_id, org_id)
+
+
+def status_url(public_base: str, transactional_id: object) -> str:
+    return f"{public_base}/api/v1/transactionals/{transactional_id}.json"
+
+
+def transactional_json(row: Mapping[str, Any], public_base: str) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": row["id"],
+        "recipient_email": row["recipient_email"],
+        "recipient_name": row["recipient_name"],
+        "subject": row["subject"],
+        "body": row["body"],
+        "preheader": row["preheader"],
+        "reply_to": row["reply_to"],
+        "queue_at": row["queue_at"],
+        "sent_at": row["sent_at"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+        "status": row["status"],
+        "error": row["error"],
+        "status_url": status_url(public_base, row["id"]),
+    }
+    if row["double_opt_in"]:
+        out.update(_confirmation_fields(row, public_base))
+    return out
+
+
+def _confirmation_fields(row: Mapping[str, Any], public_base: str) -> dict[str, Any]:
+    """`pending` until the link is followed, then `confirmed`; `expired` if it ran out first.
+    A subscriber confirmed before the send got no link (`confirmed`, no URL); a rejected
+    send or a redacted subscriber has neither."""
+    token = row["confirmation_token"]
+    if row["status"] == MessageStatus.rejected or row["subscriber_redacted"]:
+        return {"confirmation_status": None, "confirmation_url": None}
+    url = confirmations.url_for(public_base, token) if token else None
+    if token is None or row["subscriber_confirmed"]:
+        state = "confirmed"
+    elif row["confirmation_expired"]:
+        state = "expired"
+    else:
+        state = "pending"
+    return {"confirmation_status": state, "confirmation_url": url}
