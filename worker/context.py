@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import uuid
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from arq.connections import ArqRedis
 
+from shared.batching import Batcher
 from shared.config import Settings
 from shared.redis_keys import RedisKeys
 from worker.channels.email import EmailChannel
 from worker.channels.whatsapp import WhatsAppChannel
+
+if TYPE_CHECKING:
+    from worker.deliver import Outcome
 
 
 @dataclasses.dataclass(slots=True)
@@ -21,3 +27,16 @@ class WorkerContext:
     keys: RedisKeys
     email: EmailChannel
     whatsapp: WhatsAppChannel
+    # Concurrent jobs share their claims and their outcome writes (one statement each per batch).
+    claims: Batcher[uuid.UUID, list[Any]] = dataclasses.field(init=False)
+    outcomes: Batcher[tuple[uuid.UUID, list[Outcome]], None] = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        from worker.deliver import claim_batch, record_batch
+
+        self.claims = Batcher(lambda ids: claim_batch(self, ids))
+        self.outcomes = Batcher(lambda batch: record_batch(self, batch))
+
+    async def close(self) -> None:
+        await self.claims.close()
+        await self.outcomes.close()

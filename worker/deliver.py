@@ -87,23 +87,17 @@ async def deliver_send(
 
 
 async def _deliver(ctx: WorkerContext, send_id: uuid.UUID, notify: bool) -> dict[str, int]:
-    await ctx.pool.execute(Q.promote_due_scheduled, send_id)
-    claimed = await ctx.pool.fetch(Q.claim_send_messages, send_id, ctx.settings.lease_s)
+    claimed = await ctx.claims.submit(send_id)
     if not claimed:
         return {"claimed": 0}
-    send = await ctx.pool.fetchrow(Q.select_send_for_delivery, send_id)
-    template_ids = list({m["template_id"] for m in claimed if m["template_id"] is not None})
-    templates = {t["id"]: t for t in await ctx.pool.fetch(Q.select_templates_by_id, template_ids)}
-    data: Mapping[str, Any] = send["variables"] if send is not None else {}
-
     try:
-        outcomes = await asyncio.gather(*(_deliver_one(ctx, m, templates.get(m["template_id"]), data) for m in claimed))
+        outcomes = await asyncio.gather(*(_deliver_one(ctx, m) for m in claimed))
     except asyncio.CancelledError:
         # The worker is stopping (SIGTERM past its drain time): give the claims back so the
         # retried job sends them, rather than waiting for their leases to expire.
         await asyncio.shield(ctx.pool.execute(Q.release_claims, [m["id"] for m in claimed]))
         raise
-    await _record(ctx, send_id, outcomes, claimed[0]["org_id"])
+    await ctx.outcomes.submit((claimed[0]["org_id"], outcomes))
     if notify:
         payload = {
             str(o.message_id): {"status": o.status, "external_message_id": o.external_message_id, "error": o.error}
@@ -116,12 +110,45 @@ async def _deliver(ctx: WorkerContext, send_id: uuid.UUID, notify: bool) -> dict
     return counts
 
 
-async def _deliver_one(
-    ctx: WorkerContext, message: Mapping[str, Any], template: Mapping[str, Any] | None, data: Mapping[str, Any]
-) -> Outcome:
+async def claim_batch(ctx: WorkerContext, send_ids: list[uuid.UUID]) -> list[list[Any]]:
+    """Claim the due messages of many sends in two statements (shared by concurrent jobs)."""
+    unique = list(dict.fromkeys(send_ids))
+    await ctx.pool.execute(Q.promote_due_scheduled_batch, unique)
+    rows = await ctx.pool.fetch(Q.claim_sends_batch, unique, ctx.settings.lease_s)
+    by_send: dict[uuid.UUID, list[Any]] = {}
+    for row in rows:
+        by_send.setdefault(row["send_id"], []).append(row)
+    # A send id submitted twice in one batch gets its messages once (the first job takes them).
+    out: list[list[Any]] = []
+    for send_id in send_ids:
+        out.append(by_send.pop(send_id, []))
+    return out
+
+
+async def record_batch(ctx: WorkerContext, batch: list[tuple[uuid.UUID, list[Outcome]]]) -> list[None]:
+    """Write the outcomes of many jobs in one statement (one commit for all of them)."""
+    outcomes = [o for _, group in batch for o in group]
+    suppressions = [(org_id, o) for org_id, group in batch for o in group if o.suppress]
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        await conn.fetch(
+            Q.record_outcomes,
+            [o.message_id for o in outcomes],
+            [o.status for o in outcomes],
+            [o.external_message_id for o in outcomes],
+            [o.error for o in outcomes],
+            [o.next_attempt_at for o in outcomes],
+        )
+        for org_id, o in suppressions:
+            assert o.suppress is not None
+            await conn.execute(Q.insert_suppression, org_id, o.suppress.lower(), "hard_bounce", o.error)
+    return [None] * len(batch)
+
+
+async def _deliver_one(ctx: WorkerContext, message: Mapping[str, Any]) -> Outcome:
     message_id: uuid.UUID = message["id"]
     # A message carries its own content (Transactionals API) or names a broadcast template.
-    body = message["content"] if message["content"] is not None else template["body"] if template else None
+    body = message["content"] if message["content"] is not None else message["template_body"]
+    data: Mapping[str, Any] = message["variables"] or {}
     if body is None:
         return Outcome(message_id, MessageStatus.failed, error="the template was deleted before delivery")
     try:
@@ -156,18 +183,3 @@ async def _deliver_one(
     except DeliveryError as exc:  # a channel that did not sort its failure: treat as permanent
         return Outcome(message_id, MessageStatus.failed, error=exc.detail)
     return Outcome(message_id, MessageStatus.sent, external_message_id=result.external_message_id)
-
-
-async def _record(ctx: WorkerContext, send_id: uuid.UUID, outcomes: list[Outcome], org_id: uuid.UUID) -> None:
-    async with ctx.pool.acquire() as conn, conn.transaction():
-        await conn.fetch(
-            Q.record_outcomes,
-            [o.message_id for o in outcomes],
-            [o.status for o in outcomes],
-            [o.external_message_id for o in outcomes],
-            [o.error for o in outcomes],
-            [o.next_attempt_at for o in outcomes],
-        )
-        for o in outcomes:
-            if o.suppress:
-                await conn.execute(Q.insert_suppression, org_id, o.suppress.lower(), "hard_bounce", o.error)

@@ -44,6 +44,7 @@ def make_worker(settings: Settings, **overrides: Any) -> arq.Worker:
     async def shutdown(arq_ctx: dict[str, Any]) -> None:
         ctx: WorkerContext | None = arq_ctx.get("tidings")
         if ctx is not None:
+            await ctx.close()
             await ctx.email.close()
             await ctx.whatsapp.close()
             await ctx.pool.close()

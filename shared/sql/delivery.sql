@@ -92,3 +92,30 @@ WITH released AS (
     SELECT id, 'queued', 'released by a worker shutting down' FROM released
 )
 SELECT count(*) FROM released;
+
+-- name: claim_sends_batch
+-- Claim the due messages of several sends at once (queued -> sending, attempts + 1, a lease),
+-- log the events, and return with each what rendering needs: the send's variables and the
+-- template body (NULL when the message carries its own content).
+WITH claimed AS (
+    UPDATE messages
+    SET status = 'sending', attempts = attempts + 1, updated_at = now(),
+        lease_expires_at = now() + make_interval(secs => $2), next_attempt_at = NULL
+    WHERE send_id = ANY($1::uuid[]) AND status = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+    RETURNING id, send_id, org_id, template_id, contact_id, channel, to_address, attempts, content
+), logged AS (
+    INSERT INTO message_events (message_id, status) SELECT id, 'sending' FROM claimed
+)
+SELECT c.*, s.variables, t.body AS template_body
+FROM claimed c
+JOIN sends s ON s.id = c.send_id
+LEFT JOIN templates t ON t.id = c.template_id;
+
+-- name: promote_due_scheduled_batch
+-- Scheduled messages of these sends whose time has come become queued.
+WITH due AS (
+    UPDATE messages SET status = 'queued', updated_at = now()
+    WHERE send_id = ANY($1::uuid[]) AND status = 'scheduled' AND queue_at <= now()
+    RETURNING id
+)
+INSERT INTO message_events (message_id, status) SELECT id, 'queued' FROM due;
