@@ -17,6 +17,7 @@ import asyncpg
 
 from shared import broadcasts, contacts, errors
 from shared.broadcast_cache import NO_CACHE, BroadcastCache
+from shared.subscribers import address_hash
 from shared.domain import BUILTIN_VARIABLES, BroadcastStatus, BroadcastType, Channel, ContactStatus, MessageStatus
 from shared.sql import Q
 
@@ -210,12 +211,19 @@ def _resolve_variables(
 
 
 async def _apply_suppressions(pool: asyncpg.Pool, org_id: uuid.UUID, records: list[Record]) -> None:
+    """Suppressed and redacted addresses get a `rejected` record: accepted, never sent."""
     for record in records:
         if record.status == MessageStatus.queued and record.channel == Channel.email and record.to:
-            reason = await pool.fetchval(Q.select_suppression, org_id, record.to.lower())
-            if reason is not None:
+            address = record.to.lower()
+            block = await pool.fetchval(
+                Q.select_email_block, org_id, address, address_hash(org_id, Channel.email, address)
+            )
+            if block == "redacted":
                 record.status = MessageStatus.rejected
-                record.error = f"{record.to} is on the suppression list ({reason}); nothing was sent"
+                record.error = "the address belonged to a redacted subscriber; nothing was sent"
+            elif block is not None:
+                record.status = MessageStatus.rejected
+                record.error = f"{record.to} is on the suppression list ({block}); nothing was sent"
 
 
 async def commit(pool: asyncpg.Pool, send: PreparedSend) -> None:

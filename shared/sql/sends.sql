@@ -50,3 +50,10 @@ WITH s AS (
     INSERT INTO message_events (message_id, status, detail) SELECT id, status, error FROM m
 )
 SELECT id FROM s;
+
+-- name: select_email_block
+-- Why an address may not be mailed in an org: its suppression reason, 'redacted', or NULL.
+SELECT coalesce(
+    (SELECT reason FROM suppressions WHERE org_id = $1 AND email = $2),
+    (SELECT 'redacted' FROM redacted_addresses WHERE org_id = $1 AND channel = 'email' AND address_hash = $3)
+);
