@@ -16,16 +16,19 @@ _PARAM = re.compile(r"{(\w+)}")
 
 @functools.cache
 def _build() -> dict[str, Any]:
-    types: list[Any] = [schemas.ErrorResponse]
+    types: list[Any] = [schemas.ErrorResponse, schemas.V1ErrorResponse]
     for spec in ROUTES:
         types.extend(t for t in (spec.body, spec.response) if t is not None)
     unique = list(dict.fromkeys(types))
     type_schemas, components = msgspec.json.schema_components(unique, ref_template="#/components/schemas/{name}")
     schema_of = dict(zip(unique, type_schemas, strict=True))
-    error_ref = schema_of[schemas.ErrorResponse]
+    broadcasts_error_ref = schema_of[schemas.ErrorResponse]
+    v1_error_ref = schema_of[schemas.V1ErrorResponse]
 
     paths: dict[str, dict[str, Any]] = {}
     for spec in ROUTES:
+        # Each surface answers errors in its own model's shape.
+        error_ref = v1_error_ref if spec.path.startswith("/api/v1/") else broadcasts_error_ref
         op: dict[str, Any] = {
             "summary": spec.summary,
             "tags": [spec.tag],

@@ -239,3 +239,9 @@ class ErrorBody(msgspec.Struct):
 
 class ErrorResponse(msgspec.Struct):
     error: ErrorBody
+
+
+class V1ErrorResponse(msgspec.Struct):
+    """The Transactionals API's error shape: `{"errors": {"field": ["can't be blank"]}}`."""
+
+    errors: dict[str, list[str]]
