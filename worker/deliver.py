@@ -140,7 +140,12 @@ async def record_batch(ctx: WorkerContext, batch: list[tuple[uuid.UUID, list[Out
         )
         for org_id, o in suppressions:
             assert o.suppress is not None
-            await conn.execute(Q.insert_suppression, org_id, o.suppress.lower(), "hard_bounce", o.error)
+            address = o.suppress.lower()
+            await conn.execute(Q.insert_suppression, org_id, address, "hard_bounce", o.error)
+            # Its other unsent messages (scheduled ones above all) must not go out either.
+            await conn.execute(
+                Q.reject_unsent_to_address, org_id, address, f"address suppressed after a hard bounce: {o.error}"
+            )
     return [None] * len(batch)
 
 
