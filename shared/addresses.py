@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import email_validator
 import phonenumbers
 
@@ -16,6 +18,7 @@ class InvalidAddress(ValueError):
     pass
 
 
+@functools.lru_cache(maxsize=65536)
 def normalize_email(raw: str) -> str:
     """Syntax-checked address with the domain lower-cased (the local part is left as given:
     RFC 5321 lets servers treat it case-sensitively). No DNS lookups on the hot path."""
@@ -26,6 +29,7 @@ def normalize_email(raw: str) -> str:
     return f"{result.local_part}@{result.ascii_domain.lower()}"
 
 
+@functools.lru_cache(maxsize=65536)
 def normalize_phone(raw: str) -> str:
     """E.164 (`+14155550123`). Numbers must carry their country code: a service that takes
     triggers from anywhere cannot guess a default region."""

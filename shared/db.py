@@ -40,6 +40,10 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    return None
+
+
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         dsn,
@@ -48,6 +52,9 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20) -> asy
         init=_init_connection,
         # Statements are prepared once per connection and reused (asyncpg's statement cache).
         statement_cache_size=256,
+        # asyncpg's default reset on release (UNLISTEN, RESET ALL, CLOSE ALL, unlock advisory
+        # locks) is a round trip per release; our connections keep no session state, so skip it.
+        reset=_no_reset,
         # Never wait forever on a server that stopped answering: connect and per-statement bounds.
         timeout=CONNECT_TIMEOUT_S,
         command_timeout=COMMAND_TIMEOUT_S,

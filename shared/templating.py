@@ -60,8 +60,14 @@ def variables_used(sources: Iterable[str | None]) -> set[str]:
     used: set[str] = set()
     for source in sources:
         if source:
-            used.update(parse(source).global_variables())
+            used.update(_globals_of(source))
     return used
+
+
+@functools.lru_cache(maxsize=4096)
+def _globals_of(source: str) -> frozenset[str]:
+    # Static analysis walks the whole template; the send path asks on every trigger.
+    return frozenset(parse(source).global_variables())
 
 
 def render(source: str | None, data: Mapping[str, Any], *, html: bool = False) -> str:
