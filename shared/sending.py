@@ -17,9 +17,9 @@ import asyncpg
 
 from shared import broadcasts, contacts, errors
 from shared.broadcast_cache import NO_CACHE, BroadcastCache
-from shared.subscribers import address_hash
 from shared.domain import BUILTIN_VARIABLES, BroadcastStatus, BroadcastType, Channel, ContactStatus, MessageStatus
 from shared.sql import Q
+from shared.subscribers import address_hash
 
 
 @dataclasses.dataclass(slots=True)
