@@ -6,7 +6,6 @@ messages whose worker died holding them, and re-enqueues sends whose job vanishe
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from typing import Any
@@ -34,11 +33,17 @@ async def reconcile(arq_ctx: dict[str, Any]) -> dict[str, int]:
     ]
     enqueued = 0
     retry_tag = f"reclaim-{int(time.time())}"
-    for send_id in dict.fromkeys([*promoted, *stranded]):
-        # The job id is the send id: a send whose job is still queued is not enqueued twice.
+    candidates = list(dict.fromkeys([*promoted, *stranded]))
+    # One round trip tells which of them still have a job waiting in the queue: under a
+    # backlog most do, and those are left alone.
+    waiting = await _waiting_in_queue(ctx, candidates)
+    for send_id, is_waiting in zip(candidates, waiting, strict=True):
+        if is_waiting:
+            continue
+        # The job id is the send id: refused only if arq still holds that id.
         if await jobs.enqueue_send(ctx.redis, ctx.settings.queue_name, send_id, notify=False, request_id=None):
             enqueued += 1
-        elif not await _waiting_in_queue(ctx, send_id):
+        else:
             # Its job ran or is running, yet these messages sat untouched past the grace period:
             # that job died before claiming them (killed worker, or Redis lost its keys mid-way).
             # arq keeps the id taken (in-progress key, kept result) for a while; do not wait.
@@ -62,10 +67,13 @@ async def reconcile(arq_ctx: dict[str, Any]) -> dict[str, int]:
     return counts
 
 
-async def _waiting_in_queue(ctx: WorkerContext, send_id: uuid.UUID) -> bool:
-    """Whether the send's job is queued and not yet started (so it will claim its messages)."""
-    job_id = str(send_id)
-    queued, started = await asyncio.gather(
-        ctx.redis.exists(job_key_prefix + job_id), ctx.redis.exists(in_progress_key_prefix + job_id)
-    )
-    return bool(queued) and not started
+async def _waiting_in_queue(ctx: WorkerContext, send_ids: list[uuid.UUID]) -> list[bool]:
+    """Per send: whether its job is queued and not yet started (so it will claim its messages)."""
+    if not send_ids:
+        return []
+    async with ctx.redis.pipeline(transaction=False) as pipe:
+        for send_id in send_ids:
+            pipe.exists(job_key_prefix + str(send_id))
+            pipe.exists(in_progress_key_prefix + str(send_id))
+        flags = await pipe.execute()
+    return [bool(flags[2 * i]) and not flags[2 * i + 1] for i in range(len(send_ids))]
