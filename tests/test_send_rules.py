@@ -399,3 +399,30 @@ async def test_pause_between_prepare_and_commit_refuses_the_trigger(client, org,
     (refused,) = await sending.commit_many(pool, [prepared])
     assert isinstance(refused, errors.BroadcastNotActive)
     assert await pool.fetchval("SELECT count(*) FROM messages WHERE send_id = $1", prepared.send_id) == 0
+
+
+async def test_whatsapp_permanent_error_fails_with_metas_reply(client, org, worker, wa_sandbox) -> None:
+    b = await make_broadcast(client, org, templates=[{**WHATSAPP_TEMPLATE, "template_name": "missing_template"}])
+    r = await send(client, org, b["id"], {"phone": unique_phone(), "variables": {"otp": "1"}})
+    assert r.status == 200
+    rec = (await r.json())["recipients"][0]
+    assert rec["status"] == "failed" and "132001" in rec["error"]
+
+
+async def test_whatsapp_transient_error_is_retried_then_sent(client, org, worker, wa_sandbox) -> None:
+    from tests.helpers import eventually
+
+    b = await make_broadcast(client, org, templates=[WHATSAPP_TEMPLATE])
+    phone = unique_phone()
+    wa_sandbox.fail_next(phone, 1)
+    r = await send(client, org, b["id"], {"phone": phone, "variables": {"otp": "1"}})
+    rec = (await r.json())["recipients"][0]
+    assert rec["status"] == "queued" and rec["error"]
+
+    async def sent() -> dict[str, Any] | None:
+        m = await client.get(org.path(f"/messages/{rec['id']}"), headers=org.auth("read"))
+        body: dict[str, Any] = await m.json()
+        return body if body["status"] == "sent" else None
+
+    msg = await eventually(sent)
+    assert msg["external_message_id"].startswith("wamid.") and msg["attempts"] == 2
