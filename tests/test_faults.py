@@ -354,3 +354,17 @@ class TcpProxy:
             self.server.close()
             with contextlib.suppress(Exception):
                 await self.server.wait_closed()
+
+
+async def test_sigterm_drains_the_worker(stack: Stack, capsys: Any) -> None:
+    first = await stack.worker()
+    ids = await stack.burst()
+    await wait_delivered(stack, BURST // 5)
+    code = await first.stop(timeout_s=40)  # stops taking jobs, finishes the ones in hand
+    assert code == 0
+    mid = await stack.statuses(ids)
+    assert mid["sending"] == 0  # nothing left claimed by the stopped worker
+    await stack.worker()
+    await stack.settle(ids)
+    result = await stack.report("worker SIGTERM mid-burst", ids, capsys)
+    assert result["lost"] == 0 and result["sent"] == BURST and result["duplicates"] == 0
