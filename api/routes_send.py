@@ -71,7 +71,9 @@ async def send(call: Call[schemas.SendRequest]) -> web.Response:
     waiter = state.waiter.register(send_key) if prepared.queued and not body.background else None
     try:
         accepted = await state.send_pipeline.accept(prepared, notify=waiter is not None)
-        if waiter is not None and not accepted.enqueued:
+        if waiter is not None and not prepared.queued:
+            pass  # everything was rejected at commit (suppressed or redacted): nothing to wait for
+        elif waiter is not None and not accepted.enqueued:
             status = 202  # kept, to be enqueued by the reconciler once Redis is back
         elif waiter is not None:
             try:

@@ -85,6 +85,9 @@ async def prepare(
     if broadcast["status"] != BroadcastStatus.active:
         raise errors.BroadcastNotActive(f"the broadcast is {broadcast['status']}; activate or resume it first")
     selected = _select_templates(templates, trigger.template_ids)
+    if not selected:
+        # Possible only if every template was removed after activation.
+        raise errors.ValidationFailed("the broadcast has no templates to send", fields={"template_ids": ["none"]})
 
     if not (trigger.contact_channel_id or trigger.contact_id or trigger.phone or trigger.email):
         raise errors.RecipientRequired()
@@ -167,7 +170,6 @@ async def prepare(
             extra={"missing": missing},
         )
 
-    await _apply_suppressions(pool, org_id, records)
     return PreparedSend(
         send_id=uuid.uuid4(),
         org_id=org_id,
@@ -210,22 +212,6 @@ def _resolve_variables(
     return out
 
 
-async def _apply_suppressions(pool: asyncpg.Pool, org_id: uuid.UUID, records: list[Record]) -> None:
-    """Suppressed and redacted addresses get a `rejected` record: accepted, never sent."""
-    for record in records:
-        if record.status == MessageStatus.queued and record.channel == Channel.email and record.to:
-            address = record.to.lower()
-            block = await pool.fetchval(
-                Q.select_email_block, org_id, address, address_hash(org_id, Channel.email, address)
-            )
-            if block == "redacted":
-                record.status = MessageStatus.rejected
-                record.error = "the address belonged to a redacted subscriber; nothing was sent"
-            elif block is not None:
-                record.status = MessageStatus.rejected
-                record.error = f"{record.to} is on the suppression list ({block}); nothing was sent"
-
-
 async def commit(pool: asyncpg.Pool, send: PreparedSend) -> None:
     """Write one send and its messages with their first event, atomically."""
     (result,) = await commit_many(pool, [send])
@@ -238,6 +224,8 @@ async def commit_many(pool: asyncpg.Pool, sends: list[PreparedSend]) -> list[err
 
     The broadcast's status is checked again inside the statement, so a pause that
     committed before this write refuses the trigger even if `prepare` saw it active.
+    Suppressed and redacted email addresses are found by the same statement: their
+    records come back `rejected` (the records of `sends` are updated in place).
     """
     messages = [(s.send_id, r) for s in sends for r in s.records]
     written = await pool.fetch(
@@ -257,6 +245,18 @@ async def commit_many(pool: asyncpg.Pool, sends: list[PreparedSend]) -> list[err
         [r.to for _, r in messages],
         [r.status for _, r in messages],
         [r.error for _, r in messages],
+        [_email_hash(s.org_id, r) for s in sends for r in s.records],
     )
-    ok = {row["id"] for row in written}
+    by_id = {row["id"]: row for row in written}
+    for _, record in messages:
+        row = by_id.get(record.id)
+        if row is not None:
+            record.status, record.error = row["status"], row["error"]
+    ok = {row["send_id"] for row in written}
     return [None if s.send_id in ok else errors.BroadcastNotActive() for s in sends]
+
+
+def _email_hash(org_id: uuid.UUID, record: Record) -> bytes | None:
+    if record.channel != Channel.email or not record.to:
+        return None
+    return address_hash(org_id, Channel.email, record.to.lower())
