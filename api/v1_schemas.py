@@ -159,9 +159,3 @@ class SuppressionOut(msgspec.Struct, forbid_unknown_fields=True):
 class SuppressionList(msgspec.Struct):
     data: list[SuppressionOut]
     next_cursor: str | None
-
-
-class V1Errors(msgspec.Struct):
-    """Every /api/v1 error: 422 lists problems by field; other statuses say why under `base`."""
-
-    errors: dict[str, list[str]]

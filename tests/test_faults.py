@@ -22,9 +22,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
 from api.app import create_app
-from shared import orgs
+from shared import db, orgs
 from shared.config import Settings
 from shared.dev_inbox import start_smtp
+from shared.embedded import create_database, drop_database
+from shared.migrate import migrate
 from tests.helpers import EMAIL_TEMPLATE, eventually
 from tests.procs import WorkerProcess
 
@@ -118,6 +120,7 @@ class Stack:
             "lost": len(ids) - counts["sent"] - counts["failed"],
             "delivered": sum(per_address.values()),
             "duplicates": sum(n - 1 for n in per_address.values() if n > 1),
+            "sent_not_received": counts["sent"] - len(per_address),
         }
         stuck = await self.pool.fetch(
             "SELECT m.id, m.send_id, m.status, m.attempts, m.error, m.lease_expires_at, m.next_attempt_at,"
@@ -130,6 +133,8 @@ class Stack:
             print(f"\n[fault] {name}: " + " ".join(f"{k}={v}" for k, v in result.items()))
             for row in stuck:
                 print(f"[fault]   unsettled: {dict(row)}")
+        # A message recorded `sent` was really received by the SMTP server.
+        assert result["sent_not_received"] == 0, result
         if stuck:
             redis = Redis.from_url(self.settings.redis_url)
             for row in stuck:
@@ -163,10 +168,17 @@ class Stack:
 
 
 @pytest.fixture
-async def stack(settings: Settings, pool: asyncpg.Pool, tmp_path: Path) -> AsyncIterator[Stack]:
+async def stack(settings: Settings, admin_dsn: str, tmp_path: Path) -> AsyncIterator[Stack]:
     run = uuid.uuid4().hex[:8]
+    # A database of its own: the session's in-process worker reconciles every send of the
+    # database it sees, and would otherwise deliver this test's messages through its own queue.
+    db_name = f"tidings_fault_{run}"
+    database_url = await create_database(admin_dsn, db_name)
+    await migrate(database_url)
+    pool = await db.create_pool(database_url, min_size=1, max_size=5)
     smtp = await start_smtp("127.0.0.1", 0, max_messages=100_000)
     fault_settings = settings.replace(
+        database_url=database_url,
         queue_name=f"tidings-fault:{run}:queue",
         redis_prefix=f"tidings-fault:{run}:",
         smtp_port=smtp.port,
@@ -178,20 +190,24 @@ async def stack(settings: Settings, pool: asyncpg.Pool, tmp_path: Path) -> Async
         retry_max_attempts=30,
         log_level="INFO",
     )
-    async with TestClient(TestServer(create_app(fault_settings))) as client:
-        s = Stack(fault_settings, client, smtp, pool, tmp_path)
-        await s.setup_broadcast()
-        try:
-            yield s
-        finally:
-            for w in s.workers:
-                await w.stop(timeout_s=10)
-            await s.smtp.close()
-            redis = Redis.from_url(fault_settings.redis_url)
-            keys = [k async for k in redis.scan_iter(match=f"tidings-fault:{run}:*")]
-            if keys:
-                await redis.delete(*keys)
-            await redis.aclose()
+    try:
+        async with TestClient(TestServer(create_app(fault_settings))) as client:
+            s = Stack(fault_settings, client, smtp, pool, tmp_path)
+            await s.setup_broadcast()
+            try:
+                yield s
+            finally:
+                for w in s.workers:
+                    await w.stop(timeout_s=10)
+                await s.smtp.close()
+                redis = Redis.from_url(fault_settings.redis_url)
+                keys = [k async for k in redis.scan_iter(match=f"tidings-fault:{run}:*")]
+                if keys:
+                    await redis.delete(*keys)
+                await redis.aclose()
+    finally:
+        await pool.close()
+        await drop_database(admin_dsn, db_name)
 
 
 async def wait_delivered(stack: Stack, at_least: int, timeout_s: float = 20.0) -> None:

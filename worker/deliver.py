@@ -187,4 +187,9 @@ async def _deliver_one(ctx: WorkerContext, message: Mapping[str, Any]) -> Outcom
         return Outcome(message_id, MessageStatus.failed, error=exc.detail, suppress=suppress)
     except DeliveryError as exc:  # a channel that did not sort its failure: treat as permanent
         return Outcome(message_id, MessageStatus.failed, error=exc.detail)
+    except Exception as exc:
+        # A bug, not a provider's answer: fail this message visibly rather than lose its
+        # siblings' outcomes (already sent) by letting the exception end the whole job.
+        log.exception("deliver_unexpected_error", message_id=str(message_id))
+        return Outcome(message_id, MessageStatus.failed, error=f"internal error while sending: {type(exc).__name__}")
     return Outcome(message_id, MessageStatus.sent, external_message_id=result.external_message_id)

@@ -4,6 +4,12 @@ Opening a connection per message costs more than the message, so each worker kee
 to `smtp_pool_size` sessions open and hands them out one message at a time. A session
 that saw any error is closed rather than reused: after a refused RCPT or a broken DATA
 its state is not worth trusting.
+
+The message is serialized to bytes here, once, and those exact bytes are what a DKIM
+signature covers and what goes over the wire (`sendmail`, not `send_message`, which
+would serialize it again and could change what was signed). Bodies are kept 7-bit
+(quoted-printable or base64 when needed) so that a relay without 8BITMIME never has to
+re-encode them, which would break the signature.
 """
 
 from __future__ import annotations
@@ -11,11 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import re
+from email.header import Header
 from email.message import EmailMessage
-from email.policy import SMTP as SMTP_POLICY
+from email.policy import SMTP, SMTPUTF8, EmailPolicy, Policy
 
 import aiosmtplib
 
+from shared.addresses import fold_header
 from shared.config import Settings
 from worker.channels.base import (
     DeliveryResult,
@@ -23,23 +32,119 @@ from worker.channels.base import (
     RenderedEmail,
     TransientDeliveryError,
 )
+from worker.dkim import DkimSigner
+
+# CRLF line endings, RFC 2047 encoded words for non-ASCII header text, 7-bit bodies.
+SMTP_POLICY = SMTP.clone(cte_type="7bit")
+# For an address that is not ASCII (RFC 6531): header text goes as raw UTF-8.
+SMTPUTF8_POLICY = SMTPUTF8.clone(cte_type="7bit")
+
+
+def header_text(value: str) -> str:
+    """A rendered value made safe to hand to the email package as header text.
+
+    Line breaks become a space: CR and LF as the renderer folds them, and also what Python
+    counts as a line break (VT, FF, NEL, U+2028, ...), which the email package refuses in a
+    header value. And the email package decodes any RFC 2047 encoded word in the text it is
+    given, so a variable value such as `=?utf-8?q?x=0D=0ABcc:_...?=` would become a real
+    CR LF, which the generator of Python before 3.11.10 writes out raw: a header injection.
+    A word joiner (U+2060, invisible) after every `=` of `=?` keeps the text as typed and
+    the lookalike inert (the stdlib's parser is lenient, so every candidate goes, not just
+    well-formed encoded words).
+    """
+    value = fold_header(value)
+    lines = value.splitlines()
+    if len(lines) != 1 or lines[0] != value:
+        value = " ".join(lines)
+    if "=?" in value and "?=" in value:
+        value = value.replace("=?", "=\u2060?")
+    return value
+
+
+def needs_smtputf8(msg: RenderedEmail) -> bool:
+    return not (msg.from_email.isascii() and msg.to.isascii())
+
+
+class _AddressHeader:
+    """An address header (From, To, Reply-To) written exactly as built here.
+
+    The email package's own parsing and folding of address headers mangles display names
+    taken from variables (Python 3.11): a non-ASCII name loses the quotes around its ASCII
+    part (`"a, b <x@y.z> é" <to@...>` goes out as `a, b <x@y.z> =?utf-8?q?=C3=A9?= <to@...>`,
+    two mailboxes: an added recipient or a spoofed sender), a fold after a comma may start
+    a line without whitespace (ending the header block early), and some names make its
+    parser raise. So these headers are built whole here and the policy, which hands header
+    objects with a `name` through unchanged, just calls `fold`.
+    """
+
+    def __init__(self, name: str, value: str) -> None:
+        self.name = name
+        self.value = value
+
+    def fold(self, *, policy: Policy) -> str:
+        return f"{self.name}: {self.value}{policy.linesep}"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# An addr-spec as we send it: no whitespace, quoting, comments or second @ (RFC 6531 allows
+# UTF-8 in it).
+_ADDR_SPEC = re.compile(r"[^\s<>()\[\],;:\\\"@]+@[^\s<>()\[\],;:\\\"@]+")
+# A plain display name written as is (quoted when needed); anything else is RFC 2047 encoded.
+_MAX_PLAIN_NAME_CHARS = 60
+
+
+def _mailbox(field: str, name: str | None, addr_spec: str, policy: EmailPolicy[EmailMessage]) -> str:
+    """`name <addr>`: the name quoted if plain ASCII and short, else RFC 2047 encoded (and
+    folded) whole; an address that is not a plain addr-spec is refused (ValueError)."""
+    name, addr_spec = header_text(name or "").strip(), header_text(addr_spec).strip()
+    if not _ADDR_SPEC.fullmatch(addr_spec):
+        raise ValueError(f"{field}: not an email address: {addr_spec!r}")
+    if not addr_spec.isascii() and not policy.utf8:
+        raise ValueError(f"{field}: {addr_spec!r} is not ASCII, and only From and To decide on SMTPUTF8")
+    if not name:
+        return addr_spec
+    if name.isascii() and name.isprintable() and len(name) <= _MAX_PLAIN_NAME_CHARS:
+        plain: str = email.utils.formataddr((name, "x@x"))[: -len("<x@x>")]
+        return f"{plain}<{addr_spec}>"
+    encoded = Header(name, "utf-8", header_name=field).encode(linesep=policy.linesep)
+    return f"{encoded} <{addr_spec}>"
+
+
+def _address_header(field: str, mailboxes: list[tuple[str, str]], policy: EmailPolicy[EmailMessage]) -> _AddressHeader:
+    return _AddressHeader(field, f",{policy.linesep} ".join(_mailbox(field, n, a, policy) for n, a in mailboxes))
 
 
 def build_mime(msg: RenderedEmail) -> EmailMessage:
-    mime = EmailMessage(policy=SMTP_POLICY)
+    policy = SMTPUTF8_POLICY if needs_smtputf8(msg) else SMTP_POLICY
+    # Addresses first: one that is not an address is refused before anything else is built.
+    sender = _address_header("From", [(msg.from_name or "", msg.from_email)], policy)
+    recipient = _address_header("To", [(msg.to_name or "", msg.to)], policy)
+    mime = EmailMessage(policy=policy)
     mime["Message-ID"] = msg.message_id
     mime["Date"] = email.utils.formatdate(usegmt=True)
-    mime["From"] = email.utils.formataddr((msg.from_name or "", msg.from_email))
-    mime["To"] = email.utils.formataddr((msg.to_name or "", msg.to))
+    mime["From"] = sender
+    mime["To"] = recipient
     if msg.reply_to:
-        mime["Reply-To"] = msg.reply_to
-    mime["Subject"] = msg.subject
+        # Rendered text such as `Help <help@acme.test>`: parsed by the lenient legacy parser.
+        mailboxes = [(n, a) for n, a in email.utils.getaddresses([header_text(msg.reply_to)]) if n or a]
+        mime["Reply-To"] = _address_header("Reply-To", mailboxes or [("", msg.reply_to)], policy)
+    mime["Subject"] = header_text(msg.subject)
     for name, value in msg.headers.items():
-        mime[name] = value
+        mime[name] = header_text(value)
     mime.set_content(msg.text)
     if msg.html is not None:
         mime.add_alternative(msg.html, subtype="html")
+    if "MIME-Version" not in mime:
+        mime["MIME-Version"] = "1.0"
     return mime
+
+
+def message_bytes(msg: RenderedEmail, signer: DkimSigner | None = None) -> bytes:
+    """The message as it goes over the wire: serialized once, DKIM-signed when configured."""
+    data = build_mime(msg).as_bytes()
+    return signer.sign(data) if signer is not None else data
 
 
 def _reply(code: int, message: str) -> str:
@@ -51,6 +156,8 @@ class EmailChannel:
         self.settings = settings
         self._idle: asyncio.LifoQueue[aiosmtplib.SMTP] = asyncio.LifoQueue()
         self._slots = asyncio.Semaphore(settings.smtp_pool_size)
+        # Built once: a half-configured DKIM or an unreadable key fails the worker's start-up.
+        self._dkim = DkimSigner.from_settings(settings)
 
     def _client(self) -> aiosmtplib.SMTP:
         s = self.settings
@@ -65,14 +172,20 @@ class EmailChannel:
         )
 
     async def send(self, message: RenderedEmail) -> DeliveryResult:
-        mime = build_mime(message)
+        try:
+            data = message_bytes(message, self._dkim)
+        except ValueError as exc:
+            # Content the email package refuses (header_text removes what we know of):
+            # sending it again cannot help.
+            raise PermanentDeliveryError(f"the message could not be built: {exc}") from exc
+        mail_options = ["SMTPUTF8"] if needs_smtputf8(message) else []
         async with self._slots:
             client = self._idle.get_nowait() if not self._idle.empty() else self._client()
             healthy = False
             try:
                 if not client.is_connected:
                     await client.connect()
-                await client.send_message(mime, sender=message.from_email, recipients=[message.to])
+                await client.sendmail(message.from_email, [message.to], data, mail_options=mail_options)
                 healthy = True
             except aiosmtplib.SMTPRecipientsRefused as exc:
                 refused = exc.recipients[0] if exc.recipients else None
