@@ -34,3 +34,14 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .data .mypy_cache .ruff_cache
+
+# The benchmark (tests/perf/README.md): P1-P6 beside ceilings measured in the same run. Not
+# part of `make test` (a smoke version is). Knobs: BENCH_* in the environment, BENCH_ARGS=--soak.
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): tests/perf/requirements.txt $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r tests/perf/requirements.txt
+	touch $(BENCH_STAMP)
+
+bench: $(STAMP) $(BENCH_STAMP)
+	$(BIN)/python tests/perf/bench.py $(BENCH_ARGS)

@@ -1,0 +1,103 @@
+"""The benchmark harness (`make bench`, tests/perf/) in its tiny mode, so that it cannot rot.
+
+`bench.py --smoke` runs every scenario for about a second against real processes (the api,
+workers, the SMTP sink, the WhatsApp sandbox) on the suite's Postgres and Redis (embedded, or
+TEST_DATABASE_URL / TEST_REDIS_URL), where it makes a database of its own and picks a free
+Redis db index, and must print the full JSON result. The figures of such a run mean nothing; that
+every one of them is there, and positive, is what is checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import math
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "tests" / "perf" / "bench.py"
+TIMEOUT_S = 300  # the run is bounded itself; this only guards against a hang
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+async def _run_smoke(out: Path, database_url: str, redis_url: str) -> tuple[int, str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BENCH_", "DATABASE_URL", "REDIS_URL"))}
+    # The suite's own servers (embedded, or TEST_DATABASE_URL / TEST_REDIS_URL): the bench
+    # makes its own database there and takes a free Redis db index of its own.
+    env |= {"DATABASE_URL": database_url, "REDIS_URL": redis_url}
+    # Up to 4 workers beside the suite's own pools, on a server that allows 100 connections.
+    env["DB_POOL_MAX_SIZE"] = "5"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(BENCH),
+        "--smoke",
+        "--out",
+        str(out),
+        cwd=REPO,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), TIMEOUT_S)
+    except TimeoutError:
+        # SIGTERM first: the driver then stops its processes and drops its database.
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 60)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+        raise AssertionError(f"bench --smoke did not finish in {TIMEOUT_S} s") from None
+    assert proc.returncode is not None
+    return proc.returncode, stdout.decode(errors="replace"), stderr.decode(errors="replace")
+
+
+async def test_bench_smoke(tmp_path: Path, admin_dsn: str, redis_url: str) -> None:
+    code, stdout, stderr = await _run_smoke(tmp_path, admin_dsn, redis_url)
+    assert code == 0, stderr[-6000:]
+    lines = stdout.strip().splitlines()
+    assert lines, stderr[-6000:]
+    result = json.loads(lines[-1])  # the last stdout line is the one JSON object
+    assert json.loads((tmp_path / "result.json").read_text())["P1"] == result["P1"]
+
+    machine = result["machine"]
+    assert _positive(machine["cores"])
+    assert machine["python"].count(".") == 2
+    assert machine["sink"] in ("smtp-sink", "aiosmtpd")
+
+    units = {"P1": "triggers/s", "P2": "emails/s", "P3": "messages/s"}
+    for name, unit in units.items():
+        figure = result[name]
+        assert figure["unit"] == unit
+        for key in ("value", "ceiling", "ratio"):
+            assert _positive(figure[key]), (name, key, figure)
+        assert math.isclose(figure["ratio"], figure["value"] / figure["ceiling"], abs_tol=0.001)
+    assert result["P2"]["workers"] == 2
+
+    for key in ("p50_ms", "p99_ms", "rate", "sink_ms"):
+        assert _positive(result["P4"][key]), (key, result["P4"])
+    assert result["P4"]["p50_ms"] <= result["P4"]["p99_ms"]
+
+    p5 = result["P5"]
+    assert _positive(p5["worker_rss_mb"]) and _positive(p5["api_rss_mb"]), p5
+    # Growth may be zero or even negative over seconds; it must be a number.
+    assert isinstance(p5["rss_growth_mb_per_min"], int | float) and math.isfinite(p5["rss_growth_mb_per_min"])
+
+    p6 = result["P6"]["workers"]
+    assert set(p6) == {"1", "2", "4"}
+    assert all(_positive(v) for v in p6.values()), p6
+    assert p6["2"] == result["P2"]["value"]
+
+    if importlib.util.find_spec("matplotlib") is not None:
+        png = tmp_path / "bench.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
