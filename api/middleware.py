@@ -12,7 +12,7 @@ from aiohttp import web
 
 from api import errors as http_errors
 from api.jsonio import json_response
-from shared import db, errors
+from shared import db, errors, metrics
 
 log = structlog.get_logger("tidings.api")
 
@@ -61,11 +61,21 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         response.headers["X-Request-Id"] = request_id
         return response
     finally:
+        route = _route_label(request)
+        elapsed_s = time.perf_counter() - started
+        metrics.HTTP_REQUESTS.labels(request.method, route, str(response.status if response is not None else 0)).inc()
+        metrics.HTTP_LATENCY.labels(route).observe(elapsed_s)
         log.info(
             "request",
             method=request.method,
             path=request.path,
             status=response.status if response is not None else None,
-            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            duration_ms=round(elapsed_s * 1000, 2),
         )
         structlog.contextvars.unbind_contextvars("request_id")
+
+
+def _route_label(request: web.Request) -> str:
+    """The route's template (`/orgs/{org_id}/...`), never the raw path: bounded label values."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"

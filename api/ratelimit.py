@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 
-from shared import errors
+from shared import errors, metrics
 from shared.redis_keys import RedisKeys
 
 if TYPE_CHECKING:
@@ -71,6 +71,7 @@ async def enforce(state: State, key: AuthKey) -> dict[str, str]:
     )
     headers = verdict.headers()
     if not verdict.allowed:
+        metrics.RATE_LIMITED.inc()
         raise errors.RateLimited(
             f"rate limit of {verdict.limit} requests exceeded; retry in {verdict.reset_s} s", headers=headers
         )

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import prometheus_client
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from api import openapi
 from api.jsonio import json_response
@@ -38,3 +40,9 @@ async def readyz(call: Call[None]) -> web.Response:
 @route("GET", "/openapi.json", summary="This API's OpenAPI 3.1 document", scope=None, tag="service")
 async def openapi_json(call: Call[None]) -> web.Response:
     return json_response(openapi.document(call.state.settings.public_base))
+
+
+@route("GET", "/metrics", summary="Prometheus metrics of this API process", scope=None, tag="service")
+async def metrics_text(call: Call[None]) -> web.Response:
+    # No auth, like /healthz: expose the api port only to the scraper's network.
+    return web.Response(body=prometheus_client.generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})

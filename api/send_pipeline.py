@@ -12,7 +12,7 @@ import redis.exceptions
 import structlog
 from arq.connections import ArqRedis
 
-from shared import errors, jobs, sending
+from shared import errors, jobs, metrics, sending
 from shared.batching import Batcher
 
 log = structlog.get_logger("tidings.api.send")
@@ -54,6 +54,7 @@ class SendPipeline:
                 # Answering an error here would invite a retry and a duplicate.
                 log.warning("enqueue_failed_sends_kept", sends=len(to_enqueue))
                 enqueued = False
+        metrics.SENDS_ACCEPTED.inc(sum(1 for refused in outcomes if refused is None))
         results: list[Accepted | BaseException] = []
         for refused in outcomes:
             results.append(refused if isinstance(refused, errors.TidingsError) else Accepted(enqueued))

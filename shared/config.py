@@ -50,6 +50,8 @@ class Settings:
     whatsapp_timeout_s: float = 15.0
 
     worker_concurrency: int = 100
+    # Each worker serves Prometheus metrics here (0: off). One worker per host/pod in production.
+    worker_metrics_port: int = 9100
     # A job running longer is cancelled; arq also keeps a dead worker's job id this long (+10 s).
     job_timeout_s: float = 60.0
     retry_base_delay_s: float = 5.0

@@ -140,6 +140,7 @@ def settings(database_url: str, redis_url: str, smtp_server: Any, wa_sandbox: An
         db_pool_min_size=1,
         db_pool_max_size=10,
         log_level="WARNING",
+        worker_metrics_port=0,
     )
 
 

@@ -21,7 +21,7 @@ import orjson
 import structlog
 from arq import Retry
 
-from shared import errors
+from shared import errors, metrics
 from shared.domain import Channel, MessageStatus
 from shared.sql import Q
 from worker import render
@@ -91,7 +91,7 @@ async def _deliver(ctx: WorkerContext, send_id: uuid.UUID, notify: bool) -> dict
     if not claimed:
         return {"claimed": 0}
     try:
-        outcomes = await asyncio.gather(*(_deliver_one(ctx, m) for m in claimed))
+        outcomes = await asyncio.gather(*(_deliver_measured(ctx, m) for m in claimed))
     except asyncio.CancelledError:
         # The worker is stopping (SIGTERM past its drain time): give the claims back so the
         # retried job sends them, rather than waiting for their leases to expire.
@@ -147,6 +147,17 @@ async def record_batch(ctx: WorkerContext, batch: list[tuple[uuid.UUID, list[Out
                 Q.reject_unsent_to_address, org_id, address, f"address suppressed after a hard bounce: {o.error}"
             )
     return [None] * len(batch)
+
+
+async def _deliver_measured(ctx: WorkerContext, message: Mapping[str, Any]) -> Outcome:
+    started = time.perf_counter()
+    outcome = await _deliver_one(ctx, message)
+    channel = message["channel"]
+    metrics.DELIVERY_LATENCY.labels(channel).observe(time.perf_counter() - started)
+    metrics.MESSAGES.labels(channel, outcome.status.value).inc()
+    if outcome.status == MessageStatus.queued:
+        metrics.RETRIES.labels(channel).inc()
+    return outcome
 
 
 async def _deliver_one(ctx: WorkerContext, message: Mapping[str, Any]) -> Outcome:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any, cast
 
 import arq
+import prometheus_client
+import structlog
 from arq.connections import RedisSettings
 from arq.typing import WorkerCoroutine
 
@@ -17,6 +19,8 @@ from worker.context import WorkerContext
 from worker.deliver import deliver_send
 from worker.reconcile import reconcile
 
+log = structlog.get_logger("tidings.worker")
+
 # arq polls Redis this often when idle; its 0.5 s default would put half a second on every
 # synchronous send.
 POLL_DELAY_S = 0.005
@@ -28,6 +32,12 @@ RECONCILE_EVERY_S = 4
 
 def make_worker(settings: Settings, **overrides: Any) -> arq.Worker:
     async def startup(arq_ctx: dict[str, Any]) -> None:
+        if settings.worker_metrics_port:
+            try:
+                prometheus_client.start_http_server(settings.worker_metrics_port)
+            except OSError as exc:
+                # Several workers on one host: the first serves; the others say why they don't.
+                log.warning("worker_metrics_port_busy", port=settings.worker_metrics_port, error=str(exc))
         pool = await db.create_pool(
             settings.database_url, min_size=settings.db_pool_min_size, max_size=settings.db_pool_max_size
         )

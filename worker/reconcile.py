@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 from arq.constants import in_progress_key_prefix, job_key_prefix
 
-from shared import jobs
+from shared import jobs, metrics
 from shared.sql import Q
 from worker.context import WorkerContext
 
@@ -56,6 +56,9 @@ async def reconcile(arq_ctx: dict[str, Any]) -> dict[str, int]:
         enqueued += await jobs.enqueue_send(
             ctx.redis, ctx.settings.queue_name, send_id, notify=False, request_id=None, retry_tag=retry_tag
         )
+    metrics.QUEUE_DEPTH.set(await ctx.redis.zcard(ctx.settings.queue_name))
+    metrics.RECONCILED.labels("reclaimed").inc(len(reclaimed))
+    metrics.RECONCILED.labels("enqueued").inc(enqueued)
     counts = {
         "promoted_sends": len(promoted),
         "reclaimed_sends": len(reclaimed),

@@ -26,6 +26,7 @@ from email.policy import SMTP, SMTPUTF8, EmailPolicy, Policy
 
 import aiosmtplib
 
+from shared import metrics
 from shared.addresses import fold_header
 from shared.config import Settings
 from worker.channels.base import (
@@ -223,6 +224,7 @@ class EmailChannel:
             raise PermanentDeliveryError(f"the message could not be built: {exc}") from exc
         mail_options = ["SMTPUTF8"] if needs_smtputf8(message) else []
         async with self._slots:
+            metrics.SMTP_IN_USE.inc()
             client = self._idle.get_nowait() if not self._idle.empty() else self._client()
             healthy = False
             try:
@@ -249,6 +251,7 @@ class EmailChannel:
             except aiosmtplib.SMTPResponseException as exc:
                 raise _classify(exc.code, exc.message, hard_bounce=False) from exc
             finally:
+                metrics.SMTP_IN_USE.dec()
                 if healthy:
                     self._idle.put_nowait(client)
                 else:

@@ -1,0 +1,33 @@
+"""Prometheus metrics: every name in one place, for the api and the workers.
+
+The api serves them at `GET /metrics`; each worker on `WORKER_METRICS_PORT`. Labels are
+bounded sets (route templates, channels, outcomes), never ids or addresses.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# ---- api ----
+HTTP_REQUESTS = Counter("tidings_http_requests_total", "HTTP requests answered", ["method", "route", "status"])
+HTTP_LATENCY = Histogram(
+    "tidings_http_request_duration_seconds",
+    "Time to answer an HTTP request",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+RATE_LIMITED = Counter("tidings_rate_limited_total", "Send requests refused by the per-org rate limit")
+SENDS_ACCEPTED = Counter("tidings_sends_accepted_total", "Triggers committed (both APIs)")
+
+# ---- worker ----
+MESSAGES = Counter("tidings_messages_total", "Delivery attempts by channel and outcome", ["channel", "outcome"])
+DELIVERY_LATENCY = Histogram(
+    "tidings_delivery_duration_seconds",
+    "Time to hand one message to its provider",
+    ["channel"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 30.0),
+)
+RETRIES = Counter("tidings_retries_total", "Transient failures scheduled for another attempt", ["channel"])
+QUEUE_DEPTH = Gauge("tidings_queue_depth", "Jobs waiting in the arq queue (sampled by the reconciler)")
+SMTP_IN_USE = Gauge("tidings_smtp_connections_in_use", "SMTP connections of this worker busy sending")
+RECONCILED = Counter("tidings_reconciled_sends_total", "Sends the reconciler re-enqueued", ["reason"])
