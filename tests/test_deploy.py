@@ -347,7 +347,10 @@ def test_worker_grace_period_outlasts_its_drain(drain_s: float) -> None:
     # The DKIM key is readable by the non-root user: group-readable and owned by its group.
     (dkim,) = [v for v in pod["volumes"] if v["name"] == "dkim"]
     assert dkim["secret"]["defaultMode"] & 0o040 and pod["securityContext"]["fsGroup"] == 10001
-    assert "livenessProbe" not in container and "readinessProbe" not in container  # no HTTP in the worker
+    # The worker's only HTTP is its metrics port: liveness there, on the port the settings name.
+    probe = container["livenessProbe"]["httpGet"]
+    (port,) = [p for p in container["ports"] if p["name"] == probe["port"]]
+    assert port["containerPort"] == Settings().worker_metrics_port and probe["path"] == "/metrics"
     api_pod = find("Deployment", "tidings-api")["spec"]["template"]["spec"]
     assert api_pod["terminationGracePeriodSeconds"] >= 20  # preStop 5 s + aiohttp shutdown 15 s
 
