@@ -113,6 +113,7 @@ async def _deliver(ctx: WorkerContext, send_id: uuid.UUID, notify: bool) -> dict
 async def claim_batch(ctx: WorkerContext, send_ids: list[uuid.UUID]) -> list[list[Any]]:
     """Claim the due messages of many sends in two statements (shared by concurrent jobs)."""
     unique = list(dict.fromkeys(send_ids))
+    # Committed without waiting for the WAL flush (WORKER_SESSION in worker/main.py).
     await ctx.pool.execute(Q.promote_due_scheduled_batch, unique)
     rows = await ctx.pool.fetch(Q.claim_sends_batch, unique, ctx.settings.lease_s)
     by_send: dict[uuid.UUID, list[Any]] = {}
