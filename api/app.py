@@ -31,6 +31,7 @@ from api.state import STATE, State
 from shared import db
 from shared.broadcast_cache import BroadcastCache
 from shared.config import Settings
+from shared.contact_cache import ContactCache
 from shared.redis_keys import RedisKeys
 
 
@@ -58,6 +59,7 @@ def create_app(settings: Settings) -> web.Application:
             waiter=waiter,
             send_pipeline=SendPipeline(pool, redis, settings.queue_name),
             broadcast_cache=BroadcastCache(settings.broadcast_cache_ttl_s),
+            contact_cache=ContactCache(settings.broadcast_cache_ttl_s),
         )
         yield
         await app[STATE].send_pipeline.close()

@@ -62,7 +62,12 @@ async def send(call: Call[schemas.SendRequest]) -> web.Response:
         request_id=call.request[REQUEST_ID],
     )
     prepared = await sending.prepare(
-        state.pool, call.org_id, call.path_uuid("broadcast_id"), trigger, cache=state.broadcast_cache
+        state.pool,
+        call.org_id,
+        call.path_uuid("broadcast_id"),
+        trigger,
+        cache=state.broadcast_cache,
+        contact_cache=state.contact_cache,
     )
 
     status = 202 if body.background else 200

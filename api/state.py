@@ -14,6 +14,7 @@ from api.send_pipeline import SendPipeline
 from api.send_waiter import SendWaiter
 from shared.broadcast_cache import BroadcastCache
 from shared.config import Settings
+from shared.contact_cache import ContactCache
 from shared.redis_keys import RedisKeys
 
 
@@ -28,6 +29,7 @@ class State:
     waiter: SendWaiter
     send_pipeline: SendPipeline
     broadcast_cache: BroadcastCache
+    contact_cache: ContactCache
 
 
 STATE = web.AppKey("state", State)

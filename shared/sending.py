@@ -17,6 +17,7 @@ import asyncpg
 
 from shared import broadcasts, contacts, errors
 from shared.broadcast_cache import NO_CACHE, BroadcastCache
+from shared.contact_cache import NO_CONTACT_CACHE, ContactCache
 from shared.domain import BUILTIN_VARIABLES, BroadcastStatus, BroadcastType, Channel, ContactStatus, MessageStatus
 from shared.sql import Q
 from shared.subscribers import address_hash
@@ -76,6 +77,7 @@ async def prepare(
     broadcast_id: uuid.UUID,
     trigger: Trigger,
     cache: BroadcastCache = NO_CACHE,
+    contact_cache: ContactCache = NO_CONTACT_CACHE,
 ) -> PreparedSend:
     broadcast, templates = await cache.get(pool, org_id, broadcast_id)
     if broadcast is None:
@@ -110,7 +112,10 @@ async def prepare(
             raise errors.ContactNotFound()
         channels = await contacts.channels_of(pool, contact["id"])
     else:
-        contact, channels = await contacts.find_or_create(pool, org_id, email=email, phone=phone, name=trigger.name)
+        contact, channels = await contact_cache.get(
+            (org_id, email, phone),
+            lambda: contacts.find_or_create(pool, org_id, email=email, phone=phone, name=trigger.name),
+        )
     assert contact is not None
 
     if contact["status"] == ContactStatus.unsubscribed:
@@ -253,7 +258,21 @@ async def commit_many(pool: asyncpg.Pool, sends: list[PreparedSend]) -> list[err
         if row is not None:
             record.status, record.error = row["status"], row["error"]
     ok = {row["send_id"] for row in written}
-    return [None if s.send_id in ok else errors.BroadcastNotActive() for s in sends]
+    refused = [s for s in sends if s.send_id not in ok]
+    reasons: dict[uuid.UUID, errors.TidingsError] = {}
+    if refused:
+        # Rare: a pause, or an unsubscribe or block, committed after `prepare` looked.
+        rows = await pool.fetch(
+            Q.select_send_refusals, [s.broadcast_id for s in refused], [s.contact_id for s in refused]
+        )
+        for send, row in zip(refused, rows, strict=True):
+            if row["contact_status"] == ContactStatus.unsubscribed:
+                reasons[send.send_id] = errors.RecipientUnsubscribed()
+            elif row["contact_status"] == ContactStatus.blocked:
+                reasons[send.send_id] = errors.RecipientBlocked()
+            else:
+                reasons[send.send_id] = errors.BroadcastNotActive()
+    return [reasons.get(s.send_id) for s in sends]
 
 
 def _email_hash(org_id: uuid.UUID, record: Record) -> bytes | None:

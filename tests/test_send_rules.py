@@ -426,3 +426,18 @@ async def test_whatsapp_transient_error_is_retried_then_sent(client, org, worker
 
     msg = await eventually(sent)
     assert msg["external_message_id"].startswith("wamid.") and msg["attempts"] == 2
+
+
+async def test_unsubscribe_is_honoured_at_once_despite_the_contact_cache(client, org, worker, smtp_server) -> None:
+    b = await make_broadcast(client, org)
+    c = await create_contact(client, org, email=unique_email("cached"))
+    r = await send(client, org, b["id"], {"email": c["email"], "variables": {"otp": "1"}})
+    assert r.status == 200  # the contact is now in this process's cache
+    r = await client.patch(org.path(f"/contacts/{c['id']}"), headers=org.auth("admin"), json={"status": "unsubscribed"})
+    assert r.status == 200
+    before = delivered_to(smtp_server, c["email"])
+    r = await send(client, org, b["id"], {"email": c["email"], "variables": {"otp": "2"}})
+    assert r.status == 422 and (await r.json())["error"]["code"] == "recipient_unsubscribed"
+    await asyncio.sleep(0.05)
+    assert delivered_to(smtp_server, c["email"]) == before
+    assert len(await recipients(client, org, b["id"])) == 1

@@ -29,13 +29,15 @@ ON CONFLICT (org_id, email) DO NOTHING;
 -- Many triggers in one statement (one fsync): the sends whose broadcast is still active, their
 -- messages and first events. An email to a suppressed or redacted address is written
 -- `rejected` here, so the check costs nothing per request. Returns each message written
--- with its final status and error; a send with no rows was refused (broadcast paused meanwhile).
+-- with its final status and error; a send with no rows was refused (its broadcast paused, or
+-- its contact unsubscribed or blocked, after the request looked).
 WITH s AS (
     INSERT INTO sends (id, org_id, broadcast_id, contact_id, source, request_id, variables)
     SELECT u.id, u.org_id, u.broadcast_id, u.contact_id, u.source, u.request_id, u.variables
     FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::message_source[], $6::text[], $7::jsonb[])
         AS u(id, org_id, broadcast_id, contact_id, source, request_id, variables)
     WHERE EXISTS (SELECT 1 FROM broadcasts b WHERE b.id = u.broadcast_id AND b.status = 'active')
+      AND EXISTS (SELECT 1 FROM contacts c WHERE c.id = u.contact_id AND c.status = 'subscribed')
     RETURNING id, org_id, broadcast_id, contact_id, source
 ), v AS (
     SELECT v.*, s.org_id, s.broadcast_id, s.contact_id, s.source,
@@ -64,3 +66,11 @@ WITH s AS (
     INSERT INTO message_events (message_id, status, detail) SELECT id, status, error FROM m
 )
 SELECT id, send_id, status, error FROM m;
+
+-- name: select_send_refusals
+-- Why refused sends were refused: their broadcast's and contact's status now, in input order.
+SELECT b.status AS broadcast_status, c.status AS contact_status
+FROM unnest($1::uuid[], $2::uuid[]) WITH ORDINALITY AS u(broadcast_id, contact_id, n)
+LEFT JOIN broadcasts b ON b.id = u.broadcast_id
+LEFT JOIN contacts c ON c.id = u.contact_id
+ORDER BY u.n;

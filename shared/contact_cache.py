@@ -1,0 +1,39 @@
+"""A short-lived per-process cache of who owns an address, for the send path.
+
+A repeat recipient (the common case for one-time passcodes) costs a Postgres round trip
+per trigger to find again. Entries live `ttl_s`. A status change is never missed: the
+batched insert (`insert_sends_batch`) writes a send only while its contact is still
+`subscribed`, and answers the refusal otherwise.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+Key = tuple[uuid.UUID, str | None, str | None]
+Loaded = tuple[Any, list[Any]]
+
+
+class ContactCache:
+    def __init__(self, ttl_s: float = 1.0, max_entries: int = 50_000) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._entries: dict[Key, tuple[Loaded, float]] = {}
+
+    async def get(self, key: Key, load: Callable[[], Awaitable[Loaded]]) -> Loaded:
+        hit = self._entries.get(key)
+        if hit is not None and hit[1] > time.monotonic():
+            return hit[0]
+        value = await load()
+        if self.ttl_s > 0:
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()
+            self._entries[key] = (value, time.monotonic() + self.ttl_s)
+        return value
+
+
+# Used when a caller has no cache of its own (the CLI): always reads Postgres.
+NO_CONTACT_CACHE = ContactCache(ttl_s=0)
