@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 import redis.exceptions
@@ -12,7 +11,7 @@ from aiohttp import web
 
 from api import errors as http_errors
 from api.jsonio import json_response
-from shared import db, errors, metrics
+from shared import db, errors, ids, metrics
 
 log = structlog.get_logger("tidings.api")
 
@@ -30,7 +29,7 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     started = time.perf_counter()
     incoming = request.headers.get("X-Request-Id", "")
     # Echo a sane client id; otherwise make one. Bounded so logs cannot be flooded through it.
-    request_id = incoming if 0 < len(incoming) <= 200 and incoming.isprintable() else uuid.uuid4().hex
+    request_id = incoming if 0 < len(incoming) <= 200 and incoming.isprintable() else ids.new_id().hex
     request[REQUEST_ID] = request_id
     structlog.contextvars.bind_contextvars(request_id=request_id)
     response: web.StreamResponse | None = None

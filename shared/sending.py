@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncpg
 
-from shared import broadcasts, contacts, errors
+from shared import broadcasts, contacts, errors, ids
 from shared.broadcast_cache import NO_CACHE, BroadcastCache
 from shared.contact_cache import NO_CONTACT_CACHE, ContactCache
 from shared.domain import BUILTIN_VARIABLES, BroadcastStatus, BroadcastType, Channel, ContactStatus, MessageStatus
@@ -143,7 +143,7 @@ async def prepare(
         channel = t["channel"]
         to = to_by_channel[channel]
         record = Record(
-            id=uuid.uuid4(),
+            id=ids.new_id(),
             template_id=t["id"],
             channel=channel,
             contact_channel_id=channel_ids.get((channel, to)),
@@ -176,7 +176,7 @@ async def prepare(
         )
 
     return PreparedSend(
-        send_id=uuid.uuid4(),
+        send_id=ids.new_id(),
         org_id=org_id,
         broadcast_id=broadcast_id,
         contact_id=contact["id"],
