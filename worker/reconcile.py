@@ -20,6 +20,9 @@ from worker.context import WorkerContext
 log = structlog.get_logger("tidings.reconcile")
 
 BATCH = 1000
+# Idempotency keys are honoured 24 h; expired ones are swept this often (per worker).
+IDEMPOTENCY_SWEEP_EVERY_S = 300.0
+_last_sweep_s = 0.0
 
 
 async def reconcile(arq_ctx: dict[str, Any]) -> dict[str, int]:
@@ -56,6 +59,10 @@ async def reconcile(arq_ctx: dict[str, Any]) -> dict[str, int]:
         enqueued += await jobs.enqueue_send(
             ctx.redis, ctx.settings.queue_name, send_id, notify=False, request_id=None, retry_tag=retry_tag
         )
+    global _last_sweep_s
+    if time.monotonic() - _last_sweep_s > IDEMPOTENCY_SWEEP_EVERY_S:
+        _last_sweep_s = time.monotonic()
+        await ctx.pool.execute(Q.delete_expired_idempotency_keys)
     metrics.QUEUE_DEPTH.set(await ctx.redis.zcard(ctx.settings.queue_name))
     metrics.RECONCILED.labels("reclaimed").inc(len(reclaimed))
     metrics.RECONCILED.labels("enqueued").inc(enqueued)

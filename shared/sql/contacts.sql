@@ -30,20 +30,11 @@ VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT ON CONSTRAINT contact_channels_org_address DO NOTHING
 RETURNING id, contact_id, type, address;
 
--- name: select_channel_by_address
--- The channel (and so the contact) that owns an address in an org.
-SELECT id, contact_id, type, address FROM contact_channels
-WHERE org_id = $1 AND type = $2 AND address = $3;
-
 -- name: select_channel_with_contact
 -- One channel of an org with its contact's status, name and properties.
 SELECT ch.id, ch.contact_id, ch.type, ch.address, c.status, c.name, c.properties
 FROM contact_channels ch JOIN contacts c ON c.id = ch.contact_id
 WHERE ch.id = $1 AND ch.org_id = $2;
-
--- name: delete_contact
--- Remove a contact that lost a find-or-create race before anyone saw it.
-DELETE FROM contacts WHERE id = $1;
 
 -- name: select_contact_by_addresses
 -- The contact owning an email (preferred) or a phone in an org, with all its channels, in one trip.
