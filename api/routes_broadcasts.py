@@ -62,8 +62,7 @@ async def list_broadcasts(call: Call[None]) -> web.Response:
     limit = cursors.parse_limit(call.request.query.get("limit"))
     after_at, after_id = cursors.decode(call.request.query.get("cursor"))
     rows = await call.state.pool.fetch(Q.select_broadcasts_page, call.org_id, after_at, after_id, limit + 1)
-    page = rows[:limit]
-    next_cursor = cursors.encode(page[-1]["created_at"], page[-1]["id"]) if len(rows) > limit else None
+    page, next_cursor = cursors.split_page(rows, limit)
     return json_response({"data": await broadcasts.load_full(call.state.pool, page), "next_cursor": next_cursor})
 
 

@@ -92,6 +92,5 @@ async def list_recipients(call: Call[None]) -> web.Response:
     rows = await pool.fetch(
         Q.select_recipients_page, broadcast_id, call.org_id, status, channel, contact_id, after_at, after_id, limit + 1
     )
-    page = rows[:limit]
-    next_cursor = cursors.encode(page[-1]["created_at"], page[-1]["id"]) if len(rows) > limit else None
+    page, next_cursor = cursors.split_page(rows, limit)
     return json_response({"data": [message_json(r) for r in page], "next_cursor": next_cursor})

@@ -17,10 +17,6 @@ from shared.domain import SETTLED
 TAG = "send"
 
 
-def status_url(base: str, org_id: object, message_id: object) -> str:
-    return f"{base}/orgs/{org_id}/messages/{message_id}"
-
-
 def record_json(base: str, send: sending.PreparedSend, r: sending.Record) -> dict[str, Any]:
     return {
         "id": r.id,
@@ -32,7 +28,7 @@ def record_json(base: str, send: sending.PreparedSend, r: sending.Record) -> dic
         "status": r.status,
         "external_message_id": r.external_message_id,
         "error": r.error,
-        "status_url": status_url(base, send.org_id, r.id),
+        "status_url": sending.status_url(base, send.org_id, r.id),
     }
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import uuid
+from collections.abc import Sequence
+from typing import Any
 
 from shared import errors
 
@@ -27,6 +29,12 @@ def decode(cursor: str | None) -> tuple[dt.datetime | None, uuid.UUID | None]:
         return dt.datetime.fromisoformat(at), uuid.UUID(row_id)
     except (ValueError, UnicodeDecodeError):
         raise errors.ValidationFailed("cursor is not valid", fields={"cursor": ["is not valid"]}) from None
+
+
+def split_page(rows: Sequence[Any], limit: int) -> tuple[list[Any], str | None]:
+    """Rows fetched with `LIMIT limit + 1` -> (the page, the cursor of the next one or None)."""
+    page = list(rows[:limit])
+    return page, encode(page[-1]["created_at"], page[-1]["id"]) if len(rows) > limit else None
 
 
 def parse_limit(raw: str | None, *, default: int = 50, maximum: int = 200) -> int:

@@ -83,7 +83,7 @@ async def manual_send(
                     "source": r["source"],
                     "external_message_id": r["external_message_id"],
                     "error": r["error"],
-                    "status_url": f"{base}/orgs/{org_id}/messages/{r['id']}",
+                    "status_url": sending.status_url(base, org_id, r["id"]),
                 }
                 for r in rows
             ],

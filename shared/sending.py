@@ -23,6 +23,11 @@ from shared.sql import Q
 from shared.subscribers import address_hash
 
 
+def status_url(public_base: str, org_id: object, message_id: object) -> str:
+    """Where a message of the Broadcasts API can be read back (`GET .../messages/{id}`)."""
+    return f"{public_base}/orgs/{org_id}/messages/{message_id}"
+
+
 @dataclasses.dataclass(slots=True)
 class Trigger:
     contact_channel_id: str | None = None

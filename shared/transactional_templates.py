@@ -62,6 +62,4 @@ async def page(
 ) -> tuple[list[asyncpg.Record], str | None]:
     after_at, after_id = cursors.decode(cursor)
     rows = await pool.fetch(Q.select_transactional_templates_page, org_id, after_at, after_id, limit + 1)
-    chosen = list(rows[:limit])
-    next_cursor = cursors.encode(chosen[-1]["created_at"], chosen[-1]["id"]) if len(rows) > limit else None
-    return chosen, next_cursor
+    return cursors.split_page(rows, limit)
