@@ -57,7 +57,7 @@ def create_app(settings: Settings) -> web.Application:
             key_cache=KeyCache(settings.key_cache_ttl_s),
             rate_limiter=RateLimiter(redis, keys),
             waiter=waiter,
-            send_pipeline=SendPipeline(pool, redis, settings.queue_name),
+            send_pipeline=SendPipeline(pool, redis, keys),
             broadcast_cache=BroadcastCache(settings.broadcast_cache_ttl_s),
             contact_cache=ContactCache(settings.broadcast_cache_ttl_s),
         )

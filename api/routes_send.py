@@ -68,14 +68,17 @@ async def send(call: Call[schemas.SendRequest]) -> web.Response:
 
     status = 202 if body.background else 200
     send_key = str(prepared.send_id)
-    # Registered before the job can exist, so the worker's "done" cannot be missed.
-    waiter = state.waiter.register(send_key) if prepared.queued and not body.background else None
+    # Registered before the send is committed, so the worker's "done" cannot be missed.
+    queued = prepared.queued
+    waiter = state.waiter.register(send_key, (str(r.id) for r in queued)) if queued and not body.background else None
     try:
         accepted = await state.send_pipeline.accept(prepared, notify=waiter is not None)
+        if waiter is not None and len(prepared.queued) < len(queued):
+            state.waiter.expect(send_key, (str(r.id) for r in prepared.queued))
         if waiter is not None and not prepared.queued:
             pass  # everything was rejected at commit (suppressed or redacted): nothing to wait for
-        elif waiter is not None and not accepted.enqueued:
-            status = 202  # kept, to be enqueued by the reconciler once Redis is back
+        elif waiter is not None and not accepted.rung:
+            status = 202  # kept, and delivered, but Redis is unreachable: no outcome will be published
         elif waiter is not None:
             try:
                 outcome = await asyncio.wait_for(waiter, timeout=state.settings.sync_send_timeout_s)

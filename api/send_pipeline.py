@@ -2,63 +2,54 @@
 
 Each request prepares its send alone (validation, recipient, variables) and then hands
 it here. Sends that arrive while a batch is being written go together in the next one,
-so under load the cost of a commit (its fsync) and of an enqueue is shared.
+so under load the cost of a commit (its fsync) and of waking the workers is shared.
 """
 
 from __future__ import annotations
 
 import asyncpg
-import redis.exceptions
 import structlog
-from arq.connections import ArqRedis
+from redis.asyncio import Redis
 
-from shared import errors, jobs, metrics, sending
+from shared import doorbell, errors, metrics, sending
 from shared.batching import Batcher
+from shared.redis_keys import RedisKeys
 
 log = structlog.get_logger("tidings.api.send")
 
 
 class Accepted:
-    """What the batch did with one send: written, and whether its job is in Redis."""
+    """What the batch did with one send: written, and whether the workers were woken."""
 
-    __slots__ = ("enqueued",)
+    __slots__ = ("rung",)
 
-    def __init__(self, enqueued: bool) -> None:
-        self.enqueued = enqueued
+    def __init__(self, rung: bool) -> None:
+        # False when Redis was unreachable: the send is kept and a worker finds it on its
+        # next look at Postgres, but no outcome can be published to a waiting caller.
+        self.rung = rung
 
 
 class SendPipeline:
-    def __init__(self, pool: asyncpg.Pool, redis: ArqRedis, queue_name: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, redis: Redis, keys: RedisKeys) -> None:
         self.pool = pool
         self.redis = redis
-        self.queue_name = queue_name
-        self.batcher: Batcher[tuple[sending.PreparedSend, bool], Accepted] = Batcher(self._flush)
+        self.keys = keys
+        self.batcher: Batcher[sending.PreparedSend, Accepted] = Batcher(self._flush)
 
     async def accept(self, send: sending.PreparedSend, *, notify: bool) -> Accepted:
-        """Commit the send, then enqueue it; raises BroadcastNotActive if it was paused meanwhile."""
-        return await self.batcher.submit((send, notify))
+        """Commit the send and wake the workers; raises BroadcastNotActive if it was paused meanwhile."""
+        send.notify = notify
+        return await self.batcher.submit(send)
 
-    async def _flush(self, batch: list[tuple[sending.PreparedSend, bool]]) -> list[Accepted | BaseException]:
-        outcomes = await sending.commit_many(self.pool, [send for send, _ in batch])
-        to_enqueue = [
-            (send.send_id, notify, send.request_id)
-            for (send, notify), refused in zip(batch, outcomes, strict=True)
-            if refused is None and send.queued
-        ]
-        enqueued = True
-        if to_enqueue:
-            try:
-                await jobs.enqueue_sends(self.redis, self.queue_name, to_enqueue)
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-                # Committed means accepted: the reconciler enqueues these once Redis is back.
-                # Answering an error here would invite a retry and a duplicate.
-                log.warning("enqueue_failed_sends_kept", sends=len(to_enqueue))
-                enqueued = False
+    async def _flush(self, batch: list[sending.PreparedSend]) -> list[Accepted | BaseException]:
+        outcomes = await sending.commit_many(self.pool, batch)
+        rung = True
+        if any(refused is None and send.queued for send, refused in zip(batch, outcomes, strict=True)):
+            # Committed means accepted, rung or not: answering an error here would invite a
+            # retry and a duplicate.
+            rung = await doorbell.ring(self.redis, self.keys)
         metrics.SENDS_ACCEPTED.inc(sum(1 for refused in outcomes if refused is None))
-        results: list[Accepted | BaseException] = []
-        for refused in outcomes:
-            results.append(refused if isinstance(refused, errors.TidingsError) else Accepted(enqueued))
-        return results
+        return [refused if isinstance(refused, errors.TidingsError) else Accepted(rung) for refused in outcomes]
 
     async def close(self) -> None:
         await self.batcher.close()

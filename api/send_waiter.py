@@ -1,14 +1,18 @@
 """Low-latency wake-up for `background: false` sends.
 
-arq's `Job.result()` polls every 0.5 s; instead each API process holds one Redis
-pattern subscription, and the worker publishes the send's records when it has settled
-them. A waiter is registered before the job is enqueued, so no publish can be missed.
+Polling Postgres (or arq's `Job.result()`, every 0.5 s) would put its interval on every
+answer; instead each API process holds one Redis pattern subscription, and the worker
+publishes the outcomes of a send's messages as soon as they are written. A waiter is
+registered before the send is committed, so no publish can be missed. A send's messages
+may be settled in more than one piece (claimed in different batches): the waiter merges
+them and resolves when every message it expects has been reported.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -20,11 +24,20 @@ from shared.redis_keys import RedisKeys
 log = structlog.get_logger("tidings.api.waiter")
 
 
+class _Wait:
+    __slots__ = ("expected", "fut", "got")
+
+    def __init__(self, fut: asyncio.Future[dict[str, Any]], expected: set[str]) -> None:
+        self.fut = fut
+        self.expected = expected
+        self.got: dict[str, Any] = {}
+
+
 class SendWaiter:
     def __init__(self, redis: Redis, keys: RedisKeys) -> None:
         self.redis = redis
         self.keys = keys
-        self._waiting: dict[str, asyncio.Future[Any]] = {}
+        self._waiting: dict[str, _Wait] = {}
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
 
@@ -38,13 +51,33 @@ class SendWaiter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def register(self, send_id: str) -> asyncio.Future[Any]:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiting[send_id] = fut
+    def register(self, send_id: str, message_ids: Iterable[str]) -> asyncio.Future[dict[str, Any]]:
+        """A future for the outcomes (by message id) of all of `message_ids`."""
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[send_id] = _Wait(fut, set(message_ids))
         return fut
 
     def forget(self, send_id: str) -> None:
         self._waiting.pop(send_id, None)
+
+    def expect(self, send_id: str, message_ids: Iterable[str]) -> None:
+        """Narrow what a waiter expects (the commit rejected some messages: nothing will come for them)."""
+        wait = self._waiting.get(send_id)
+        if wait is not None:
+            wait.expected = set(message_ids)
+            self._resolve_if_complete(send_id, wait)
+
+    def _deliver(self, send_id: str, data: bytes) -> None:
+        wait = self._waiting.get(send_id)
+        if wait is None or wait.fut.done():
+            return
+        wait.got.update(orjson.loads(data))
+        self._resolve_if_complete(send_id, wait)
+
+    def _resolve_if_complete(self, send_id: str, wait: _Wait) -> None:
+        if not wait.fut.done() and wait.expected <= wait.got.keys():
+            del self._waiting[send_id]
+            wait.fut.set_result(wait.got)
 
     async def _listen(self) -> None:
         prefix_len = len(self.keys.send_done_pattern) - 1
@@ -56,10 +89,7 @@ class SendWaiter:
                 async for message in pubsub.listen():
                     if message.get("type") != "pmessage":
                         continue
-                    send_id = message["channel"][prefix_len:].decode()
-                    fut = self._waiting.pop(send_id, None)
-                    if fut is not None and not fut.done():
-                        fut.set_result(orjson.loads(message["data"]))
+                    self._deliver(message["channel"][prefix_len:].decode(), message["data"])
             except asyncio.CancelledError:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]

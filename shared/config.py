@@ -59,8 +59,6 @@ class Settings:
     retry_max_attempts: int = 5
     # A claimed message whose worker died is reclaimed after this long.
     lease_s: float = 120.0
-    # Queued messages older than this with no job in Redis are re-enqueued by the reconciler.
-    reconcile_grace_s: float = 30.0
     sync_send_timeout_s: float = 10.0
 
     rate_limit_requests: int = 100

@@ -7,10 +7,11 @@ import sys
 import uuid
 from typing import Any
 
+import orjson
 from arq import create_pool as create_arq_pool
 from arq.connections import RedisSettings
 
-from shared import db, errors, jobs, sending
+from shared import db, doorbell, errors, sending
 from shared.config import Settings
 from shared.jsonutil import dumps
 from shared.redis_keys import RedisKeys
@@ -57,18 +58,19 @@ async def manual_send(
         except errors.TidingsError as exc:
             print(dumps({"error": {"code": exc.code, "message": exc.message, "fields": exc.fields}}).decode())
             return 1
-        await sending.commit(pool, prepared)
-        if prepared.queued:
-            pubsub = redis.pubsub()
+        prepared.notify = wait
+        pubsub = redis.pubsub()
+        try:
+            # Subscribed before the commit, so the worker's outcome cannot be missed.
             await pubsub.subscribe(keys.send_done_channel(prepared.send_id))
-            try:
-                await jobs.enqueue_send(
-                    redis, settings.queue_name, prepared.send_id, notify=wait, request_id=trigger.request_id
-                )
+            await sending.commit(pool, prepared)
+            if prepared.queued:
+                await doorbell.ring(redis, keys)
                 if wait:
-                    await _wait_for_message(pubsub, settings.sync_send_timeout_s)
-            finally:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    expected = {str(r.id) for r in prepared.queued}
+                    await _wait_for_outcomes(pubsub, expected, settings.sync_send_timeout_s)
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
         rows = await pool.fetch(Q.select_send_messages, prepared.send_id)
         base = settings.public_base
         out = {
@@ -95,13 +97,17 @@ async def manual_send(
         await pool.close()
 
 
-async def _wait_for_message(pubsub: Any, timeout_s: float) -> None:
-    async def first() -> None:
+async def _wait_for_outcomes(pubsub: Any, expected: set[str], timeout_s: float) -> None:
+    """Until every expected message has been reported (a send may settle in pieces)."""
+
+    async def all_reported() -> None:
         async for message in pubsub.listen():
             if message.get("type") == "message":
-                return
+                expected.difference_update(orjson.loads(message["data"]))
+                if not expected:
+                    return
 
     try:
-        await asyncio.wait_for(first(), timeout=timeout_s)
+        await asyncio.wait_for(all_reported(), timeout=timeout_s)
     except TimeoutError:
         print("the workers did not answer in time; the send is queued", file=sys.stderr)

@@ -28,6 +28,6 @@ DELIVERY_LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 30.0),
 )
 RETRIES = Counter("tidings_retries_total", "Transient failures scheduled for another attempt", ["channel"])
-QUEUE_DEPTH = Gauge("tidings_queue_depth", "Jobs waiting in the arq queue (sampled by the reconciler)")
+QUEUE_DEPTH = Gauge("tidings_queue_depth", "Messages due and not yet claimed (sampled by the reconciler)")
 SMTP_IN_USE = Gauge("tidings_smtp_connections_in_use", "SMTP connections of this worker busy sending")
-RECONCILED = Counter("tidings_reconciled_sends_total", "Sends the reconciler re-enqueued", ["reason"])
+RECONCILED = Counter("tidings_reconciled_messages_total", "Messages the reconciler took back", ["reason"])

@@ -19,5 +19,10 @@ class RedisKeys:
     def send_done_pattern(self) -> str:
         return f"{self.prefix}done:*"
 
+    @property
+    def doorbell_channel(self) -> str:
+        """Rung when messages are committed or fall due: wakes the workers' idle pumps."""
+        return f"{self.prefix}doorbell"
+
     def broadcast_changed_channel(self) -> str:
         return f"{self.prefix}broadcast-changed"

@@ -63,6 +63,8 @@ class PreparedSend:
     request_id: str | None
     variables: dict[str, Any]
     records: list[Record]
+    # Someone waits for the outcome: the worker publishes it when the messages settle.
+    notify: bool = False
 
     @property
     def queued(self) -> list[Record]:
@@ -256,6 +258,7 @@ async def commit_many(pool: asyncpg.Pool, sends: list[PreparedSend]) -> list[err
         [r.status for _, r in messages],
         [r.error for _, r in messages],
         [_email_hash(s.org_id, r) for s in sends for r in s.records],
+        [s.notify for s in sends],
     )
     by_id = {row["id"]: row for row in written}
     for _, record in messages:

@@ -24,13 +24,12 @@ from typing import Any
 
 import asyncpg
 import structlog
-from arq.connections import ArqRedis
-from redis.exceptions import RedisError
+from redis.asyncio import Redis
 
 from shared import (
     confirmations,
+    doorbell,
     field_errors,
-    jobs,
     subscribers,
     suppressions,
     transactional_templates,
@@ -39,15 +38,12 @@ from shared import (
 from shared.config import Settings
 from shared.domain import ContactStatus, MessageStatus
 from shared.field_errors import FieldErrors
+from shared.redis_keys import RedisKeys
 from shared.sql import Q
 
 log = structlog.get_logger("tidings.transactionals")
 
 BLOCKED_ERROR = "the recipient is blocked; nothing was sent"
-# A deferred job wakes this much after queue_at, so that the database clock (which decides
-# promotion) has surely passed it; the reconciler catches any that still wake too early.
-SCHEDULE_MARGIN_S = 0.05
-
 MAX_SUBJECT = 1000
 MAX_BODY = 200_000
 MAX_PREHEADER = 1000
@@ -256,7 +252,7 @@ def _variables(req: Request, recipient: _Recipient, confirmation_url: str, unsub
 
 async def send(
     pool: asyncpg.Pool,
-    redis: ArqRedis,
+    redis: Redis,
     settings: Settings,
     org_id: uuid.UUID,
     req: Request,
@@ -333,22 +329,9 @@ async def send(
     row = await get(pool, org_id, message_id)
     assert row is not None
     if status != MessageStatus.rejected:
-        defer_s = (req.queue_at - now).total_seconds() + SCHEDULE_MARGIN_S if scheduled else None
-        await _enqueue(redis, settings, send_id, request_id, defer_s)
+        # A scheduled one too: an idle worker then sleeps only until its queue_at.
+        await doorbell.ring(redis, RedisKeys(settings.redis_prefix))
     return row
-
-
-async def _enqueue(
-    redis: ArqRedis, settings: Settings, send_id: uuid.UUID, request_id: str | None, defer_s: float | None
-) -> None:
-    try:
-        await jobs.enqueue_send(
-            redis, settings.queue_name, send_id, notify=False, request_id=request_id, defer_s=defer_s
-        )
-    except (OSError, RedisError):
-        # Accepted all the same: the reconciler enqueues queued sends whose job is missing
-        # and promotes due scheduled ones, so answering 5xx would only invite a duplicate.
-        log.warning("enqueue_failed", send_id=str(send_id), exc_info=True)
 
 
 async def get(pool: asyncpg.Pool, org_id: uuid.UUID, transactional_id: uuid.UUID) -> asyncpg.Record | None:

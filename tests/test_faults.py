@@ -135,35 +135,6 @@ class Stack:
                 print(f"[fault]   unsettled: {dict(row)}")
         # A message recorded `sent` was really received by the SMTP server.
         assert result["sent_not_received"] == 0, result
-        if stuck:
-            redis = Redis.from_url(self.settings.redis_url)
-            for row in stuck:
-                jid = str(row["send_id"])
-                with capsys.disabled():
-                    print(
-                        "[fault]   redis:",
-                        jid,
-                        await redis.exists("arq:job:" + jid),
-                        await redis.exists("arq:in-progress:" + jid),
-                        await redis.get("arq:retry:" + jid),
-                        await redis.zscore(self.settings.queue_name, jid),
-                        await redis.exists("arq:result:" + jid),
-                        await redis.pttl("arq:in-progress:" + jid),
-                    )
-            from arq import create_pool
-            from arq.connections import RedisSettings
-
-            from shared import jobs
-
-            arq_redis = await create_pool(RedisSettings.from_dsn(self.settings.redis_url))
-            for row in stuck:
-                ok = await jobs.enqueue_send(
-                    arq_redis, self.settings.queue_name, row["send_id"], notify=False, request_id=None
-                )
-                with capsys.disabled():
-                    print("[fault]   manual enqueue:", ok, self.settings.redis_url)
-            await arq_redis.aclose()
-            await redis.aclose()
         return result
 
 
@@ -183,7 +154,6 @@ async def stack(settings: Settings, admin_dsn: str, tmp_path: Path) -> AsyncIter
         redis_prefix=f"tidings-fault:{run}:",
         smtp_port=smtp.port,
         lease_s=3.0,
-        reconcile_grace_s=1.0,
         job_timeout_s=10.0,
         retry_base_delay_s=0.2,
         retry_max_delay_s=1.0,

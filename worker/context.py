@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import asyncpg
 from arq.connections import ArqRedis
@@ -27,16 +27,13 @@ class WorkerContext:
     keys: RedisKeys
     email: EmailChannel
     whatsapp: WhatsAppChannel
-    # Concurrent jobs share their claims and their outcome writes (one statement each per batch).
-    claims: Batcher[uuid.UUID, list[Any]] = dataclasses.field(init=False)
+    # Concurrent deliveries share their outcome writes (one statement and commit per batch).
     outcomes: Batcher[tuple[uuid.UUID, list[Outcome]], None] = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
-        from worker.deliver import claim_batch, record_batch
+        from worker.deliver import record_batch
 
-        self.claims = Batcher(lambda ids: claim_batch(self, ids))
-        self.outcomes = Batcher(lambda batch: record_batch(self, batch))
+        self.outcomes = Batcher(lambda batch: record_batch(self, batch), max_size=500)
 
     async def close(self) -> None:
-        await self.claims.close()
         await self.outcomes.close()

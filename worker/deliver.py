@@ -1,10 +1,9 @@
-"""The delivery job: claim a send's due messages, render, deliver, record.
+"""Delivery: render, send and record the messages a pump claimed (worker/pump.py).
 
-Every job may run twice (arq redelivers after a crash, the reconciler re-enqueues):
-the claim in Postgres (`queued -> sending`) is what makes a second run find nothing to
-do. The one window for a duplicate send is a worker killed after the provider accepted
-a message and before `record_outcomes` committed; the reconciler then reclaims the
-expired lease and sends again.
+A message is only sent after its claim in Postgres (`-> sending`, with a lease) has
+committed, so two workers never both take it. The one window for a duplicate send is a
+worker killed after the provider accepted a message and before `record_outcomes`
+committed; the reconciler then reclaims the expired lease and it is sent again.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from typing import Any
 
 import orjson
 import structlog
-from arq import Retry
+from redis.exceptions import RedisError
 
 from shared import errors, metrics
 from shared.domain import Channel, MessageStatus
@@ -60,70 +59,40 @@ def backoff_s(ctx: WorkerContext, attempts: int, retry_after_s: float | None) ->
     return float(max(delay, retry_after_s or 0.0))
 
 
-async def deliver_send(
-    arq_ctx: dict[str, Any], send_id: str, notify: bool = False, request_id: str | None = None
-) -> dict[str, int]:
-    ctx: WorkerContext = arq_ctx["tidings"]
+async def deliver_group(ctx: WorkerContext, rows: list[Any]) -> None:
+    """Where a message is rendered and sent: the claimed messages of one send, concurrently.
+
+    Their outcomes are written together with other groups' (`ctx.outcomes`); a waiting
+    caller (`sends.notify`) is told on Redis once they are.
+    """
     started = time.perf_counter()
-    structlog.contextvars.bind_contextvars(request_id=request_id, send_id=send_id)
-    try:
-        counts = await _deliver(ctx, uuid.UUID(send_id), notify)
-        log.info(
-            "job",
-            job="deliver_send",
-            duration_ms=round((time.perf_counter() - started) * 1000, 2),
-            try_=arq_ctx.get("job_try"),
-            **counts,
-        )
-    finally:
-        structlog.contextvars.unbind_contextvars("request_id", "send_id")
-    pending = await ctx.pool.fetchrow(Q.select_pending_for_send, uuid.UUID(send_id))
-    if pending is not None and pending["n"]:
-        # Some messages wait for a later attempt: run this job again when the first is due.
-        next_at = pending["next_at"]
-        delay_s = max(0.0, (next_at - dt.datetime.now(dt.UTC)).total_seconds()) if next_at else 0.0
-        raise Retry(defer=delay_s)
-    return counts
-
-
-async def _deliver(ctx: WorkerContext, send_id: uuid.UUID, notify: bool) -> dict[str, int]:
-    claimed = await ctx.claims.submit(send_id)
-    if not claimed:
-        return {"claimed": 0}
-    try:
-        outcomes = await asyncio.gather(*(_deliver_measured(ctx, m) for m in claimed))
-    except asyncio.CancelledError:
-        # The worker is stopping (SIGTERM past its drain time): give the claims back so the
-        # retried job sends them, rather than waiting for their leases to expire.
-        await asyncio.shield(ctx.pool.execute(Q.release_claims, [m["id"] for m in claimed]))
-        raise
-    await ctx.outcomes.submit((claimed[0]["org_id"], outcomes))
-    if notify:
+    first = rows[0]
+    if len(rows) == 1:
+        outcomes = [await _deliver_measured(ctx, first)]
+    else:
+        outcomes = list(await asyncio.gather(*(_deliver_measured(ctx, m) for m in rows)))
+    await ctx.outcomes.submit((first["org_id"], outcomes))
+    if first["notify"]:
         payload = {
             str(o.message_id): {"status": o.status, "external_message_id": o.external_message_id, "error": o.error}
             for o in outcomes
         }
-        await ctx.redis.publish(ctx.keys.send_done_channel(send_id), orjson.dumps(payload))
-    counts: dict[str, int] = {"claimed": len(claimed)}
+        try:
+            await ctx.redis.publish(ctx.keys.send_done_channel(first["send_id"]), orjson.dumps(payload))
+        except (OSError, RedisError):
+            # The caller's wait ends at its timeout with 202; the outcome is in Postgres.
+            log.warning("notify_failed", send_id=str(first["send_id"]))
+    counts: dict[str, int] = {}
     for o in outcomes:
         counts[o.status.value] = counts.get(o.status.value, 0) + 1
-    return counts
-
-
-async def claim_batch(ctx: WorkerContext, send_ids: list[uuid.UUID]) -> list[list[Any]]:
-    """Claim the due messages of many sends in two statements (shared by concurrent jobs)."""
-    unique = list(dict.fromkeys(send_ids))
-    # Committed without waiting for the WAL flush (WORKER_SESSION in worker/main.py).
-    await ctx.pool.execute(Q.promote_due_scheduled_batch, unique)
-    rows = await ctx.pool.fetch(Q.claim_sends_batch, unique, ctx.settings.lease_s)
-    by_send: dict[uuid.UUID, list[Any]] = {}
-    for row in rows:
-        by_send.setdefault(row["send_id"], []).append(row)
-    # A send id submitted twice in one batch gets its messages once (the first job takes them).
-    out: list[list[Any]] = []
-    for send_id in send_ids:
-        out.append(by_send.pop(send_id, []))
-    return out
+    log.info(
+        "delivered",
+        request_id=first["request_id"],
+        send_id=str(first["send_id"]),
+        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        attempt=first["attempts"],
+        **counts,
+    )
 
 
 async def record_batch(ctx: WorkerContext, batch: list[tuple[uuid.UUID, list[Outcome]]]) -> list[None]:

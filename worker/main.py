@@ -1,4 +1,8 @@
-"""The arq worker: its settings, and the resources made once per process."""
+"""The worker process: an arq worker (the reconciler's cron) around a delivery pump.
+
+Delivery does not go through arq jobs: the pump (worker/pump.py) claims due messages
+from Postgres in batches. arq runs the reconciler on its cron and handles SIGTERM.
+"""
 
 from __future__ import annotations
 
@@ -10,29 +14,28 @@ import structlog
 from arq.connections import RedisSettings
 from arq.typing import WorkerCoroutine
 
-from shared import db, jobs
+from shared import db
 from shared.config import Settings
 from shared.redis_keys import RedisKeys
 from worker.channels.email import EmailChannel
 from worker.channels.whatsapp import WhatsAppChannel
 from worker.context import WorkerContext
-from worker.deliver import deliver_send
+from worker.pump import Pump
 from worker.reconcile import reconcile
 
 log = structlog.get_logger("tidings.worker")
 
-# arq polls Redis this often when idle; its 0.5 s default would put half a second on every
-# synchronous send.
-POLL_DELAY_S = 0.005
-# Our own attempt counter (RETRY_MAX_ATTEMPTS) decides when to give up; arq's must never.
-ARQ_MAX_TRIES = 10_000
+# arq only runs the reconciler's cron, so its idle poll need not be quick.
+POLL_DELAY_S = 0.5
 # Every write a worker makes is safe to lose in a Postgres crash: a claim, an outcome, a
 # reclaim or a suppression lost sends the message back a step and it is retried (at worst a
 # duplicate, never a loss). So its commits do not wait for the WAL flush, two fsyncs less per
 # message. Accepting a trigger, on the api, stays fully durable.
 WORKER_SESSION = {"synchronous_commit": "off"}
-# The reconciler's period: also the worst-case lateness of a scheduled send whose job was lost.
+# The reconciler's period: how soon after its lease expires a dead worker's message is retried.
 RECONCILE_EVERY_S = 4
+# On SIGTERM: how long messages in hand may take to finish before they are given back.
+DRAIN_S = 20
 
 
 def make_worker(settings: Settings, **overrides: Any) -> arq.Worker:
@@ -50,7 +53,7 @@ def make_worker(settings: Settings, **overrides: Any) -> arq.Worker:
             server_settings=WORKER_SESSION,
         )
         whatsapp = WhatsAppChannel(settings)
-        arq_ctx["tidings"] = WorkerContext(
+        ctx = arq_ctx["tidings"] = WorkerContext(
             settings=settings,
             pool=pool,
             redis=arq_ctx["redis"],
@@ -58,8 +61,13 @@ def make_worker(settings: Settings, **overrides: Any) -> arq.Worker:
             email=EmailChannel(settings),
             whatsapp=whatsapp,
         )
+        pump = arq_ctx["pump"] = Pump(ctx, arq_ctx["redis"], capacity=settings.worker_concurrency)
+        await pump.start()
 
     async def shutdown(arq_ctx: dict[str, Any]) -> None:
+        pump: Pump | None = arq_ctx.get("pump")
+        if pump is not None:
+            await pump.stop(DRAIN_S)
         ctx: WorkerContext | None = arq_ctx.get("tidings")
         if ctx is not None:
             await ctx.close()
@@ -68,10 +76,13 @@ def make_worker(settings: Settings, **overrides: Any) -> arq.Worker:
             await ctx.pool.close()
 
     options: dict[str, Any] = {
-        "functions": [arq.func(cast(WorkerCoroutine, deliver_send), name=jobs.DELIVER_SEND, max_tries=ARQ_MAX_TRIES)],
+        "functions": [],
         "cron_jobs": [
             arq.cron(
                 cast(WorkerCoroutine, reconcile),
+                # arq's cron job ids are global to a Redis db, not per queue: named after the
+                # queue, deployments sharing a Redis db each run their own reconciler.
+                name=f"cron:reconcile:{settings.queue_name}",
                 second=set(range(0, 60, RECONCILE_EVERY_S)),
                 run_at_startup=True,
             )
@@ -85,8 +96,8 @@ def make_worker(settings: Settings, **overrides: Any) -> arq.Worker:
         "keep_result": 60,
         "job_timeout": settings.job_timeout_s,
         "handle_signals": True,
-        # On SIGTERM, give jobs in hand time to finish before the process exits.
-        "job_completion_wait": 20,
+        # On SIGTERM, let a reconciler run in hand finish; the pump drains in on_shutdown.
+        "job_completion_wait": DRAIN_S,
         "log_results": False,
     }
     options.update(overrides)

@@ -21,11 +21,6 @@ WITH u AS (
 )
 SELECT id FROM updated;
 
--- name: select_pending_for_send
--- Whether a send still has messages waiting for a later attempt, and the earliest.
-SELECT min(next_attempt_at) AS next_at, count(*) AS n
-FROM messages WHERE send_id = $1 AND status = 'queued';
-
 -- name: reclaim_expired_leases
 -- Messages whose worker died mid-send go back to queued (and are logged) so they are retried.
 WITH reclaimed AS (
@@ -38,25 +33,7 @@ WITH reclaimed AS (
     INSERT INTO message_events (message_id, status, detail)
     SELECT id, 'queued', 'the worker handling this message stopped; retrying' FROM reclaimed
 )
-SELECT DISTINCT send_id FROM reclaimed;
-
--- name: select_stranded_sends
--- Sends with due queued messages untouched for longer than the grace period (their job was lost).
-SELECT DISTINCT send_id FROM messages
-WHERE status = 'queued' AND updated_at < now() - make_interval(secs => $1)
-  AND (next_attempt_at IS NULL OR next_attempt_at < now() - make_interval(secs => $1))
-LIMIT $2;
-
--- name: promote_due_scheduled
--- Scheduled messages whose time has come become queued (one send, or every send when $1 is NULL).
-WITH due AS (
-    UPDATE messages SET status = 'queued', updated_at = now()
-    WHERE status = 'scheduled' AND queue_at <= now() AND ($1::uuid IS NULL OR send_id = $1)
-    RETURNING id, send_id
-), logged AS (
-    INSERT INTO message_events (message_id, status) SELECT id, 'queued' FROM due
-)
-SELECT DISTINCT send_id FROM due;
+SELECT count(*) FROM reclaimed;
 
 -- name: release_claims
 -- Give back claimed messages a stopping worker did not finish (they are retried, not lost).
@@ -72,29 +49,49 @@ WITH released AS (
 )
 SELECT count(*) FROM released;
 
--- name: claim_sends_batch
--- Claim the due messages of several sends at once (queued -> sending, attempts + 1, a lease),
--- log the events, and return with each what rendering needs: the send's variables and the
--- template body (NULL when the message carries its own content).
-WITH claimed AS (
-    UPDATE messages
-    SET status = 'sending', attempts = attempts + 1, updated_at = now(),
+-- name: claim_due
+-- Claim up to $1 messages whose time has come, oldest due first (queued or scheduled ->
+-- sending, attempts + 1, a lease of $2 seconds), log the events, and return with each what
+-- rendering and reporting need: the send's variables, request id and notify flag, and the
+-- template body (NULL when the message carries its own content). SKIP LOCKED: workers
+-- claiming at the same moment take different rows and never wait for each other.
+WITH due AS (
+    SELECT id, status FROM messages
+    WHERE status IN ('queued', 'scheduled') AND coalesce(next_attempt_at, queue_at, created_at) <= now()
+    ORDER BY coalesce(next_attempt_at, queue_at, created_at)
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE messages m
+    SET status = 'sending', attempts = m.attempts + 1, updated_at = now(),
         lease_expires_at = now() + make_interval(secs => $2), next_attempt_at = NULL
-    WHERE send_id = ANY($1::uuid[]) AND status = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= now())
-    RETURNING id, send_id, org_id, template_id, contact_id, channel, to_address, attempts, content
+    FROM due
+    WHERE m.id = due.id
+    RETURNING m.id, m.send_id, m.org_id, m.template_id, m.contact_id, m.channel, m.to_address, m.attempts,
+              m.content, due.status AS was
 ), logged AS (
-    INSERT INTO message_events (message_id, status) SELECT id, 'sending' FROM claimed
+    -- A scheduled message passes through queued, as it always has on its timeline.
+    INSERT INTO message_events (message_id, status)
+    SELECT id, 'queued'::message_status FROM claimed WHERE was = 'scheduled'
+    UNION ALL
+    SELECT id, 'sending'::message_status FROM claimed
 )
-SELECT c.*, s.variables, t.body AS template_body
+SELECT c.id, c.send_id, c.org_id, c.template_id, c.contact_id, c.channel, c.to_address, c.attempts, c.content,
+       s.variables, s.notify, s.request_id, t.body AS template_body
 FROM claimed c
 JOIN sends s ON s.id = c.send_id
 LEFT JOIN templates t ON t.id = c.template_id;
 
--- name: promote_due_scheduled_batch
--- Scheduled messages of these sends whose time has come become queued.
-WITH due AS (
-    UPDATE messages SET status = 'queued', updated_at = now()
-    WHERE send_id = ANY($1::uuid[]) AND status = 'scheduled' AND queue_at <= now()
-    RETURNING id
-)
-INSERT INTO message_events (message_id, status) SELECT id, 'queued' FROM due;
+-- name: select_next_due
+-- Seconds until the next waiting message falls due, by the database's clock (NULL: none is
+-- waiting; negative: due already). One step down messages_due.
+SELECT extract(epoch FROM min(coalesce(next_attempt_at, queue_at, created_at)) - clock_timestamp())::float8
+FROM messages WHERE status IN ('queued', 'scheduled');
+
+-- name: count_due
+-- The backlog: messages due now and not yet claimed (bounded, for a gauge).
+SELECT count(*) FROM (
+    SELECT 1 FROM messages
+    WHERE status IN ('queued', 'scheduled') AND coalesce(next_attempt_at, queue_at, created_at) <= now()
+    LIMIT $1
+) AS due;

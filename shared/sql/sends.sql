@@ -24,10 +24,11 @@ ON CONFLICT (org_id, email) DO NOTHING;
 -- with its final status and error; a send with no rows was refused (its broadcast paused, or
 -- its contact unsubscribed or blocked, after the request looked).
 WITH s AS (
-    INSERT INTO sends (id, org_id, broadcast_id, contact_id, source, request_id, variables)
-    SELECT u.id, u.org_id, u.broadcast_id, u.contact_id, u.source, u.request_id, u.variables
-    FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::message_source[], $6::text[], $7::jsonb[])
-        AS u(id, org_id, broadcast_id, contact_id, source, request_id, variables)
+    INSERT INTO sends (id, org_id, broadcast_id, contact_id, source, request_id, variables, notify)
+    SELECT u.id, u.org_id, u.broadcast_id, u.contact_id, u.source, u.request_id, u.variables, u.notify
+    FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::message_source[], $6::text[], $7::jsonb[],
+                $17::boolean[])
+        AS u(id, org_id, broadcast_id, contact_id, source, request_id, variables, notify)
     WHERE EXISTS (SELECT 1 FROM broadcasts b WHERE b.id = u.broadcast_id AND b.status = 'active')
       AND EXISTS (SELECT 1 FROM contacts c WHERE c.id = u.contact_id AND c.status = 'subscribed')
     RETURNING id, org_id, broadcast_id, contact_id, source

@@ -806,12 +806,12 @@ class Bench:
         }
 
     async def build_backlog(self, broadcast: str, channel: str) -> float:
-        """Commit and enqueue BENCH_BACKLOG sends through the service's own code; returns seconds.
+        """Commit BENCH_BACKLOG sends through the service's own code; returns seconds.
 
         `shared.sending.prepare` resolves a few recipients once; each send is then a copy with
-        new ids, written and enqueued by the service's own functions (`commit_many` and
-        `enqueue_sends` in batches where they exist, else `commit` and `enqueue_send`)."""
-        from shared import jobs, sending
+        new ids, written by the service's own `commit_many` in batches of 500 (as its api does
+        under load). Postgres is the delivery queue: workers started afterwards find them."""
+        from shared import sending
 
         n = self.cfg.backlog
         assert self.org_id is not None
@@ -824,10 +824,7 @@ class Bench:
             else:
                 trigger.phone = common.recipient_phone(i)
             prepared.append(await sending.prepare(self.pool, self.org_id, broadcast_id, trigger))
-        # The batched writers, where the service has them (as its api uses them), else one by one.
-        commit_many = getattr(sending, "commit_many", None)
-        enqueue_sends = getattr(jobs, "enqueue_sends", None)
-        batch = 500 if commit_many is not None and enqueue_sends is not None else 1
+        batch = 500
         started = time.monotonic()
         next_index = 0
 
@@ -843,19 +840,11 @@ class Bench:
                 first, count = next_index, min(batch, n - next_index)
                 next_index += count
                 sends = [copy(first + j) for j in range(count)]
-                if batch > 1:
-                    assert commit_many is not None and enqueue_sends is not None
-                    refused = [e for e in await commit_many(self.pool, sends) if e is not None]
-                    if refused:
-                        raise RuntimeError(f"the backlog's sends were refused: {refused[0]!r}")
-                    await enqueue_sends(self.redis, self.queue, [(s.send_id, False, None) for s in sends])
-                else:
-                    for send in sends:
-                        await sending.commit(self.pool, send)
-                        await jobs.enqueue_send(self.redis, self.queue, send.send_id, notify=False, request_id=None)
+                refused = [e for e in await sending.commit_many(self.pool, sends) if e is not None]
+                if refused:
+                    raise RuntimeError(f"the backlog's sends were refused: {refused[0]!r}")
 
-        fillers = 4 if batch > 1 else 16
-        await asyncio.wait_for(asyncio.gather(*(filler() for _ in range(fillers))), timeout=600)
+        await asyncio.wait_for(asyncio.gather(*(filler() for _ in range(4))), timeout=600)
         return time.monotonic() - started
 
     async def backlog_run(self, broadcast: str, channel: str, workers_n: int, *, sample: bool) -> dict[str, Any]:

@@ -1,0 +1,26 @@
+"""Waking the workers: a Redis pub/sub message after messages are committed.
+
+Postgres is the delivery queue (worker/pump.py); this only saves the time an idle worker
+would otherwise sleep (at most `worker.pump.IDLE_CHECK_S`). So a ring that fails is
+logged and forgotten: the messages are committed and will be claimed all the same.
+"""
+
+from __future__ import annotations
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from shared.redis_keys import RedisKeys
+
+log = structlog.get_logger("tidings.doorbell")
+
+
+async def ring(redis: Redis, keys: RedisKeys) -> bool:
+    """Wake idle workers; returns whether Redis took the ring."""
+    try:
+        await redis.publish(keys.doorbell_channel, b"1")
+    except (OSError, RedisError):
+        log.warning("doorbell_failed")
+        return False
+    return True

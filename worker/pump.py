@@ -1,0 +1,165 @@
+"""Where a message is claimed: each worker's pump takes due messages from Postgres in batches.
+
+Postgres is the queue. A pump claims up to `batch_size` due messages in one statement
+(`claim_due`: queued or scheduled -> sending, with a lease; SKIP LOCKED, so pumps of many
+workers never take the same row nor wait for each other), and hands each send's messages
+to `worker.deliver.deliver_group`, keeping at most `capacity` messages in flight. Outcomes
+are written by shared statements (`WorkerContext.outcomes`).
+
+With nothing due it sleeps until the next message falls due, the doorbell rings (a Redis
+pub/sub message published by whoever commits messages, `shared.doorbell`), or
+`IDLE_CHECK_S` passes. The doorbell only saves latency: a ring lost with Redis delays
+a message by at most `IDLE_CHECK_S`, and never loses it.
+
+Why not one arq job per send: arq's per-job bookkeeping is four or five Redis round trips,
+which caps a worker near arq's measured 300 jobs/s (tests/perf/README.md); a claim here
+costs one statement per batch. arq still runs the reconciler (worker/reconcile.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from typing import Any
+
+import asyncpg
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from shared.sql import Q
+from worker.context import WorkerContext
+from worker.deliver import deliver_group
+
+log = structlog.get_logger("tidings.pump")
+
+# The longest a pump sleeps without looking at Postgres: the worst-case delay of a message
+# whose doorbell was lost (Redis down) or that was written by something that rang none.
+IDLE_CHECK_S = 1.0
+# A claim that found due rows locked by another worker's claim looks again after this long.
+MIN_WAIT_S = 0.002
+# After a database error, the pump retries this much later (it never exits on one).
+ERROR_BACKOFF_S = 1.0
+
+
+class Pump:
+    def __init__(self, ctx: WorkerContext, redis: Redis, *, capacity: int, batch_size: int = 200) -> None:
+        self.ctx = ctx
+        self.redis = redis
+        self.capacity = max(1, capacity)
+        self.batch_size = max(1, min(batch_size, self.capacity))
+        # Claim again once this many have finished: batches stay large and the channel busy.
+        self._refill_at = max(1, self.capacity // 2)
+        self.in_flight = 0
+        self._held: dict[uuid.UUID, None] = {}  # claimed, outcome not yet written
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._bell = asyncio.Event()
+        self._room = asyncio.Event()
+        self._stopping = False
+        self._loop_task: asyncio.Task[None] | None = None
+        self._bell_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._bell_task = asyncio.create_task(self._listen())
+        self._loop_task = asyncio.create_task(self._run())
+
+    async def stop(self, drain_s: float) -> None:
+        """Stop claiming; let messages in hand finish for up to `drain_s`; give back the rest."""
+        self._stopping = True
+        self._bell.set()
+        self._room.set()
+        for task in (self._loop_task, self._bell_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=drain_s)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._held:
+            # Unfinished at the end of the drain: back to queued now, not when the lease expires.
+            released = await self.ctx.pool.fetchval(Q.release_claims, list(self._held))
+            log.warning("pump_released_claims", released=released)
+            self._held.clear()
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                await self._claim_and_dispatch()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A bug must not stop delivery for good: say so loudly, and keep going.
+                log.exception("pump_error")
+                await asyncio.sleep(ERROR_BACKOFF_S)
+
+    async def _claim_and_dispatch(self) -> None:
+        while not self._stopping:
+            room = self.capacity - self.in_flight
+            if room < self.batch_size and self.in_flight > self._refill_at:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            # Cleared before claiming: a ring that arrives during the claim is not lost.
+            self._bell.clear()
+            try:
+                rows = await self.ctx.pool.fetch(Q.claim_due, min(room, self.batch_size), self.ctx.settings.lease_s)
+                if rows:
+                    self._dispatch(rows)
+                    continue
+                wait_s = await self.ctx.pool.fetchval(Q.select_next_due)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                log.warning("pump_claim_failed", error=str(exc))
+                await asyncio.sleep(ERROR_BACKOFF_S)
+                continue
+            timeout_s = IDLE_CHECK_S if wait_s is None else min(IDLE_CHECK_S, max(MIN_WAIT_S, wait_s))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._bell.wait(), timeout_s)
+
+    def _dispatch(self, rows: list[Any]) -> None:
+        by_send: dict[uuid.UUID, list[Any]] = {}
+        for row in rows:
+            by_send.setdefault(row["send_id"], []).append(row)
+            self._held[row["id"]] = None
+        for group in by_send.values():
+            self.in_flight += len(group)
+            task = asyncio.create_task(self._deliver(group))
+            self._tasks.add(task)
+
+    async def _deliver(self, group: list[Any]) -> None:
+        try:
+            await deliver_group(self.ctx, group)
+            for row in group:
+                self._held.pop(row["id"], None)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Outcomes not written (the database went away): the leases bring them back.
+            log.exception("pump_deliver_failed", send_id=str(group[0]["send_id"]))
+            for row in group:
+                self._held.pop(row["id"], None)
+        finally:
+            self.in_flight -= len(group)
+            self._tasks.discard(asyncio.current_task())
+            if self.in_flight <= self._refill_at:
+                self._room.set()
+
+    async def _listen(self) -> None:
+        """Ring the bell on every doorbell message; resubscribe if Redis goes away."""
+        channel = self.ctx.keys.doorbell_channel
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(channel)
+                async for _message in pubsub.listen():
+                    self._bell.set()
+            except (OSError, RedisError):
+                log.warning("doorbell_reconnect", exc_info=True)
+                await asyncio.sleep(ERROR_BACKOFF_S)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
