@@ -13,7 +13,7 @@ import datetime as dt
 import random
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -59,11 +59,12 @@ def backoff_s(ctx: WorkerContext, attempts: int, retry_after_s: float | None) ->
     return float(max(delay, retry_after_s or 0.0))
 
 
-async def deliver_group(ctx: WorkerContext, rows: list[Any]) -> None:
+async def deliver_group(ctx: WorkerContext, rows: list[Any], on_sent: Callable[[], None] | None = None) -> None:
     """Where a message is rendered and sent: the claimed messages of one send, concurrently.
 
-    Their outcomes are written together with other groups' (`ctx.outcomes`); a waiting
-    caller (`sends.notify`) is told on Redis once they are.
+    `on_sent` is called once the channel is done with them. Their outcomes are written
+    together with other groups' (`ctx.outcomes`); a waiting caller (`sends.notify`) is told
+    on Redis once they are.
     """
     started = time.perf_counter()
     first = rows[0]
@@ -71,6 +72,8 @@ async def deliver_group(ctx: WorkerContext, rows: list[Any]) -> None:
         outcomes = [await _deliver_measured(ctx, first)]
     else:
         outcomes = list(await asyncio.gather(*(_deliver_measured(ctx, m) for m in rows)))
+    if on_sent is not None:
+        on_sent()
     await ctx.outcomes.submit((first["org_id"], outcomes))
     if first["notify"]:
         payload = {

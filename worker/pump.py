@@ -51,7 +51,7 @@ class Pump:
         self.batch_size = max(1, min(batch_size, self.capacity))
         # Claim again once this many have finished: batches stay large and the channel busy.
         self._refill_at = max(1, self.capacity // 2)
-        self.in_flight = 0
+        self.in_flight = 0  # claimed, not yet sent
         self._held: dict[uuid.UUID, None] = {}  # claimed, outcome not yet written
         self._tasks: set[asyncio.Task[None]] = set()
         self._bell = asyncio.Event()
@@ -69,11 +69,15 @@ class Pump:
         self._stopping = True
         self._bell.set()
         self._room.set()
-        for task in (self._loop_task, self._bell_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        if self._loop_task is not None:
+            # Let a claim under way finish and dispatch (cancelled mid-statement, it could
+            # commit with its rows unknown here, held until their lease expires).
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._loop_task, timeout=drain_s)
+        if self._bell_task is not None:
+            self._bell_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._bell_task
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=drain_s)
         for task in list(self._tasks):
@@ -100,7 +104,9 @@ class Pump:
     async def _claim_and_dispatch(self) -> None:
         while not self._stopping:
             room = self.capacity - self.in_flight
-            if room < self.batch_size and self.in_flight > self._refill_at:
+            # Wait for room: for half the capacity (claims stay large and the channel busy),
+            # and while outcomes not yet written pile up (the database is behind).
+            if room <= 0 or (room < self.batch_size and self.in_flight > self._refill_at) or self._unrecorded_full():
                 self._room.clear()
                 await self._room.wait()
                 continue
@@ -120,6 +126,9 @@ class Pump:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._bell.wait(), timeout_s)
 
+    def _unrecorded_full(self) -> bool:
+        return len(self._held) - self.in_flight >= self.capacity
+
     def _dispatch(self, rows: list[Any]) -> None:
         by_send: dict[uuid.UUID, list[Any]] = {}
         for row in rows:
@@ -131,22 +140,38 @@ class Pump:
             self._tasks.add(task)
 
     async def _deliver(self, group: list[Any]) -> None:
+        released = False
+
+        def sent() -> None:
+            # The channel is done with these: their slots go to the next claim while their
+            # outcomes wait for the next shared write.
+            nonlocal released
+            if not released:
+                released = True
+                self.in_flight -= len(group)
+                if self.in_flight <= self._refill_at:
+                    self._room.set()
+
         try:
-            await deliver_group(self.ctx, group)
-            for row in group:
-                self._held.pop(row["id"], None)
+            await deliver_group(self.ctx, group, on_sent=sent)
         except asyncio.CancelledError:
             raise
         except Exception:
-            # Outcomes not written (the database went away): the leases bring them back.
+            # Outcomes not written (the database went away): their leases bring them back.
             log.exception("pump_deliver_failed", send_id=str(group[0]["send_id"]))
-            for row in group:
-                self._held.pop(row["id"], None)
+            self._forget(group)
+        else:
+            self._forget(group)
         finally:
-            self.in_flight -= len(group)
+            sent()
             self._tasks.discard(asyncio.current_task())
-            if self.in_flight <= self._refill_at:
+            if not self._unrecorded_full():
                 self._room.set()
+
+    def _forget(self, group: list[Any]) -> None:
+        # Cancelled groups are not forgotten: `stop` gives their messages back.
+        for row in group:
+            self._held.pop(row["id"], None)
 
     async def _listen(self) -> None:
         """Ring the bell on every doorbell message; resubscribe if Redis goes away."""

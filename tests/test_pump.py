@@ -1,0 +1,424 @@
+"""Delivery from Postgres: the claim (`claim_due`, SKIP LOCKED), scheduled messages, the
+pump's idle check, and the api's waiter that merges a send's outcomes reported in pieces.
+
+The claim tests run in a database of their own, so that the session's worker (which pumps
+the session database) cannot take their messages; they call the claim statements directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+from arq import create_pool as create_arq_pool
+from arq.connections import RedisSettings
+from redis.asyncio import Redis
+
+from api.send_waiter import SendWaiter
+from shared import db, orgs, sending
+from shared.config import Settings
+from shared.embedded import create_database, drop_database
+from shared.migrate import migrate
+from shared.redis_keys import RedisKeys
+from shared.sql import Q
+from tests.helpers import EMAIL_TEMPLATE, eventually, make_broadcast, unique_email
+from worker.channels.email import EmailChannel
+from worker.channels.whatsapp import WhatsAppChannel
+from worker.context import WorkerContext
+from worker.pump import Pump
+
+LEASE_S = 60.0
+# Generous bounds on waiting for something to happen; nothing here asserts on speed.
+DEADLINE_S = 30.0
+
+CONTENT: dict[str, Any] = {
+    "from_email": "pump@tidings.test",
+    "from_name": "Tidings",
+    "subject": "Code {{ otp }}",
+    "html_body": "<p>Your code is {{ otp }}.</p>",
+}
+
+
+@pytest.fixture
+async def own_pool(admin_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    """A migrated database of this test's own, dropped afterwards."""
+    name = f"tidings_pump_{uuid.uuid4().hex[:10]}"
+    dsn = await create_database(admin_dsn, name)
+    try:
+        await migrate(dsn)
+        pool = await db.create_pool(dsn, min_size=2, max_size=5)
+        try:
+            yield pool
+        finally:
+            await pool.close()
+    finally:
+        await drop_database(admin_dsn, name)
+
+
+async def insert_messages(
+    pool: asyncpg.Pool,
+    org_id: uuid.UUID,
+    per_send: list[int],
+    *,
+    status: str = "queued",
+    queue_at_sql: str | None = None,
+    to: str = "someone@example.com",
+    notify: bool = False,
+) -> list[uuid.UUID]:
+    """Commit sends with `per_send[i]` messages each (inline email content, as the
+    Transactionals API writes them) and their first event; returns the message ids."""
+    message_ids: list[uuid.UUID] = []
+    async with pool.acquire() as conn, conn.transaction():
+        queue_at = await conn.fetchval(f"SELECT {queue_at_sql}") if queue_at_sql else None
+        for n in per_send:
+            send_id = uuid.uuid4()
+            await conn.execute(
+                Q.insert_send, send_id, org_id, None, None, "api", f"req-{send_id.hex[:8]}", {"otp": "123456"}
+            )
+            if notify:
+                await conn.execute("UPDATE sends SET notify = true WHERE id = $1", send_id)
+            for _ in range(n):
+                message_id = uuid.uuid4()
+                await conn.execute(
+                    Q.insert_transactional_message,
+                    message_id,
+                    send_id,
+                    org_id,
+                    None,
+                    None,
+                    to,
+                    status,
+                    None,
+                    CONTENT,
+                    queue_at,
+                )
+                message_ids.append(message_id)
+        await conn.execute(Q.insert_events, message_ids, [status] * len(message_ids), [None] * len(message_ids))
+    return message_ids
+
+
+async def events_of(pool: asyncpg.Pool, message_id: uuid.UUID) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await pool.fetch(
+        "SELECT status::text, at FROM message_events WHERE message_id = $1 ORDER BY id", message_id
+    )
+    return rows
+
+
+async def assert_claimed_once(pool: asyncpg.Pool, ids: list[uuid.UUID]) -> None:
+    rows = await pool.fetch(
+        "SELECT m.status::text AS status, m.attempts, m.lease_expires_at > now() AS leased,"
+        " (SELECT count(*) FROM message_events e WHERE e.message_id = m.id AND e.status = 'sending') AS sending_events"
+        " FROM messages m WHERE m.id = ANY($1::uuid[])",
+        ids,
+    )
+    assert len(rows) == len(ids)
+    for row in rows:
+        assert row["status"] == "sending", dict(row)
+        assert row["attempts"] == 1, dict(row)
+        assert row["leased"], dict(row)
+        assert row["sending_events"] == 1, dict(row)
+
+
+async def test_concurrent_claims_never_take_the_same_message(own_pool: asyncpg.Pool) -> None:
+    org_id = await orgs.create_org(own_pool, "pump claims")
+    ids = await insert_messages(own_pool, org_id, [4] * 50)  # 200 messages of 50 sends
+    assert len(ids) == 200
+
+    async with own_pool.acquire() as a, own_pool.acquire() as b:
+
+        async def claim(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+            rows: list[asyncpg.Record] = await conn.fetch(Q.claim_due, 150, LEASE_S)
+            return rows
+
+        rows_a, rows_b = await asyncio.wait_for(asyncio.gather(claim(a), claim(b)), DEADLINE_S)
+
+    ids_a = [r["id"] for r in rows_a]
+    ids_b = [r["id"] for r in rows_b]
+    assert len(set(ids_a)) == len(ids_a) and len(set(ids_b)) == len(ids_b)
+    assert not set(ids_a) & set(ids_b)
+    assert len(ids_a) <= 150 and len(ids_b) <= 150
+    assert set(ids_a) | set(ids_b) == set(ids)
+    # What the pump needs comes back with each row.
+    for row in [*rows_a, *rows_b]:
+        assert row["attempts"] == 1
+        assert row["notify"] is False
+        assert row["request_id"].startswith("req-")
+        assert row["variables"] == {"otp": "123456"}
+        assert row["content"] == CONTENT and row["template_body"] is None
+    await assert_claimed_once(own_pool, ids)
+    # Nothing is left to claim, and a further claim takes nothing twice.
+    assert await own_pool.fetch(Q.claim_due, 150, LEASE_S) == []
+    assert await own_pool.fetchval(Q.select_next_due) is None
+
+
+async def test_a_claim_skips_rows_held_by_an_uncommitted_claim(own_pool: asyncpg.Pool) -> None:
+    """The overlap forced: one claim's transaction stays open while the other runs."""
+    org_id = await orgs.create_org(own_pool, "pump skip locked")
+    ids = await insert_messages(own_pool, org_id, [1] * 200)
+
+    async with own_pool.acquire() as a, own_pool.acquire() as b:
+        tx = a.transaction()
+        await tx.start()
+        try:
+            rows_a = await a.fetch(Q.claim_due, 150, LEASE_S)
+            assert len(rows_a) == 150
+            # Without SKIP LOCKED this would wait on a's row locks until a commits (never).
+            rows_b = await asyncio.wait_for(b.fetch(Q.claim_due, 150, LEASE_S), DEADLINE_S)
+        except BaseException:
+            await tx.rollback()
+            raise
+        await tx.commit()
+
+    ids_a = {r["id"] for r in rows_a}
+    ids_b = {r["id"] for r in rows_b}
+    assert len(rows_b) == 50
+    assert not ids_a & ids_b
+    assert ids_a | ids_b == set(ids)
+    await assert_claimed_once(own_pool, ids)
+
+
+async def test_scheduled_message_is_claimed_only_when_due(own_pool: asyncpg.Pool) -> None:
+    assert await own_pool.fetchval(Q.select_next_due) is None  # nothing waiting at all
+    org_id = await orgs.create_org(own_pool, "pump scheduled")
+    (message_id,) = await insert_messages(
+        own_pool, org_id, [1], status="scheduled", queue_at_sql="now() + interval '1 hour'"
+    )
+
+    assert await own_pool.fetch(Q.claim_due, 10, LEASE_S) == []
+    wait_s = await own_pool.fetchval(Q.select_next_due)
+    assert wait_s is not None and 3500.0 < wait_s <= 3600.0
+    row = await own_pool.fetchrow("SELECT status::text, attempts FROM messages WHERE id = $1", message_id)
+    assert row is not None and row["status"] == "scheduled" and row["attempts"] == 0
+
+    # Its time comes a second from now (by the database's clock): claims before it find nothing.
+    queue_at = await own_pool.fetchval(
+        "UPDATE messages SET queue_at = clock_timestamp() + interval '1 second' WHERE id = $1 RETURNING queue_at",
+        message_id,
+    )
+
+    async def claimed() -> list[asyncpg.Record]:
+        rows: list[asyncpg.Record] = await own_pool.fetch(Q.claim_due, 10, LEASE_S)
+        return rows
+
+    rows = await eventually(claimed, timeout_s=DEADLINE_S, interval_s=0.05)
+    assert [r["id"] for r in rows] == [message_id]
+    assert rows[0]["attempts"] == 1
+    events = await events_of(own_pool, message_id)
+    assert [e["status"] for e in events] == ["scheduled", "queued", "sending"]
+    assert events[1]["at"] <= events[2]["at"]
+    assert events[2]["at"] >= queue_at  # not claimed before its time
+    await assert_claimed_once(own_pool, [message_id])
+    assert await own_pool.fetchval(Q.select_next_due) is None  # the queue is empty again
+
+
+async def test_retry_waits_for_its_next_attempt(own_pool: asyncpg.Pool) -> None:
+    """A queued message with a next attempt ahead is neither claimed nor lost from sight."""
+    org_id = await orgs.create_org(own_pool, "pump retry")
+    (message_id,) = await insert_messages(own_pool, org_id, [1])
+    await own_pool.execute(
+        "UPDATE messages SET next_attempt_at = now() + interval '10 minutes' WHERE id = $1", message_id
+    )
+    assert await own_pool.fetch(Q.claim_due, 10, LEASE_S) == []
+    wait_s = await own_pool.fetchval(Q.select_next_due)
+    assert wait_s is not None and 500.0 < wait_s <= 600.0
+    await own_pool.execute(
+        "UPDATE messages SET next_attempt_at = now() - interval '1 second' WHERE id = $1", message_id
+    )
+    rows = await own_pool.fetch(Q.claim_due, 10, LEASE_S)
+    assert [r["id"] for r in rows] == [message_id]
+    assert await own_pool.fetchval("SELECT next_attempt_at FROM messages WHERE id = $1", message_id) is None
+
+
+async def test_send_committed_without_a_ring_is_delivered(
+    client: Any, org: Any, pool: asyncpg.Pool, worker: Any, smtp_server: Any
+) -> None:
+    b = await make_broadcast(client, org)
+    # First a send through the api (which rings), so the pump is running and then idle.
+    r = await client.post(
+        org.path(f"/broadcasts/{b['id']}/send"),
+        headers=org.auth("write"),
+        json={"email": unique_email("warm"), "variables": {"otp": "1"}},
+    )
+    assert r.status == 200, await r.text()
+    assert (await r.json())["recipients"][0]["status"] == "sent"
+
+    to = unique_email("silent")
+    prepared = await sending.prepare(
+        pool,
+        org.id,
+        uuid.UUID(b["id"]),
+        sending.Trigger(email=to, variables={"otp": "424242"}, source="manual", request_id="test-no-doorbell"),
+    )
+    await sending.commit(pool, prepared)  # and no doorbell.ring: only the idle check can find it
+    (record,) = prepared.records
+    assert record.status == "queued"
+
+    async def sent() -> bool:
+        status = await pool.fetchval("SELECT status::text FROM messages WHERE id = $1", record.id)
+        return bool(status == "sent")
+
+    await eventually(sent, timeout_s=DEADLINE_S, interval_s=0.05)
+    received = [m for m in smtp_server.messages if to in m.rcpt_tos]
+    assert len(received) == 1
+    assert email.message_from_bytes(received[0].raw)["Subject"] == "Your code is 424242"
+
+
+@pytest.fixture
+async def waiter(settings: Settings) -> AsyncIterator[tuple[SendWaiter, Redis, RedisKeys]]:
+    keys = RedisKeys(f"tidings-test-pump:{uuid.uuid4().hex[:8]}:")
+    redis = Redis.from_url(settings.redis_url)
+    w = SendWaiter(redis, keys)
+    await w.start()
+    try:
+        yield w, redis, keys
+    finally:
+        await w.close()
+        await redis.aclose()
+
+
+def outcome(status: str = "sent") -> dict[str, Any]:
+    return {"status": status, "external_message_id": f"<{uuid.uuid4().hex}@tidings.test>", "error": None}
+
+
+async def publish(redis: Redis, keys: RedisKeys, send_id: str, payload: dict[str, Any]) -> None:
+    receivers = await redis.publish(keys.send_done_channel(send_id), orjson.dumps(payload))
+    assert receivers >= 1  # the waiter's subscription heard it
+
+
+async def sync(w: SendWaiter, redis: Redis, keys: RedisKeys) -> None:
+    """Return once the waiter has handled everything published before: pub/sub keeps order."""
+    marker = f"marker-{uuid.uuid4().hex[:8]}"
+    fut = w.register(marker, ["m"])
+    await publish(redis, keys, marker, {"m": outcome()})
+    await asyncio.wait_for(fut, DEADLINE_S)
+
+
+async def test_send_waiter_merges_partial_outcomes(waiter: tuple[SendWaiter, Redis, RedisKeys]) -> None:
+    w, redis, keys = waiter
+    send_id = str(uuid.uuid4())
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    fut = w.register(send_id, [first, second])
+
+    one = outcome()
+    await publish(redis, keys, send_id, {first: one})
+    await sync(w, redis, keys)
+    assert not fut.done()  # one of two reported: still waiting
+
+    # Another send's outcome does not count towards this one.
+    await publish(redis, keys, str(uuid.uuid4()), {second: outcome("failed")})
+    await sync(w, redis, keys)
+    assert not fut.done()
+
+    two = outcome("failed")
+    await publish(redis, keys, send_id, {second: two})
+    got = await asyncio.wait_for(fut, DEADLINE_S)
+    assert got == {first: one, second: two}
+
+
+async def test_send_waiter_expect_narrows_to_what_was_reported(waiter: tuple[SendWaiter, Redis, RedisKeys]) -> None:
+    w, redis, keys = waiter
+    send_id = str(uuid.uuid4())
+    kept, rejected = str(uuid.uuid4()), str(uuid.uuid4())
+    fut = w.register(send_id, [kept, rejected])
+    result = outcome()
+    await publish(redis, keys, send_id, {kept: result})
+    await sync(w, redis, keys)
+    assert not fut.done()
+    w.expect(send_id, [kept])  # the commit rejected the other: nothing will come for it
+    assert fut.done()
+    assert fut.result() == {kept: result}
+
+    # Narrowed before anything was reported: it resolves with the one that is expected.
+    later = str(uuid.uuid4())
+    fut2 = w.register(later, [kept, rejected])
+    w.expect(later, [kept])
+    assert not fut2.done()
+    await publish(redis, keys, later, {kept: result})
+    assert await asyncio.wait_for(fut2, DEADLINE_S) == {kept: result}
+
+
+async def test_a_send_settled_in_two_batches_reaches_its_waiter_in_two_pieces(
+    settings: Settings, own_pool: asyncpg.Pool, smtp_server: Any
+) -> None:
+    """A real pump taking one message per claim: the send's two messages are delivered by
+    two groups, each publishing its part; the api's waiter merges them."""
+    run = uuid.uuid4().hex[:8]
+    # The pump works on the context's pool (this test's database), not on settings.database_url.
+    own_settings = settings.replace(
+        redis_prefix=f"tidings-test-pump:{run}:",
+        queue_name=f"tidings-test-pump:{run}:queue",
+    )
+    keys = RedisKeys(own_settings.redis_prefix)
+    redis = await create_arq_pool(RedisSettings.from_dsn(settings.redis_url))
+    ctx = WorkerContext(
+        settings=own_settings,
+        pool=own_pool,
+        redis=redis,
+        keys=keys,
+        email=EmailChannel(own_settings),
+        whatsapp=WhatsAppChannel(own_settings),
+    )
+    w = SendWaiter(redis, keys)
+    await w.start()
+    pump = Pump(ctx, redis, capacity=2, batch_size=1)
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    try:
+        org_id = await orgs.create_org(own_pool, "pump pieces")
+        to = unique_email("pieces")
+        ids = await insert_messages(own_pool, org_id, [2], to=to, notify=True)
+        send_id = await own_pool.fetchval("SELECT send_id FROM messages WHERE id = $1", ids[0])
+        await pubsub.subscribe(keys.send_done_channel(send_id))
+        fut = w.register(str(send_id), [str(i) for i in ids])
+        await pump.start()
+        got = await asyncio.wait_for(fut, DEADLINE_S)
+        assert set(got) == {str(i) for i in ids}
+        assert all(v["status"] == "sent" for v in got.values())
+
+        pieces: list[dict[str, Any]] = []
+        deadline = asyncio.get_running_loop().time() + DEADLINE_S
+        while len(pieces) < 2 and asyncio.get_running_loop().time() < deadline:
+            # None: the subscription's confirmation, or nothing yet.
+            message = await pubsub.get_message(timeout=1.0)
+            if message is not None:
+                pieces.append(orjson.loads(message["data"]))
+        assert sorted(len(p) for p in pieces) == [1, 1]  # one message per claim, one piece each
+        statuses = await own_pool.fetch("SELECT status::text FROM messages WHERE id = ANY($1::uuid[])", ids)
+        assert [r["status"] for r in statuses] == ["sent", "sent"]
+        assert len([m for m in smtp_server.messages if to in m.rcpt_tos]) == 2
+    finally:
+        await pump.stop(5.0)
+        await ctx.close()
+        await ctx.email.close()
+        await ctx.whatsapp.close()
+        with contextlib.suppress(Exception):
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await w.close()
+        await redis.aclose()
+
+
+async def test_background_false_with_two_templates_answers_both_sent(
+    client: Any, org: Any, worker: Any, smtp_server: Any
+) -> None:
+    second = {**EMAIL_TEMPLATE, "subject": "Second copy: {{ otp }}"}
+    b = await make_broadcast(client, org, templates=[EMAIL_TEMPLATE, second])
+    to = unique_email("both")
+    r = await client.post(
+        org.path(f"/broadcasts/{b['id']}/send"),
+        headers=org.auth("write"),
+        json={"email": to, "variables": {"otp": "909090"}, "background": False},
+    )
+    assert r.status == 200, await r.text()
+    recs = (await r.json())["recipients"]
+    assert len(recs) == 2
+    assert [x["status"] for x in recs] == ["sent", "sent"]
+    assert all(x["external_message_id"] and x["to"] == to for x in recs)
+    assert len({x["template_id"] for x in recs}) == 2
+    subjects = sorted(email.message_from_bytes(m.raw)["Subject"] for m in smtp_server.messages if to in m.rcpt_tos)
+    assert subjects == ["Second copy: 909090", "Your code is 909090"]
