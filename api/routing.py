@@ -143,5 +143,8 @@ async def read_body(request: web.Request, limit_bytes: int) -> bytes:
 
 
 def add_routes(app: web.Application) -> None:
-    for spec in ROUTES:
+    # aiohttp tries the routes under one path prefix in the order they were added: the send
+    # endpoints (the idempotent ones), hit on every trigger, go first. Their paths end in a
+    # literal segment, so they cannot shadow another route.
+    for spec in sorted(ROUTES, key=lambda spec: not spec.idempotent):
         app.router.add_route(spec.method, spec.path, spec.handler)
