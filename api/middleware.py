@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import redis.exceptions
 import structlog
@@ -11,7 +12,7 @@ from aiohttp import web
 
 from api import errors as http_errors
 from api.jsonio import json_response
-from shared import db, errors, ids, metrics
+from shared import db, errors, ids, logs, metrics
 
 log = structlog.get_logger("tidings.api")
 
@@ -62,16 +63,33 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     finally:
         route = _route_label(request)
         elapsed_s = time.perf_counter() - started
-        metrics.HTTP_REQUESTS.labels(request.method, route, str(response.status if response is not None else 0)).inc()
-        metrics.HTTP_LATENCY.labels(route).observe(elapsed_s)
-        log.info(
-            "request",
+        _observe(request.method, route, response.status if response is not None else 0, elapsed_s)
+        logs.request_line(
+            request_id,
             method=request.method,
             path=request.path,
             status=response.status if response is not None else None,
             duration_ms=round(elapsed_s * 1000, 2),
         )
         structlog.contextvars.unbind_contextvars("request_id")
+
+
+# Label values a client cannot multiply: any other method is counted as "other".
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# The metric children per label set, looked up once (`labels()` validates and locks each call).
+_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def _observe(method: str, route: str, status: int, elapsed_s: float) -> None:
+    label = method if method in _METHODS else "other"
+    children = _children.get((label, route, status))
+    if children is None:
+        children = _children[(label, route, status)] = (
+            metrics.HTTP_REQUESTS.labels(label, route, str(status)),
+            metrics.HTTP_LATENCY.labels(route),
+        )
+    children[0].inc()
+    children[1].observe(elapsed_s)
 
 
 def _route_label(request: web.Request) -> str:

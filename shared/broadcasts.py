@@ -55,7 +55,7 @@ def template_sources(channel: str, body: Mapping[str, Any]) -> list[str | None]:
     return [*(body.get("body_parameters") or []), *(body.get("button_parameters") or [])]
 
 
-def template_variables(channel: str, body: Mapping[str, Any]) -> set[str]:
+def template_variables(channel: str, body: Mapping[str, Any]) -> frozenset[str]:
     return templating.variables_used(template_sources(channel, body))
 
 

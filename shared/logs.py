@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import sys
+from typing import Any, BinaryIO
 
 import orjson
 import structlog
 
+# Where `request_line` writes directly, when lines are JSON at INFO or below (set by configure).
+_request_out: BinaryIO | None = None
+_log = structlog.get_logger("tidings.api")
 
-def configure(level: str = "INFO", fmt: str = "json") -> None:
+
+def configure(level: str = "INFO", fmt: str = "json", stream: BinaryIO | None = None) -> None:
+    """`stream`: where JSON lines go (default stderr)."""
+    global _request_out
     renderer: structlog.types.Processor
+    _request_out = None
     if fmt == "console":
         renderer = structlog.dev.ConsoleRenderer()
         logger_factory: structlog.types.WrappedLogger = structlog.PrintLoggerFactory(sys.stderr)
     else:
         renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
-        logger_factory = structlog.BytesLoggerFactory(sys.stderr.buffer)
+        out = stream if stream is not None else sys.stderr.buffer
+        logger_factory = structlog.BytesLoggerFactory(out)
+        if logging.getLevelName(level.upper()) <= logging.INFO:
+            _request_out = out
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -31,3 +43,25 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
     )
     # Libraries that log through stdlib (arq, aiohttp) go to stderr at WARNING and above.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+
+
+def request_line(request_id: str, **fields: Any) -> None:
+    """The api's one line per request: the line `log.info("request", ...)` would write.
+
+    Written directly when lines are JSON: structlog's processor chain (context merge, level,
+    timestamp, renderer) was a tenth of an api process's time per trigger. Anywhere else
+    (console format, tests) it goes through structlog as usual.
+    """
+    out = _request_out
+    if out is None:
+        _log.info("request", **fields)
+        return
+    line = {
+        "request_id": request_id,
+        **fields,
+        "event": "request",
+        "level": "info",
+        "timestamp": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
+    }
+    out.write(orjson.dumps(line) + b"\n")
+    out.flush()

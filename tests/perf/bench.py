@@ -14,7 +14,7 @@ api` / `tidings worker` as subprocesses. Everything listens on 127.0.0.1 and eve
 bounded in requests and in time. Ctrl-C stops and removes everything.
 
 The last stdout line is one JSON object (also in out/result.json); out/bench.png plots it.
-Knobs (environment): BENCH_DURATION_S (15), BENCH_WARMUP_S (5), BENCH_BACKLOG (20000),
+Knobs (environment): BENCH_DURATION_S (15), BENCH_WARMUP_S (5), BENCH_BACKLOG (80000),
 BENCH_CONNECTIONS (50), BENCH_THREADS (2), BENCH_P4_RATE (100), BENCH_P6_WORKERS (1,2,4),
 BENCH_SOAK_S (300), BENCH_SOAK_RATE (200), BENCH_OUT_DIR, BENCH_DATA_DIR, BENCH_INSTALL (1).
 Service settings (WORKER_CONCURRENCY, SMTP_POOL_SIZE, DB_POOL_MAX_SIZE, LOG_LEVEL...) pass
@@ -109,7 +109,7 @@ class Config:
             soak=args.soak,
             duration_s=num("BENCH_DURATION_S", 15, 1),
             warmup_s=num("BENCH_WARMUP_S", 5, 0.5),
-            backlog=int(num("BENCH_BACKLOG", 20_000, 100)),
+            backlog=int(num("BENCH_BACKLOG", 80_000, 100)),
             connections=int(num("BENCH_CONNECTIONS", 50, 50)),
             threads=int(num("BENCH_THREADS", 2, 2)),
             p4_rate=num("BENCH_P4_RATE", 100, 100),
