@@ -39,18 +39,28 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
     import uvloop
     from aiohttp import web
 
+    from api import processes as api_processes
     from api.app import create_app
 
     _need_database(settings)
+    processes = args.processes or settings.api_processes
+    # Before any event loop or connection exists: each process builds its own.
+    children = api_processes.fork(processes)
     uvloop.install()
-    web.run_app(
-        create_app(settings),
-        host=args.host or settings.host,
-        port=args.port or settings.port,
-        access_log=None,
-        print=None,
-        shutdown_timeout=15,
-    )
+    app = create_app(settings)
+    api_processes.stop_children_on_shutdown(app, children)
+    try:
+        web.run_app(
+            app,
+            host=args.host or settings.host,
+            port=args.port or settings.port,
+            reuse_port=processes > 1,
+            access_log=None,
+            print=None,
+            shutdown_timeout=15,
+        )
+    finally:
+        api_processes.reap(children)
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
@@ -142,9 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tidings", description="transactional email and WhatsApp, tracked")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="apply the SQL migrations").set_defaults(fn=cmd_migrate)
-    api = sub.add_parser("api", help="run one API process")
+    api = sub.add_parser("api", help="run the API (one process, or --processes N sharing the port)")
     api.add_argument("--host")
     api.add_argument("--port", type=int)
+    api.add_argument("--processes", type=int, help="processes sharing the port (default API_PROCESSES)")
     api.set_defaults(fn=cmd_api)
     sub.add_parser("worker", help="run one worker process").set_defaults(fn=cmd_worker)
     sub.add_parser("dev", help="the whole stack on this machine").set_defaults(fn=cmd_dev)

@@ -23,6 +23,8 @@ class Settings:
     public_base_url: str = "http://localhost:8080"
     host: str = "0.0.0.0"
     port: int = 8080
+    # `tidings api` processes sharing the port (SO_REUSEPORT): one per spare core on a VM.
+    api_processes: int = 1
 
     smtp_host: str = "localhost"
     smtp_port: int = 25

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import logging
 import sys
@@ -13,6 +15,8 @@ import structlog
 # Where `request_line` writes directly, when lines are JSON at INFO or below (set by configure).
 _request_out: BinaryIO | None = None
 _log = structlog.get_logger("tidings.api")
+FLUSH_AFTER_S = 0.1
+_flush_pending = False
 
 
 def configure(level: str = "INFO", fmt: str = "json", stream: BinaryIO | None = None) -> None:
@@ -64,4 +68,19 @@ def request_line(request_id: str, **fields: Any) -> None:
         "timestamp": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
     }
     out.write(orjson.dumps(line) + b"\n")
-    out.flush()
+    # Flushed in a moment, not per line (a write system call per request): lines reach the
+    # stream within FLUSH_AFTER_S, and a crash loses at most that much of them.
+    global _flush_pending
+    if not _flush_pending:
+        _flush_pending = True
+        try:
+            asyncio.get_running_loop().call_later(FLUSH_AFTER_S, _flush, out)
+        except RuntimeError:  # no event loop: flush now
+            _flush(out)
+
+
+def _flush(out: BinaryIO) -> None:
+    global _flush_pending
+    _flush_pending = False
+    with contextlib.suppress(OSError, ValueError):
+        out.flush()
