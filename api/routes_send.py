@@ -77,7 +77,7 @@ async def send(call: Call[schemas.SendRequest]) -> web.Response:
             state.waiter.expect(send_key, (str(r.id) for r in prepared.queued))
         if waiter is not None and not prepared.queued:
             pass  # everything was rejected at commit (suppressed or redacted): nothing to wait for
-        elif waiter is not None and not accepted.rung:
+        elif waiter is not None and not await accepted.rung():
             status = 202  # kept, and delivered, but Redis is unreachable: no outcome will be published
         elif waiter is not None:
             try:

@@ -32,7 +32,7 @@ async def test_replicas_share_one_budget_and_never_exceed_it(redis_url: str) -> 
 
 
 async def test_small_budgets_are_checked_request_by_request(redis_url: str) -> None:
-    assert chunk_for(100) == 1 and chunk_for(3) == 1 and chunk_for(10**9) == 50
+    assert chunk_for(100) == 1 and chunk_for(3) == 1 and chunk_for(10**9) == 200
     prefix = f"tidings-test-rl:{uuid.uuid4().hex[:8]}:"
     redis = Redis.from_url(redis_url)
     try:
