@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from arq import create_pool as create_arq_pool
-from arq.connections import RedisSettings
+from redis.asyncio import Redis
 
 # Importing the route modules registers their routes (see api.routing.route).
 from api import (  # noqa: F401
@@ -34,6 +33,9 @@ from shared.config import Settings
 from shared.contact_cache import ContactCache
 from shared.redis_keys import RedisKeys
 
+# Connecting to Redis (not each command: REDIS_TIMEOUT_S) gives up after this long.
+REDIS_CONNECT_TIMEOUT_S = 1.0
+
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[request_middleware], client_max_size=WEBHOOK_MAX_BODY_BYTES)
@@ -43,11 +45,14 @@ def create_app(settings: Settings) -> web.Application:
         pool = await db.create_pool(
             settings.database_url, min_size=settings.db_pool_min_size, max_size=settings.db_pool_max_size
         )
-        redis = await create_arq_pool(
-            RedisSettings.from_dsn(settings.redis_url), default_queue_name=settings.queue_name
+        # Commands wait at most REDIS_TIMEOUT_S; the waiter's subscription blocks on reads by
+        # design, so it has a client of its own without that timeout.
+        redis = Redis.from_url(
+            settings.redis_url, socket_timeout=settings.redis_timeout_s, socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S
         )
+        subscriber = Redis.from_url(settings.redis_url, socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S)
         keys = RedisKeys(settings.redis_prefix)
-        waiter = SendWaiter(redis, keys)
+        waiter = SendWaiter(subscriber, keys)
         await waiter.start()
         app[STATE] = State(
             settings=settings,
@@ -64,6 +69,7 @@ def create_app(settings: Settings) -> web.Application:
         yield
         await app[STATE].send_pipeline.close()
         await waiter.close()
+        await subscriber.aclose()
         await redis.aclose()
         await pool.close()
 

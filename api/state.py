@@ -6,7 +6,7 @@ import dataclasses
 
 import asyncpg
 from aiohttp import web
-from arq.connections import ArqRedis
+from redis.asyncio import Redis
 
 from api.auth import KeyCache
 from api.ratelimit import RateLimiter
@@ -22,7 +22,7 @@ from shared.redis_keys import RedisKeys
 class State:
     settings: Settings
     pool: asyncpg.Pool
-    redis: ArqRedis
+    redis: Redis
     keys: RedisKeys
     key_cache: KeyCache
     rate_limiter: RateLimiter

@@ -75,6 +75,9 @@ class Settings:
     max_body_bytes: int = 256 * 1024
     queue_name: str = "tidings:queue"
     redis_prefix: str = "tidings:"
+    # The api waits at most this long for one Redis command: a hung Redis answers 503
+    # (retry later), never a request that hangs. The doorbell is simply skipped.
+    redis_timeout_s: float = 2.0
 
     log_level: str = "INFO"
     log_format: LogFormat = "json"

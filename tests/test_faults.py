@@ -27,7 +27,7 @@ from shared.config import Settings
 from shared.dev_inbox import start_smtp
 from shared.embedded import create_database, drop_database
 from shared.migrate import migrate
-from tests.helpers import EMAIL_TEMPLATE, eventually
+from tests.helpers import EMAIL_TEMPLATE, eventually, make_broadcast
 from tests.procs import WorkerProcess
 
 BURST = 120
@@ -279,6 +279,75 @@ async def test_postgres_unreachable_gives_503_and_accepts_nothing(settings: Sett
         r = await client.get("/readyz")
         assert r.status == 503
     await proxy.close()
+
+
+async def test_hung_redis_gives_503_in_bounded_time_and_accepts_nothing(
+    settings: Settings, org: Any, pool: asyncpg.Pool, client: Any
+) -> None:
+    """Redis accepts connections but stops answering: requests end with 503, never hang."""
+    broadcast = (await make_broadcast(client, org))["id"]
+    proxy = await StallingProxy.start(settings.redis_url)
+    hung = settings.replace(redis_url=proxy.url, redis_timeout_s=0.5)
+    async with TestClient(TestServer(create_app(hung))) as client:
+        proxy.stall()
+        email = f"hung-{uuid.uuid4().hex[:8]}@example.com"
+        started = asyncio.get_running_loop().time()
+        r = await asyncio.wait_for(  # a hang fails the test in 10 s rather than blocking the suite
+            client.post(
+                f"/orgs/{org.id}/broadcasts/{broadcast}/send",
+                headers=org.auth("write"),
+                json={"email": email, "variables": {"otp": "1"}},
+            ),
+            10,
+        )
+        elapsed_s = asyncio.get_running_loop().time() - started
+        assert r.status == 503, await r.text()
+        assert (await r.json())["error"]["code"] == "unavailable"
+        assert elapsed_s < 5, elapsed_s  # bounded by REDIS_TIMEOUT_S, not by the client's patience
+    assert await pool.fetchval("SELECT count(*) FROM messages WHERE to_address = $1", email) == 0
+    await proxy.close()
+
+
+class StallingProxy:
+    """A loopback TCP relay to Redis that can stall: connections stay open, replies stop."""
+
+    def __init__(self) -> None:
+        self.server: asyncio.Server | None = None
+        self.stalled = False
+        self.url = ""
+
+    @classmethod
+    async def start(cls, redis_url: str) -> StallingProxy:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(redis_url)
+        self = cls()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            up_reader, up_writer = await asyncio.open_connection(parts.hostname or "127.0.0.1", parts.port or 6379)
+
+            async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, replies: bool) -> None:
+                with contextlib.suppress(Exception):
+                    while data := await src.read(65536):
+                        if replies and self.stalled:
+                            continue  # swallowed: the client waits for an answer that never comes
+                        dst.write(data)
+                        await dst.drain()
+                dst.close()
+
+            await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
+
+        self.server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        self.url = f"redis://127.0.0.1:{port}{parts.path}"
+        return self
+
+    def stall(self) -> None:
+        self.stalled = True
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
 
 
 class TcpProxy:
