@@ -7,6 +7,8 @@ logged and forgotten: the messages are committed and will be claimed all the sam
 
 from __future__ import annotations
 
+import asyncio
+
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -16,11 +18,15 @@ from shared.redis_keys import RedisKeys
 log = structlog.get_logger("tidings.doorbell")
 
 
+# A ring that takes longer is given up: Redis is hung, and nothing may wait on it.
+RING_TIMEOUT_S = 2.0
+
+
 async def ring(redis: Redis, keys: RedisKeys) -> bool:
     """Wake idle workers; returns whether Redis took the ring."""
     try:
-        await redis.publish(keys.doorbell_channel, b"1")
-    except (OSError, RedisError):
+        await asyncio.wait_for(redis.publish(keys.doorbell_channel, b"1"), RING_TIMEOUT_S)
+    except (OSError, RedisError, TimeoutError):
         log.warning("doorbell_failed")
         return False
     return True

@@ -50,8 +50,8 @@ class Stack:
         self.headers: dict[str, str] = {}
         self.broadcast_id = ""
 
-    async def worker(self) -> WorkerProcess:
-        w = WorkerProcess(self.settings, self.tmp / f"worker-{len(self.workers)}.log")
+    async def worker(self, settings: Settings | None = None) -> WorkerProcess:
+        w = WorkerProcess(settings or self.settings, self.tmp / f"worker-{len(self.workers)}.log")
         await w.start()
         self.workers.append(w)
         return w
@@ -262,6 +262,26 @@ async def test_permanent_refusal_fails_without_retry(stack: Stack, capsys: Any) 
     assert result["lost"] == 0 and result["failed"] + result["sent"] == 10
 
 
+async def test_worker_delivers_while_its_redis_hangs(stack: Stack, capsys: Any) -> None:
+    """The worker's Redis stops answering: no doorbell reaches it, and it delivers all the same
+    (from Postgres, on its idle checks)."""
+    proxy = await StallingProxy.start(stack.settings.redis_url)
+    try:
+        await stack.worker(stack.settings.replace(redis_url=proxy.url))
+        await eventually(lambda: _ready(proxy), timeout_s=20)
+        proxy.stall()
+        ids = await stack.burst()
+        await stack.settle(ids)
+        result = await stack.report("worker's redis hung", ids, capsys)
+        assert result["lost"] == 0 and result["sent"] == BURST
+    finally:
+        await proxy.close()
+
+
+async def _ready(proxy: StallingProxy) -> bool:
+    return proxy.connections >= 2  # arq's pool and the pump's doorbell subscription
+
+
 async def test_postgres_unreachable_gives_503_and_accepts_nothing(settings: Settings, org: Any) -> None:
     """The API talks to Postgres through a proxy that the test cuts."""
     proxy = await TcpProxy.start(settings.database_url)
@@ -314,6 +334,7 @@ class StallingProxy:
     def __init__(self) -> None:
         self.server: asyncio.Server | None = None
         self.stalled = False
+        self.connections = 0
         self.url = ""
 
     @classmethod
@@ -325,6 +346,7 @@ class StallingProxy:
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             up_reader, up_writer = await asyncio.open_connection(parts.hostname or "127.0.0.1", parts.port or 6379)
+            self.connections += 1
 
             async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, replies: bool) -> None:
                 with contextlib.suppress(Exception):

@@ -29,6 +29,10 @@ from worker.context import WorkerContext
 
 log = structlog.get_logger("tidings.worker")
 
+# How long the worker tries to tell a waiting caller; past it the caller answers 202 at its
+# own timeout and the outcome is in Postgres.
+NOTIFY_TIMEOUT_S = 2.0
+
 
 class Outcome:
     __slots__ = ("error", "external_message_id", "message_id", "next_attempt_at", "status", "suppress")
@@ -81,8 +85,10 @@ async def deliver_group(ctx: WorkerContext, rows: list[Any], on_sent: Callable[[
             for o in outcomes
         }
         try:
-            await ctx.redis.publish(ctx.keys.send_done_channel(first["send_id"]), orjson.dumps(payload))
-        except (OSError, RedisError):
+            # Bounded: a hung Redis must not hold up delivery (the pump waits for this group).
+            channel = ctx.keys.send_done_channel(first["send_id"])
+            await asyncio.wait_for(ctx.redis.publish(channel, orjson.dumps(payload)), NOTIFY_TIMEOUT_S)
+        except (OSError, RedisError, TimeoutError):
             # The caller's wait ends at its timeout with 202; the outcome is in Postgres.
             log.warning("notify_failed", send_id=str(first["send_id"]))
     counts: dict[str, int] = {}
