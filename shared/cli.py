@@ -66,12 +66,10 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
     import uvloop
 
-    from worker.main import make_worker
+    from worker.main import serve_until_signalled
 
     _need_database(settings)
-    uvloop.install()
-    worker = make_worker(settings)
-    worker.run()
+    uvloop.run(serve_until_signalled(settings))
 
 
 def cmd_org_create(settings: Settings, args: argparse.Namespace) -> None:

@@ -9,7 +9,6 @@ removes them at the end.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import itertools
 import os
@@ -161,15 +160,13 @@ async def client(settings: Settings) -> AsyncIterator[TestClient[Any, Any]]:
 
 @pytest.fixture(scope="session")
 async def worker(settings: Settings) -> AsyncIterator[Any]:
-    from worker.main import make_worker
+    from worker.main import serve
 
-    w = make_worker(settings, handle_signals=False)
-    task = asyncio.create_task(w.async_run())
-    yield w
-    await w.close()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(settings, stop))
+    yield task
+    stop.set()
+    await asyncio.wait_for(task, 30)
 
 
 @dataclasses.dataclass

@@ -278,6 +278,23 @@ async def test_worker_delivers_while_its_redis_hangs(stack: Stack, capsys: Any) 
         await proxy.close()
 
 
+async def test_worker_delivers_while_its_redis_is_down_and_stops_cleanly(stack: Stack, capsys: Any) -> None:
+    """The worker's Redis goes away (connections dropped and refused): the worker keeps
+    delivering from Postgres, and a SIGTERM still drains and exits cleanly."""
+    proxy = await StallingProxy.start(stack.settings.redis_url)
+    try:
+        worker = await stack.worker(stack.settings.replace(redis_url=proxy.url))
+        await eventually(lambda: _ready(proxy), timeout_s=20)
+        await proxy.cut()
+        ids = await stack.burst()
+        await stack.settle(ids)
+        result = await stack.report("worker's redis down", ids, capsys)
+        assert result["lost"] == 0 and result["sent"] == BURST
+        assert await worker.stop() == 0
+    finally:
+        await proxy.close()
+
+
 async def _ready(proxy: StallingProxy) -> bool:
     return proxy.connections >= 2  # arq's pool and the pump's doorbell subscription
 
@@ -335,6 +352,7 @@ class StallingProxy:
         self.server: asyncio.Server | None = None
         self.stalled = False
         self.connections = 0
+        self.links: set[asyncio.StreamWriter] = set()
         self.url = ""
 
     @classmethod
@@ -347,6 +365,7 @@ class StallingProxy:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             up_reader, up_writer = await asyncio.open_connection(parts.hostname or "127.0.0.1", parts.port or 6379)
             self.connections += 1
+            self.links.update({writer, up_writer})
 
             async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, replies: bool) -> None:
                 with contextlib.suppress(Exception):
@@ -366,6 +385,13 @@ class StallingProxy:
 
     def stall(self) -> None:
         self.stalled = True
+
+    async def cut(self) -> None:
+        """Drop every link and refuse new ones, as a Redis that went down."""
+        assert self.server is not None
+        self.server.close()
+        for writer in list(self.links):
+            writer.close()
 
     async def close(self) -> None:
         assert self.server is not None

@@ -7,7 +7,7 @@ import uuid
 from typing import TYPE_CHECKING
 
 import asyncpg
-from arq.connections import ArqRedis
+from redis.asyncio import Redis
 
 from shared.batching import Batcher
 from shared.config import Settings
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 class WorkerContext:
     settings: Settings
     pool: asyncpg.Pool
-    redis: ArqRedis
+    redis: Redis
     keys: RedisKeys
     email: EmailChannel
     whatsapp: WhatsAppChannel

@@ -1,11 +1,17 @@
-"""The worker process: an arq worker (the reconciler's cron) around a delivery pump.
+"""The worker process: a delivery pump, and arq running the reconciler on its cron.
 
-Delivery does not go through arq jobs: the pump (worker/pump.py) claims due messages
-from Postgres in batches. arq runs the reconciler on its cron and handles SIGTERM.
+Delivery does not go through arq jobs: the pump (worker/pump.py) claims due messages from
+Postgres in batches. So the process must keep delivering when Redis is down: arq (whose
+loop ends at the first Redis error) runs under a supervisor that restarts it, the pump
+only loses its doorbell (it looks at Postgres every second anyway), and SIGTERM is handled
+here, not by arq, so the pump's drain always runs.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
 from typing import Any, cast
 
 import arq
@@ -13,6 +19,7 @@ import prometheus_client
 import structlog
 from arq.connections import RedisSettings
 from arq.typing import WorkerCoroutine
+from redis.asyncio import Redis
 
 from shared import db
 from shared.config import Settings
@@ -36,44 +43,16 @@ WORKER_SESSION = {"synchronous_commit": "off"}
 RECONCILE_EVERY_S = 4
 # On SIGTERM: how long messages in hand may take to finish before they are given back.
 DRAIN_S = 20
+# arq stopped (Redis unreachable): started again after this long.
+ARQ_RESTART_S = 2.0
+REDIS_CONNECT_TIMEOUT_S = 1.0
 
 
-def make_worker(settings: Settings, **overrides: Any) -> arq.Worker:
+def make_arq(settings: Settings, ctx: WorkerContext, **overrides: Any) -> arq.Worker:
+    """arq with the reconciler's cron and nothing else; signals are ours (see `serve`)."""
+
     async def startup(arq_ctx: dict[str, Any]) -> None:
-        if settings.worker_metrics_port:
-            try:
-                prometheus_client.start_http_server(settings.worker_metrics_port)
-            except OSError as exc:
-                # Several workers on one host: the first serves; the others say why they don't.
-                log.warning("worker_metrics_port_busy", port=settings.worker_metrics_port, error=str(exc))
-        pool = await db.create_pool(
-            settings.database_url,
-            min_size=settings.db_pool_min_size,
-            max_size=settings.db_pool_max_size,
-            server_settings=WORKER_SESSION,
-        )
-        whatsapp = WhatsAppChannel(settings)
-        ctx = arq_ctx["tidings"] = WorkerContext(
-            settings=settings,
-            pool=pool,
-            redis=arq_ctx["redis"],
-            keys=RedisKeys(settings.redis_prefix),
-            email=EmailChannel(settings),
-            whatsapp=whatsapp,
-        )
-        pump = arq_ctx["pump"] = Pump(ctx, arq_ctx["redis"], capacity=settings.worker_concurrency)
-        await pump.start()
-
-    async def shutdown(arq_ctx: dict[str, Any]) -> None:
-        pump: Pump | None = arq_ctx.get("pump")
-        if pump is not None:
-            await pump.stop(DRAIN_S)
-        ctx: WorkerContext | None = arq_ctx.get("tidings")
-        if ctx is not None:
-            await ctx.close()
-            await ctx.email.close()
-            await ctx.whatsapp.close()
-            await ctx.pool.close()
+        arq_ctx["tidings"] = ctx
 
     options: dict[str, Any] = {
         "functions": [],
@@ -90,15 +69,78 @@ def make_worker(settings: Settings, **overrides: Any) -> arq.Worker:
         "queue_name": settings.queue_name,
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),
         "on_startup": startup,
-        "on_shutdown": shutdown,
-        "max_jobs": settings.worker_concurrency,
         "poll_delay": POLL_DELAY_S,
         "keep_result": 60,
         "job_timeout": settings.job_timeout_s,
-        "handle_signals": True,
-        # On SIGTERM, let a reconciler run in hand finish; the pump drains in on_shutdown.
-        "job_completion_wait": DRAIN_S,
+        "handle_signals": False,
         "log_results": False,
     }
     options.update(overrides)
     return arq.Worker(**options)
+
+
+async def _supervise_arq(settings: Settings, ctx: WorkerContext) -> None:
+    while True:
+        worker = make_arq(settings, ctx)
+        try:
+            await worker.async_run()
+            log.warning("arq_stopped")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # Redis unreachable, most likely: delivery goes on without arq
+            log.warning("arq_stopped", error=repr(exc))
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(worker.close())
+        await asyncio.sleep(ARQ_RESTART_S)
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Run a worker until `stop` is set; then drain the messages in hand and close everything."""
+    if settings.worker_metrics_port:
+        try:
+            prometheus_client.start_http_server(settings.worker_metrics_port)
+        except OSError as exc:
+            # Several workers on one host: the first serves; the others say why they don't.
+            log.warning("worker_metrics_port_busy", port=settings.worker_metrics_port, error=str(exc))
+    pool = await db.create_pool(
+        settings.database_url,
+        min_size=settings.db_pool_min_size,
+        max_size=settings.db_pool_max_size,
+        server_settings=WORKER_SESSION,
+    )
+    # No command timeout on this client: it holds the doorbell subscription, whose reads block
+    # by design; its publishes are bounded where they are made.
+    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S)
+    ctx = WorkerContext(
+        settings=settings,
+        pool=pool,
+        redis=redis,
+        keys=RedisKeys(settings.redis_prefix),
+        email=EmailChannel(settings),
+        whatsapp=WhatsAppChannel(settings),
+    )
+    pump = Pump(ctx, redis, capacity=settings.worker_concurrency)
+    await pump.start()
+    arq_task = asyncio.create_task(_supervise_arq(settings, ctx))
+    try:
+        await stop.wait()
+    finally:
+        arq_task.cancel()  # a reconciler run in hand is cut short: it is idempotent
+        with contextlib.suppress(asyncio.CancelledError):
+            await arq_task
+        await pump.stop(DRAIN_S)
+        await ctx.close()
+        await ctx.email.close()
+        await ctx.whatsapp.close()
+        await pool.close()
+        await redis.aclose()
+
+
+async def serve_until_signalled(settings: Settings) -> None:
+    """`tidings worker`: SIGTERM or SIGINT starts the drain."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await serve(settings, stop)
