@@ -299,6 +299,27 @@ async def _ready(proxy: StallingProxy) -> bool:
     return proxy.connections >= 2  # arq's pool and the pump's doorbell subscription
 
 
+async def test_slow_smtp_longer_than_a_lease_sends_each_message_once(stack: Stack, capsys: Any) -> None:
+    """Messages wait behind one slow SMTP connection for longer than their lease (3 s): the
+    worker renews the leases it holds, so the reconciler never hands them out again."""
+    handler = stack.smtp.handler
+    receive = handler.handle_DATA
+
+    async def slow(server: Any, session: Any, envelope: Any) -> str:
+        await asyncio.sleep(0.5)
+        return str(await receive(server, session, envelope))
+
+    handler.handle_DATA = slow
+    await stack.worker(stack.settings.replace(smtp_pool_size=1, worker_concurrency=10))
+    ids = await stack.burst(10)  # 10 x 0.5 s on one connection: the last waits ~5 s
+    await stack.settle(ids)
+    result = await stack.report("slow smtp past the lease", ids, capsys)
+    assert result["lost"] == 0 and result["sent"] == 10
+    assert result["duplicates"] == 0
+    attempts = await stack.pool.fetch("SELECT attempts FROM messages WHERE id = ANY($1::uuid[])", ids)
+    assert {r["attempts"] for r in attempts} == {1}
+
+
 async def test_postgres_unreachable_gives_503_and_accepts_nothing(settings: Settings, org: Any) -> None:
     """The API talks to Postgres through a proxy that the test cuts."""
     proxy = await TcpProxy.start(settings.database_url)

@@ -35,13 +35,14 @@ NOTIFY_TIMEOUT_S = 2.0
 
 
 class Outcome:
-    __slots__ = ("error", "external_message_id", "message_id", "next_attempt_at", "status", "suppress")
+    __slots__ = ("attempt", "error", "external_message_id", "message_id", "next_attempt_at", "status", "suppress")
 
     def __init__(
         self,
         message_id: uuid.UUID,
         status: MessageStatus,
         *,
+        attempt: int = 0,
         external_message_id: str | None = None,
         error: str | None = None,
         next_attempt_at: dt.datetime | None = None,
@@ -49,6 +50,7 @@ class Outcome:
     ) -> None:
         self.message_id = message_id
         self.status = status
+        self.attempt = attempt  # the claim's attempt number: the outcome write is fenced by it
         self.external_message_id = external_message_id
         self.error = error
         self.next_attempt_at = next_attempt_at
@@ -116,6 +118,7 @@ async def record_batch(ctx: WorkerContext, batch: list[tuple[uuid.UUID, list[Out
             [o.external_message_id for o in outcomes],
             [o.error for o in outcomes],
             [o.next_attempt_at for o in outcomes],
+            [o.attempt for o in outcomes],
         )
         for org_id, o in suppressions:
             assert o.suppress is not None
@@ -131,6 +134,7 @@ async def record_batch(ctx: WorkerContext, batch: list[tuple[uuid.UUID, list[Out
 async def _deliver_measured(ctx: WorkerContext, message: Mapping[str, Any]) -> Outcome:
     started = time.perf_counter()
     outcome = await _deliver_one(ctx, message)
+    outcome.attempt = message["attempts"]
     channel = message["channel"]
     metrics.DELIVERY_LATENCY.labels(channel).observe(time.perf_counter() - started)
     metrics.MESSAGES.labels(channel, outcome.status.value).inc()

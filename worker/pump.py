@@ -26,7 +26,6 @@ from typing import Any
 import asyncpg
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from shared.sql import Q
 from worker.context import WorkerContext
@@ -52,17 +51,21 @@ class Pump:
         # Claim again once this many have finished: batches stay large and the channel busy.
         self._refill_at = max(1, self.capacity // 2)
         self.in_flight = 0  # claimed, not yet sent
-        self._held: dict[uuid.UUID, None] = {}  # claimed, outcome not yet written
+        # Claimed, outcome not yet written: message id -> the claim's attempt number.
+        self._held: dict[uuid.UUID, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._bell = asyncio.Event()
         self._room = asyncio.Event()
         self._stopping = False
+        self._locked_streak = 0
         self._loop_task: asyncio.Task[None] | None = None
         self._bell_task: asyncio.Task[None] | None = None
+        self._lease_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._bell_task = asyncio.create_task(self._listen())
         self._loop_task = asyncio.create_task(self._run())
+        self._lease_task = asyncio.create_task(self._renew_leases())
 
     async def stop(self, drain_s: float) -> None:
         """Stop claiming; let messages in hand finish for up to `drain_s`; give back the rest."""
@@ -74,10 +77,11 @@ class Pump:
             # commit with its rows unknown here, held until their lease expires).
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(self._loop_task, timeout=drain_s)
-        if self._bell_task is not None:
-            self._bell_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._bell_task
+        for task in (self._bell_task, self._lease_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=drain_s)
         for task in list(self._tasks):
@@ -86,7 +90,7 @@ class Pump:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._held:
             # Unfinished at the end of the drain: back to queued now, not when the lease expires.
-            released = await self.ctx.pool.fetchval(Q.release_claims, list(self._held))
+            released = await self.ctx.pool.fetchval(Q.release_claims, list(self._held), list(self._held.values()))
             log.warning("pump_released_claims", released=released)
             self._held.clear()
 
@@ -115,6 +119,7 @@ class Pump:
             try:
                 rows = await self.ctx.pool.fetch(Q.claim_due, min(room, self.batch_size), self.ctx.settings.lease_s)
                 if rows:
+                    self._locked_streak = 0
                     self._dispatch(rows)
                     continue
                 wait_s = await self.ctx.pool.fetchval(Q.select_next_due)
@@ -122,7 +127,14 @@ class Pump:
                 log.warning("pump_claim_failed", error=str(exc))
                 await asyncio.sleep(ERROR_BACKOFF_S)
                 continue
-            timeout_s = IDLE_CHECK_S if wait_s is None else min(IDLE_CHECK_S, max(MIN_WAIT_S, wait_s))
+            if wait_s is not None and wait_s <= 0:
+                # Due, yet nothing claimed: the rows are locked by another transaction (another
+                # worker's claim, a redaction). Look again soon, backing off while it lasts.
+                self._locked_streak += 1
+                timeout_s = min(IDLE_CHECK_S, MIN_WAIT_S * 2**self._locked_streak)
+            else:
+                self._locked_streak = 0
+                timeout_s = IDLE_CHECK_S if wait_s is None else min(IDLE_CHECK_S, max(MIN_WAIT_S, wait_s))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._bell.wait(), timeout_s)
 
@@ -133,7 +145,7 @@ class Pump:
         by_send: dict[uuid.UUID, list[Any]] = {}
         for row in rows:
             by_send.setdefault(row["send_id"], []).append(row)
-            self._held[row["id"]] = None
+            self._held[row["id"]] = row["attempts"]
         for group in by_send.values():
             self.in_flight += len(group)
             task = asyncio.create_task(self._deliver(group))
@@ -168,6 +180,20 @@ class Pump:
             if not self._unrecorded_full():
                 self._room.set()
 
+    async def _renew_leases(self) -> None:
+        """Every third of a lease, extend the leases of the messages still held: a message
+        waiting behind a slow provider stays this worker's, and is never sent twice."""
+        lease_s = self.ctx.settings.lease_s
+        while True:
+            await asyncio.sleep(lease_s / 3)
+            held = dict(self._held)
+            if not held:
+                continue
+            try:
+                await self.ctx.pool.execute(Q.renew_leases, list(held), list(held.values()), lease_s)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                log.warning("lease_renewal_failed", error=str(exc))
+
     def _forget(self, group: list[Any]) -> None:
         # Cancelled groups are not forgotten: `stop` gives their messages back.
         for row in group:
@@ -182,7 +208,9 @@ class Pump:
                 await pubsub.subscribe(channel)
                 async for _message in pubsub.listen():
                     self._bell.set()
-            except (OSError, RedisError):
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # Redis gone (or anything else): the pump polls meanwhile
                 log.warning("doorbell_reconnect", exc_info=True)
                 await asyncio.sleep(ERROR_BACKOFF_S)
             finally:

@@ -1,8 +1,10 @@
 -- name: record_outcomes
 -- Settle claimed messages: sent, failed, or back to queued for a retry; log each event.
+-- Fenced by the claim ($6, the attempt number it made): an outcome whose claim was taken
+-- back (its lease expired) and claimed again changes nothing.
 WITH u AS (
-    SELECT * FROM unnest($1::uuid[], $2::message_status[], $3::text[], $4::text[], $5::timestamptz[])
-        AS u(id, status, external_message_id, error, next_attempt_at)
+    SELECT * FROM unnest($1::uuid[], $2::message_status[], $3::text[], $4::text[], $5::timestamptz[], $6::int[])
+        AS u(id, status, external_message_id, error, next_attempt_at, attempts)
 ), updated AS (
     UPDATE messages m
     SET status = u.status,
@@ -13,7 +15,7 @@ WITH u AS (
         sent_at = CASE WHEN u.status = 'sent' THEN now() ELSE m.sent_at END,
         updated_at = now()
     FROM u
-    WHERE m.id = u.id AND m.status = 'sending'
+    WHERE m.id = u.id AND m.status = 'sending' AND m.attempts = u.attempts
     RETURNING m.id, m.status, m.error
 ), logged AS (
     INSERT INTO message_events (message_id, status, detail)
@@ -36,13 +38,15 @@ WITH reclaimed AS (
 SELECT count(*) FROM reclaimed;
 
 -- name: release_claims
--- Give back claimed messages a stopping worker did not finish (they are retried, not lost).
+-- Give back claimed messages a stopping worker did not finish (they are retried, not lost);
+-- fenced by the claim's attempt number ($2) like record_outcomes.
 WITH released AS (
-    UPDATE messages
+    UPDATE messages m
     SET status = 'queued', lease_expires_at = NULL, updated_at = now(),
-        attempts = greatest(attempts - 1, 0)
-    WHERE id = ANY($1::uuid[]) AND status = 'sending'
-    RETURNING id
+        attempts = greatest(m.attempts - 1, 0)
+    FROM unnest($1::uuid[], $2::int[]) AS c(id, attempts)
+    WHERE m.id = c.id AND m.status = 'sending' AND m.attempts = c.attempts
+    RETURNING m.id
 ), logged AS (
     INSERT INTO message_events (message_id, status, detail)
     SELECT id, 'queued', 'released by a worker shutting down' FROM released
@@ -95,3 +99,11 @@ SELECT count(*) FROM (
     WHERE status IN ('queued', 'scheduled') AND coalesce(next_attempt_at, queue_at, created_at) <= now()
     LIMIT $1
 ) AS due;
+
+-- name: renew_leases
+-- A live worker extends the leases of the messages it still holds (claim $1 with attempt
+-- number $2), so that a slow provider never lets the reconciler hand them to another worker.
+UPDATE messages m
+SET lease_expires_at = now() + make_interval(secs => $3)
+FROM unnest($1::uuid[], $2::int[]) AS c(id, attempts)
+WHERE m.id = c.id AND m.status = 'sending' AND m.attempts = c.attempts;
