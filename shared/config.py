@@ -61,6 +61,8 @@ class Settings:
     retry_max_attempts: int = 5
     # A claimed message whose worker died is reclaimed after this long.
     lease_s: float = 120.0
+    # On SIGTERM a worker gives the messages in hand this long, then gives the rest back.
+    worker_drain_s: float = 20.0
     sync_send_timeout_s: float = 10.0
 
     rate_limit_requests: int = 100

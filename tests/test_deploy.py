@@ -326,11 +326,11 @@ def test_api_probes_point_at_real_unauthenticated_routes() -> None:
 
 @pytest.fixture
 def drain_s() -> float:
-    """The worker's SIGTERM drain as worker.main runs it."""
-    import worker.main
-
-    assert worker.main.DRAIN_S > 0
-    return float(worker.main.DRAIN_S)
+    """The worker's SIGTERM drain, as the ConfigMap sets it (else the default)."""
+    config = find("ConfigMap", "tidings-config")["data"]
+    drain = float(config.get("WORKER_DRAIN_S", Settings().worker_drain_s))
+    assert drain > 0
+    return drain
 
 
 def test_worker_grace_period_outlasts_its_drain(drain_s: float) -> None:

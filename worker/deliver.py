@@ -77,7 +77,16 @@ async def deliver_group(ctx: WorkerContext, rows: list[Any], on_sent: Callable[[
     if len(rows) == 1:
         outcomes = [await _deliver_measured(ctx, first)]
     else:
-        outcomes = list(await asyncio.gather(*(_deliver_measured(ctx, m) for m in rows)))
+        sends = [asyncio.ensure_future(_deliver_measured(ctx, m)) for m in rows]
+        try:
+            outcomes = list(await asyncio.gather(*sends))
+        except asyncio.CancelledError:
+            # Stopped past the drain: the messages already sent are recorded as such, so that
+            # only the unfinished ones are given back (and sent again).
+            finished = [t.result() for t in sends if t.done() and not t.cancelled() and t.exception() is None]
+            if finished:
+                await asyncio.shield(ctx.outcomes.submit((first["org_id"], finished)))
+            raise
     if on_sent is not None:
         on_sent()
     await ctx.outcomes.submit((first["org_id"], outcomes))

@@ -41,8 +41,6 @@ POLL_DELAY_S = 0.5
 WORKER_SESSION = {"synchronous_commit": "off"}
 # The reconciler's period: how soon after its lease expires a dead worker's message is retried.
 RECONCILE_EVERY_S = 4
-# On SIGTERM: how long messages in hand may take to finish before they are given back.
-DRAIN_S = 20
 # arq stopped (Redis unreachable): started again after this long.
 ARQ_RESTART_S = 2.0
 REDIS_CONNECT_TIMEOUT_S = 1.0
@@ -129,7 +127,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         arq_task.cancel()  # a reconciler run in hand is cut short: it is idempotent
         with contextlib.suppress(asyncio.CancelledError):
             await arq_task
-        await pump.stop(DRAIN_S)
+        await pump.stop(settings.worker_drain_s)
         await ctx.close()
         await ctx.email.close()
         await ctx.whatsapp.close()

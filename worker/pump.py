@@ -72,22 +72,31 @@ class Pump:
         self._stopping = True
         self._bell.set()
         self._room.set()
+        deadline = asyncio.get_running_loop().time() + drain_s
+        if self._bell_task is not None:
+            self._bell_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._bell_task
         if self._loop_task is not None:
             # Let a claim under way finish and dispatch (cancelled mid-statement, it could
             # commit with its rows unknown here, held until their lease expires).
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(self._loop_task, timeout=drain_s)
-        for task in (self._bell_task, self._lease_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
         if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=drain_s)
+            remaining_s = max(0.0, deadline - asyncio.get_running_loop().time())
+            await asyncio.wait(list(self._tasks), timeout=remaining_s)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Leases were renewed through the drain; no longer needed.
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._lease_task
+        # Outcomes submitted (also by groups cut short) are written before anything is given
+        # back: the release is fenced to messages still `sending`, so none sent is sent again.
+        await self.ctx.outcomes.close()
         if self._held:
             # Unfinished at the end of the drain: back to queued now, not when the lease expires.
             released = await self.ctx.pool.fetchval(Q.release_claims, list(self._held), list(self._held.values()))
