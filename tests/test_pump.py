@@ -236,6 +236,30 @@ async def test_retry_waits_for_its_next_attempt(own_pool: asyncpg.Pool) -> None:
     assert await own_pool.fetchval("SELECT next_attempt_at FROM messages WHERE id = $1", message_id) is None
 
 
+async def test_expired_leases_come_back_and_a_stale_claim_changes_nothing(own_pool: asyncpg.Pool) -> None:
+    """An expired lease is taken back (queued, or failed once out of attempts), and the
+    outcome or release of the claim that lost it is fenced off."""
+    org_id = await orgs.create_org(own_pool, "pump leases")
+    again, spent = await insert_messages(own_pool, org_id, [1, 1])
+    rows = await own_pool.fetch(Q.claim_due, 10, LEASE_S)
+    assert {r["id"] for r in rows} == {again, spent}
+    await own_pool.execute("UPDATE messages SET attempts = 5 WHERE id = $1", spent)
+    await own_pool.execute("UPDATE messages SET lease_expires_at = now() - interval '1 second'")
+    assert await own_pool.fetchval(Q.reclaim_expired_leases, 5) == 2
+    status = dict(await own_pool.fetch("SELECT id, status FROM messages"))
+    assert status == {again: "queued", spent: "failed"}
+    assert [e["status"] for e in await events_of(own_pool, spent)][-1] == "failed"
+
+    (reclaimed,) = await own_pool.fetch(Q.claim_due, 10, LEASE_S)  # claimed again: attempt 2
+    assert reclaimed["id"] == again and reclaimed["attempts"] == 2
+    # The first claim (attempt 1) finishing late: its outcome and its release change nothing.
+    await own_pool.fetch(Q.record_outcomes, [again], ["sent"], ["x"], [None], [None], [1])
+    assert await own_pool.fetchval(Q.release_claims, [again], [1]) == 0
+    assert await own_pool.fetchval("SELECT status FROM messages WHERE id = $1", again) == "sending"
+    await own_pool.fetch(Q.record_outcomes, [again], ["sent"], ["y"], [None], [None], [2])
+    assert await own_pool.fetchval("SELECT external_message_id FROM messages WHERE id = $1", again) == "y"
+
+
 async def test_send_committed_without_a_ring_is_delivered(
     client: Any, org: Any, pool: asyncpg.Pool, worker: Any, smtp_server: Any
 ) -> None:

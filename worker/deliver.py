@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import asyncpg
 import orjson
 import structlog
 from redis.exceptions import RedisError
@@ -115,10 +116,46 @@ async def deliver_group(ctx: WorkerContext, rows: list[Any], on_sent: Callable[[
     )
 
 
+# An outcome write that fails for a passing reason (connection lost, failover, deadlock) is
+# tried again this many times, this long apart: its messages were sent, and losing the write
+# would send them again once their lease expired.
+RECORD_TRIES = 4
+RECORD_RETRY_S = 0.5
+_PASSING = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+    asyncpg.CannotConnectNowError,
+)
+
+
 async def record_batch(ctx: WorkerContext, batch: list[tuple[uuid.UUID, list[Outcome]]]) -> list[None]:
-    """Write the outcomes of many jobs in one statement (one commit for all of them)."""
+    """Write the outcomes of many deliveries in one statement (one commit for all of them).
+
+    Safe to repeat: the write is fenced by each claim, so a retry after an unknown result
+    changes nothing twice."""
+    for attempt in range(1, RECORD_TRIES + 1):
+        try:
+            await _record(ctx, batch)
+            return [None] * len(batch)
+        except _PASSING as exc:
+            if attempt == RECORD_TRIES:
+                raise
+            log.warning("record_retry", attempt=attempt, error=repr(exc))
+            await asyncio.sleep(RECORD_RETRY_S * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
+
+
+async def _record(ctx: WorkerContext, batch: list[tuple[uuid.UUID, list[Outcome]]]) -> None:
     outcomes = [o for _, group in batch for o in group]
-    suppressions = [(org_id, o) for org_id, group in batch for o in group if o.suppress]
+    # Sorted, so that two workers suppressing the same addresses take their locks in one order.
+    suppressions = sorted(
+        {(org_id, o.suppress.lower()): o for org_id, group in batch for o in group if o.suppress}.items(),
+        key=lambda item: (str(item[0][0]), item[0][1]),
+    )
     async with ctx.pool.acquire() as conn, conn.transaction():
         await conn.fetch(
             Q.record_outcomes,
@@ -129,15 +166,12 @@ async def record_batch(ctx: WorkerContext, batch: list[tuple[uuid.UUID, list[Out
             [o.next_attempt_at for o in outcomes],
             [o.attempt for o in outcomes],
         )
-        for org_id, o in suppressions:
-            assert o.suppress is not None
-            address = o.suppress.lower()
+        for (org_id, address), o in suppressions:
             await conn.execute(Q.insert_suppression, org_id, address, "hard_bounce", o.error)
             # Its other unsent messages (scheduled ones above all) must not go out either.
             await conn.execute(
                 Q.reject_unsent_to_address, org_id, address, f"address suppressed after a hard bounce: {o.error}"
             )
-    return [None] * len(batch)
 
 
 async def _deliver_measured(ctx: WorkerContext, message: Mapping[str, Any]) -> Outcome:

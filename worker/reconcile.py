@@ -30,7 +30,7 @@ _last_sweep_s = 0.0
 async def reconcile(arq_ctx: dict[str, Any]) -> dict[str, int]:
     ctx: WorkerContext = arq_ctx["tidings"]
     started = time.perf_counter()
-    reclaimed = await ctx.pool.fetchval(Q.reclaim_expired_leases)
+    reclaimed = await ctx.pool.fetchval(Q.reclaim_expired_leases, ctx.settings.retry_max_attempts)
     if reclaimed:
         await doorbell.ring(ctx.redis, ctx.keys)
     global _last_sweep_s

@@ -24,16 +24,21 @@ WITH u AS (
 SELECT id FROM updated;
 
 -- name: reclaim_expired_leases
--- Messages whose worker died mid-send go back to queued (and are logged) so they are retried.
+-- Messages whose worker died mid-send go back to queued (and are logged) so they are retried;
+-- one that has had $1 attempts already fails instead (a message that kills its worker, or
+-- whose outcome can never be written, is not sent forever).
 WITH reclaimed AS (
     UPDATE messages
-    SET status = 'queued', lease_expires_at = NULL, updated_at = now(),
-        error = 'the worker handling this message stopped; retrying'
+    SET status = CASE WHEN attempts >= $1 THEN 'failed'::message_status ELSE 'queued'::message_status END,
+        lease_expires_at = NULL, updated_at = now(),
+        error = CASE WHEN attempts >= $1
+            THEN format('gave up after %s attempts: the worker handling it stopped each time', attempts)
+            ELSE 'the worker handling this message stopped; retrying' END
     WHERE status = 'sending' AND lease_expires_at < now()
-    RETURNING id, send_id
+    RETURNING id, status, error
 ), logged AS (
     INSERT INTO message_events (message_id, status, detail)
-    SELECT id, 'queued', 'the worker handling this message stopped; retrying' FROM reclaimed
+    SELECT id, status, error FROM reclaimed
 )
 SELECT count(*) FROM reclaimed;
 
