@@ -83,8 +83,8 @@ async def send(call: Call[schemas.SendRequest]) -> web.Response:
             try:
                 outcome = await asyncio.wait_for(waiter, timeout=state.settings.sync_send_timeout_s)
             except TimeoutError:
-                outcome = None
-            if outcome is None:
+                # Not all settled in time: 202, with those that were reported.
+                _apply_outcome(prepared, state.waiter.reported(send_key))
                 status = 202
             else:
                 _apply_outcome(prepared, outcome)

@@ -60,6 +60,11 @@ class SendWaiter:
     def forget(self, send_id: str) -> None:
         self._waiting.pop(send_id, None)
 
+    def reported(self, send_id: str) -> dict[str, Any]:
+        """The outcomes reported so far (by message id): what a wait that timed out can show."""
+        wait = self._waiting.get(send_id)
+        return dict(wait.got) if wait is not None else {}
+
     def expect(self, send_id: str, message_ids: Iterable[str]) -> None:
         """Narrow what a waiter expects (the commit rejected some messages: nothing will come for them)."""
         wait = self._waiting.get(send_id)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import uuid
 from typing import Any
 
 import orjson
-from arq import create_pool as create_arq_pool
-from arq.connections import RedisSettings
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from shared import db, doorbell, errors, sending
 from shared.config import Settings
@@ -39,7 +40,7 @@ async def manual_send(
         print("--org and --broadcast take ids", file=sys.stderr)
         return 2
     pool = await db.create_pool(settings.database_url, min_size=1, max_size=4)
-    redis = await create_arq_pool(RedisSettings.from_dsn(settings.redis_url))
+    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=1.0)
     keys = RedisKeys(settings.redis_prefix)
     try:
         trigger = sending.Trigger(
@@ -56,21 +57,33 @@ async def manual_send(
         try:
             prepared = await sending.prepare(pool, org_id, broadcast_id, trigger)
         except errors.TidingsError as exc:
-            print(dumps({"error": {"code": exc.code, "message": exc.message, "fields": exc.fields}}).decode())
+            _print_error(exc)
             return 1
         prepared.notify = wait
         pubsub = redis.pubsub()
         try:
-            # Subscribed before the commit, so the worker's outcome cannot be missed.
-            await pubsub.subscribe(keys.send_done_channel(prepared.send_id))
-            await sending.commit(pool, prepared)
-            if prepared.queued:
+            subscribed = True
+            try:
+                # Subscribed before the commit, so the worker's outcome cannot be missed.
+                await pubsub.subscribe(keys.send_done_channel(prepared.send_id))
+            except (OSError, RedisError):
+                # Redis is down: the send still goes (Postgres is the queue); nothing to wait on.
+                subscribed = False
+                print("Redis is unreachable: sending without waiting for the outcome", file=sys.stderr)
+            try:
+                await sending.commit(pool, prepared)
+            except errors.TidingsError as exc:  # paused, unsubscribed or blocked since `prepare`
+                _print_error(exc)
+                return 1
+            if prepared.queued and subscribed:
                 await doorbell.ring(redis, keys)
                 if wait:
                     expected = {str(r.id) for r in prepared.queued}
-                    await _wait_for_outcomes(pubsub, expected, settings.sync_send_timeout_s)
+                    with contextlib.suppress(OSError, RedisError):
+                        await _wait_for_outcomes(pubsub, expected, settings.sync_send_timeout_s)
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
         rows = await pool.fetch(Q.select_send_messages, prepared.send_id)
         base = settings.public_base
         out = {
@@ -95,6 +108,10 @@ async def manual_send(
     finally:
         await redis.aclose()
         await pool.close()
+
+
+def _print_error(exc: errors.TidingsError) -> None:
+    print(dumps({"error": {"code": exc.code, "message": exc.message, "fields": exc.fields}}).decode())
 
 
 async def _wait_for_outcomes(pubsub: Any, expected: set[str], timeout_s: float) -> None:
