@@ -27,7 +27,7 @@ from api.routing import WEBHOOK_MAX_BODY_BYTES, add_routes
 from api.send_pipeline import SendPipeline
 from api.send_waiter import SendWaiter
 from api.state import STATE, State
-from shared import db
+from shared import db, redis_clients
 from shared.broadcast_cache import BroadcastCache
 from shared.config import Settings
 from shared.contact_cache import ContactCache
@@ -50,7 +50,7 @@ def create_app(settings: Settings) -> web.Application:
         redis = Redis.from_url(
             settings.redis_url, socket_timeout=settings.redis_timeout_s, socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S
         )
-        subscriber = Redis.from_url(settings.redis_url, socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S)
+        subscriber = redis_clients.subscriber(settings.redis_url)
         keys = RedisKeys(settings.redis_prefix)
         waiter = SendWaiter(subscriber, keys)
         await waiter.start()

@@ -19,9 +19,8 @@ import prometheus_client
 import structlog
 from arq.connections import RedisSettings
 from arq.typing import WorkerCoroutine
-from redis.asyncio import Redis
 
-from shared import db
+from shared import db, redis_clients
 from shared.config import Settings
 from shared.redis_keys import RedisKeys
 from worker.channels.email import EmailChannel
@@ -43,7 +42,6 @@ WORKER_SESSION = {"synchronous_commit": "off"}
 RECONCILE_EVERY_S = 4
 # arq stopped (Redis unreachable): started again after this long.
 ARQ_RESTART_S = 2.0
-REDIS_CONNECT_TIMEOUT_S = 1.0
 
 
 def make_arq(settings: Settings, ctx: WorkerContext, **overrides: Any) -> arq.Worker:
@@ -109,7 +107,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     )
     # No command timeout on this client: it holds the doorbell subscription, whose reads block
     # by design; its publishes are bounded where they are made.
-    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S)
+    redis = redis_clients.subscriber(settings.redis_url)
     ctx = WorkerContext(
         settings=settings,
         pool=pool,
