@@ -4,7 +4,8 @@ Postgres is the queue. A pump claims up to `batch_size` due messages in one stat
 (`claim_due`: queued or scheduled -> sending, with a lease; SKIP LOCKED, so pumps of many
 workers never take the same row nor wait for each other), and hands each send's messages
 to `worker.deliver.deliver_group`, keeping at most `capacity` messages in flight. Outcomes
-are written by shared statements (`WorkerContext.outcomes`).
+are written by shared statements (`WorkerContext.outcomes`). While it holds messages it
+renews their leases, so that only a dead worker's messages are ever taken back.
 
 With nothing due it sleeps until the next message falls due, the doorbell rings (a Redis
 pub/sub message published by whoever commits messages, `shared.doorbell`), or
