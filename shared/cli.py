@@ -46,6 +46,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
     processes = args.processes or settings.api_processes
     # Before any event loop or connection exists: each process builds its own.
     children = api_processes.fork(processes)
+    _tune_gc()
     uvloop.install()
     app = create_app(settings)
     api_processes.stop_children_on_shutdown(app, children)
@@ -63,12 +64,27 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
         api_processes.reap(children)
 
 
+def _tune_gc() -> None:
+    """A server allocates many short-lived objects per request: collect the young generation
+    less often, and keep what start-up made (modules, caches) out of every collection."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
+
+
+# Python's default is 700 allocations; a request allocates hundreds.
+GC_GEN0_THRESHOLD = 20_000
+
+
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
     import uvloop
 
     from worker.main import serve_until_signalled
 
     _need_database(settings)
+    _tune_gc()
     uvloop.run(serve_until_signalled(settings))
 
 
