@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from redis.asyncio import Redis
 
 # Importing the route modules registers their routes (see api.routing.route).
 from api import (  # noqa: F401
@@ -35,8 +34,6 @@ from shared.redis_keys import RedisKeys
 
 # The send pipeline writes one batch at a time; a second connection covers a broken one.
 SEND_POOL_SIZE = 2
-# Connecting to Redis (not each command: REDIS_TIMEOUT_S) gives up after this long.
-REDIS_CONNECT_TIMEOUT_S = 1.0
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -59,9 +56,7 @@ def create_app(settings: Settings) -> web.Application:
         )
         # Commands wait at most REDIS_TIMEOUT_S; the waiter's subscription blocks on reads by
         # design, so it has a client of its own without that timeout.
-        redis = Redis.from_url(
-            settings.redis_url, socket_timeout=settings.redis_timeout_s, socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S
-        )
+        redis = redis_clients.commands(settings.redis_url, settings.redis_timeout_s)
         subscriber = redis_clients.subscriber(settings.redis_url)
         keys = RedisKeys(settings.redis_prefix)
         waiter = SendWaiter(subscriber, keys)

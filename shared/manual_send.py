@@ -9,10 +9,9 @@ import uuid
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared import db, doorbell, errors, sending
+from shared import db, doorbell, errors, redis_clients, sending
 from shared.config import Settings
 from shared.jsonutil import dumps
 from shared.redis_keys import RedisKeys
@@ -40,7 +39,7 @@ async def manual_send(
         print("--org and --broadcast take ids", file=sys.stderr)
         return 2
     pool = await db.create_pool(settings.database_url, min_size=1, max_size=4)
-    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=1.0)
+    redis = redis_clients.subscriber(settings.redis_url)  # it waits on a subscription
     keys = RedisKeys(settings.redis_prefix)
     try:
         trigger = sending.Trigger(
@@ -83,7 +82,7 @@ async def manual_send(
                         await _wait_for_outcomes(pubsub, expected, settings.sync_send_timeout_s)
         finally:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
         rows = await pool.fetch(Q.select_send_messages, prepared.send_id)
         base = settings.public_base
         out = {

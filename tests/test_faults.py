@@ -12,7 +12,7 @@ import asyncio
 import collections
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -265,9 +265,9 @@ async def test_permanent_refusal_fails_without_retry(stack: Stack, capsys: Any) 
 async def test_worker_delivers_while_its_redis_hangs(stack: Stack, capsys: Any) -> None:
     """The worker's Redis stops answering: no doorbell reaches it, and it delivers all the same
     (from Postgres, on its idle checks)."""
-    proxy = await StallingProxy.start(stack.settings.redis_url)
+    proxy, redis_url = await TcpProxy.to_redis(stack.settings.redis_url)
     try:
-        await stack.worker(stack.settings.replace(redis_url=proxy.url))
+        await stack.worker(stack.settings.replace(redis_url=redis_url))
         await eventually(lambda: _ready(proxy), timeout_s=20)
         proxy.stall()
         ids = await stack.burst()
@@ -281,9 +281,9 @@ async def test_worker_delivers_while_its_redis_hangs(stack: Stack, capsys: Any) 
 async def test_worker_delivers_while_its_redis_is_down_and_stops_cleanly(stack: Stack, capsys: Any) -> None:
     """The worker's Redis goes away (connections dropped and refused): the worker keeps
     delivering from Postgres, and a SIGTERM still drains and exits cleanly."""
-    proxy = await StallingProxy.start(stack.settings.redis_url)
+    proxy, redis_url = await TcpProxy.to_redis(stack.settings.redis_url)
     try:
-        worker = await stack.worker(stack.settings.replace(redis_url=proxy.url))
+        worker = await stack.worker(stack.settings.replace(redis_url=redis_url))
         await eventually(lambda: _ready(proxy), timeout_s=20)
         await proxy.cut()
         ids = await stack.burst()
@@ -295,7 +295,7 @@ async def test_worker_delivers_while_its_redis_is_down_and_stops_cleanly(stack: 
         await proxy.close()
 
 
-async def _ready(proxy: StallingProxy) -> bool:
+async def _ready(proxy: TcpProxy) -> bool:
     return proxy.connections >= 2  # arq's pool and the pump's doorbell subscription
 
 
@@ -361,8 +361,8 @@ async def test_sigterm_past_the_drain_keeps_what_was_sent(stack: Stack, capsys: 
 
 async def test_postgres_unreachable_gives_503_and_accepts_nothing(settings: Settings, org: Any) -> None:
     """The API talks to Postgres through a proxy that the test cuts."""
-    proxy = await TcpProxy.start(settings.database_url)
-    proxied = settings.replace(database_url=proxy.dsn)
+    proxy, dsn = await TcpProxy.to_postgres(settings.database_url)
+    proxied = settings.replace(database_url=dsn)
     async with TestClient(TestServer(create_app(proxied))) as client:
         r = await client.get(f"/orgs/{org.id}/broadcasts", headers=org.auth("read"))
         assert r.status == 200
@@ -383,8 +383,8 @@ async def test_hung_redis_gives_503_in_bounded_time_and_accepts_nothing(
 ) -> None:
     """Redis accepts connections but stops answering: requests end with 503, never hang."""
     broadcast = (await make_broadcast(client, org))["id"]
-    proxy = await StallingProxy.start(settings.redis_url)
-    hung = settings.replace(redis_url=proxy.url, redis_timeout_s=0.5)
+    proxy, redis_url = await TcpProxy.to_redis(settings.redis_url)
+    hung = settings.replace(redis_url=redis_url, redis_timeout_s=0.5)
     async with TestClient(TestServer(create_app(hung))) as client:
         proxy.stall()
         email = f"hung-{uuid.uuid4().hex[:8]}@example.com"
@@ -405,25 +405,24 @@ async def test_hung_redis_gives_503_in_bounded_time_and_accepts_nothing(
     await proxy.close()
 
 
-class StallingProxy:
-    """A loopback TCP relay to Redis that can stall: connections stay open, replies stop."""
+Connect = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+
+
+class TcpProxy:
+    """A loopback TCP relay to Postgres or Redis that a test breaks: `cut` drops every link
+    and refuses new ones (a server that went down); `stall` keeps links open and swallows
+    every reply (a server that hangs)."""
 
     def __init__(self) -> None:
         self.server: asyncio.Server | None = None
-        self.stalled = False
-        self.connections = 0
         self.links: set[asyncio.StreamWriter] = set()
-        self.url = ""
+        self.connections = 0
+        self.stalled = False
+        self.port = 0
 
-    @classmethod
-    async def start(cls, redis_url: str) -> StallingProxy:
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(redis_url)
-        self = cls()
-
+    async def _start(self, connect: Connect) -> None:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            up_reader, up_writer = await asyncio.open_connection(parts.hostname or "127.0.0.1", parts.port or 6379)
+            up_reader, up_writer = await connect()
             self.connections += 1
             self.links.update({writer, up_writer})
 
@@ -439,35 +438,11 @@ class StallingProxy:
             await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
 
         self.server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        port = self.server.sockets[0].getsockname()[1]
-        self.url = f"redis://127.0.0.1:{port}{parts.path}"
-        return self
-
-    def stall(self) -> None:
-        self.stalled = True
-
-    async def cut(self) -> None:
-        """Drop every link and refuse new ones, as a Redis that went down."""
-        assert self.server is not None
-        self.server.close()
-        for writer in list(self.links):
-            writer.close()
-
-    async def close(self) -> None:
-        assert self.server is not None
-        self.server.close()
-
-
-class TcpProxy:
-    """A loopback TCP relay to Postgres that can be cut: established links drop and new ones are refused."""
-
-    def __init__(self) -> None:
-        self.server: asyncio.Server | None = None
-        self.links: set[asyncio.StreamWriter] = set()
-        self.dsn = ""
+        self.port = self.server.sockets[0].getsockname()[1]
 
     @classmethod
-    async def start(cls, dsn: str) -> TcpProxy:
+    async def to_postgres(cls, dsn: str) -> tuple[TcpProxy, str]:
+        """The proxy, and a DSN that goes through it."""
         from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
         parts = urlsplit(dsn)
@@ -485,25 +460,26 @@ class TcpProxy:
                 return await asyncio.open_connection(host, port)
 
         self = cls()
-
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            up_reader, up_writer = await connect()
-            self.links.update({writer, up_writer})
-
-            async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-                with contextlib.suppress(Exception):
-                    while data := await src.read(65536):
-                        dst.write(data)
-                        await dst.drain()
-                dst.close()
-
-            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-        self.server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        await self._start(connect)
         user = parts.username or "postgres"
-        listen_port = self.server.sockets[0].getsockname()[1]
-        self.dsn = urlunsplit((parts.scheme, f"{user}@127.0.0.1:{listen_port}", parts.path, urlencode(query), ""))
-        return self
+        return self, urlunsplit((parts.scheme, f"{user}@127.0.0.1:{self.port}", parts.path, urlencode(query), ""))
+
+    @classmethod
+    async def to_redis(cls, url: str) -> tuple[TcpProxy, str]:
+        """The proxy, and a Redis URL (same db) that goes through it."""
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+
+        async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+            return await asyncio.open_connection(parts.hostname or "127.0.0.1", parts.port or 6379)
+
+        self = cls()
+        await self._start(connect)
+        return self, f"redis://127.0.0.1:{self.port}{parts.path}"
+
+    def stall(self) -> None:
+        self.stalled = True
 
     async def cut(self) -> None:
         assert self.server is not None

@@ -391,7 +391,7 @@ async def test_a_send_settled_in_two_batches_reaches_its_waiter_in_two_pieces(
     )
     w = SendWaiter(redis, keys)
     await w.start()
-    pump = Pump(ctx, redis, capacity=2, batch_size=1)
+    pump = Pump(ctx, capacity=2, batch_size=1)
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
     try:
         org_id = await orgs.create_org(own_pool, "pump pieces")

@@ -18,7 +18,7 @@ import arq
 import prometheus_client
 import structlog
 from arq.connections import RedisSettings
-from arq.typing import WorkerCoroutine
+from arq.typing import StartupShutdown, WorkerCoroutine
 
 from shared import db, redis_clients
 from shared.config import Settings
@@ -44,15 +44,15 @@ RECONCILE_EVERY_S = 4
 ARQ_RESTART_S = 2.0
 
 
-def make_arq(settings: Settings, ctx: WorkerContext, **overrides: Any) -> arq.Worker:
+def make_arq(settings: Settings, ctx: WorkerContext) -> arq.Worker:
     """arq with the reconciler's cron and nothing else; signals are ours (see `serve`)."""
 
     async def startup(arq_ctx: dict[str, Any]) -> None:
         arq_ctx["tidings"] = ctx
 
-    options: dict[str, Any] = {
-        "functions": [],
-        "cron_jobs": [
+    return arq.Worker(
+        functions=[],
+        cron_jobs=[
             arq.cron(
                 cast(WorkerCoroutine, reconcile),
                 # arq's cron job ids are global to a Redis db, not per queue: named after the
@@ -62,17 +62,15 @@ def make_arq(settings: Settings, ctx: WorkerContext, **overrides: Any) -> arq.Wo
                 run_at_startup=True,
             )
         ],
-        "queue_name": settings.queue_name,
-        "redis_settings": RedisSettings.from_dsn(settings.redis_url),
-        "on_startup": startup,
-        "poll_delay": POLL_DELAY_S,
-        "keep_result": 60,
-        "job_timeout": settings.job_timeout_s,
-        "handle_signals": False,
-        "log_results": False,
-    }
-    options.update(overrides)
-    return arq.Worker(**options)
+        queue_name=settings.queue_name,
+        redis_settings=RedisSettings.from_dsn(settings.redis_url),
+        on_startup=cast(StartupShutdown, startup),
+        poll_delay=POLL_DELAY_S,
+        keep_result=60,
+        job_timeout=settings.job_timeout_s,
+        handle_signals=False,
+        log_results=False,
+    )
 
 
 async def _supervise_arq(settings: Settings, ctx: WorkerContext) -> None:
@@ -116,7 +114,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         email=EmailChannel(settings),
         whatsapp=WhatsAppChannel(settings),
     )
-    pump = Pump(ctx, redis, capacity=settings.worker_concurrency)
+    pump = Pump(ctx, capacity=settings.worker_concurrency)
     await pump.start()
     arq_task = asyncio.create_task(_supervise_arq(settings, ctx))
     try:

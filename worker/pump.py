@@ -26,7 +26,6 @@ from typing import Any
 
 import asyncpg
 import structlog
-from redis.asyncio import Redis
 
 from shared.sql import Q
 from worker.context import WorkerContext
@@ -43,10 +42,16 @@ MIN_WAIT_S = 0.002
 ERROR_BACKOFF_S = 1.0
 
 
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
 class Pump:
-    def __init__(self, ctx: WorkerContext, redis: Redis, *, capacity: int, batch_size: int = 200) -> None:
+    def __init__(self, ctx: WorkerContext, *, capacity: int, batch_size: int = 200) -> None:
         self.ctx = ctx
-        self.redis = redis
         self.capacity = max(1, capacity)
         self.batch_size = max(1, min(batch_size, self.capacity))
         # Claim again once this many have finished: batches stay large and the channel busy.
@@ -74,10 +79,7 @@ class Pump:
         self._bell.set()
         self._room.set()
         deadline = asyncio.get_running_loop().time() + drain_s
-        if self._bell_task is not None:
-            self._bell_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._bell_task
+        await _cancel(self._bell_task)
         if self._loop_task is not None:
             # Let a claim under way finish and dispatch (cancelled mid-statement, it could
             # commit with its rows unknown here, held until their lease expires).
@@ -90,11 +92,7 @@ class Pump:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        # Leases were renewed through the drain; no longer needed.
-        if self._lease_task is not None:
-            self._lease_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._lease_task
+        await _cancel(self._lease_task)  # leases were renewed through the drain; no longer needed
         # Outcomes submitted (also by groups cut short) are written before anything is given
         # back: the release is fenced to messages still `sending`, so none sent is sent again.
         await self.ctx.outcomes.close()
@@ -213,7 +211,7 @@ class Pump:
         """Ring the bell on every doorbell message; resubscribe if Redis goes away."""
         channel = self.ctx.keys.doorbell_channel
         while True:
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self.ctx.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(channel)
                 async for _message in pubsub.listen():

@@ -196,12 +196,10 @@ def _plain_header_line(name: str, value: str) -> str | None:
 def _plain_head(msg: RenderedEmail) -> bytes | None:
     """The header block written directly, when every header qualifies for `_plain_header_line`
     (From and To are built whole by `_mailbox` either way); else None."""
-    if needs_smtputf8(msg):
+    if needs_smtputf8(msg) or msg.reply_to:  # Reply-To is parsed by the lenient legacy parser
         return None
     sender = _address_header("From", [(msg.from_name or "", msg.from_email)], SMTP_POLICY)
     recipient = _address_header("To", [(msg.to_name or "", msg.to)], SMTP_POLICY)
-    if msg.reply_to:
-        return None  # parsed by the lenient legacy parser: the package's path
     fields = [
         ("Message-ID", msg.message_id),
         ("Date", email.utils.format_datetime(dt.datetime.now(dt.UTC))),  # "+0000", as the package writes
