@@ -26,9 +26,16 @@ PATH = "/webhooks/whatsapp"
 
 
 async def create_message(
-    pool: asyncpg.Pool, org_id: uuid.UUID, *, status: str = "sent", wamid: str | None = None, to: str | None = None
+    pool: asyncpg.Pool,
+    org_id: uuid.UUID,
+    *,
+    status: str = "sent",
+    wamid: str | None = None,
+    to: str | None = None,
+    channel: str = "whatsapp",
 ) -> tuple[uuid.UUID, str]:
-    """A WhatsApp message row as the worker leaves it after Meta accepted it; returns (id, wamid)."""
+    """A message row as the worker leaves it after the provider accepted it (WhatsApp unless
+    `channel` says otherwise); returns (id, external id)."""
     wamid = wamid or f"wamid.test-{uuid.uuid4().hex}"
     send_id, message_id = uuid.uuid4(), uuid.uuid4()
     async with pool.acquire() as conn, conn.transaction():
@@ -38,11 +45,12 @@ async def create_message(
         await conn.execute(
             """INSERT INTO messages (id, send_id, org_id, channel, to_address, status, source,
                                      external_message_id, sent_at)
-               VALUES ($1, $2, $3, 'whatsapp', $4, $5, 'api', $6, now())""",
+               VALUES ($1, $2, $3, $4, $5, $6, 'api', $7, now())""",
             message_id,
             send_id,
             org_id,
-            to or unique_phone(),
+            channel,
+            to or (unique_phone() if channel == "whatsapp" else f"{uuid.uuid4().hex}@example.com"),
             status,
             wamid,
         )
@@ -189,6 +197,20 @@ async def test_delivered_then_read_are_applied_with_metas_timestamps(
     body = await r.json()
     assert body["status"] == "read"
     assert [e["status"] for e in body["events"]] == ["delivered", "read"]
+
+
+async def test_a_status_naming_an_emails_message_id_moves_nothing(
+    client: TestClient[Any, Any], settings: Settings, pool: asyncpg.Pool, org: Any
+) -> None:
+    # An email's external id is its Message-ID; a signed WhatsApp status that names it (by
+    # accident or forged) must not move the email: the webhook speaks for WhatsApp only.
+    message_id, message_id_header = await create_message(
+        pool, org.id, channel="email", wamid=f"<{uuid.uuid4()}@example.com>"
+    )
+    raw = payload(status(message_id_header, "read", int(time.time())))
+    assert await post(client, settings, raw) == {"received": 1, "applied": 0}
+    assert (await message_row(pool, message_id))["status"] == "sent"
+    assert await events(pool, message_id) == []
 
 
 async def test_statuses_never_move_backwards(

@@ -11,7 +11,9 @@ WITH u AS (
     -- webhook batches naming the same messages cannot deadlock.
     SELECT m.id, m.external_message_id, m.status AS old_status
     FROM messages m
-    WHERE m.external_message_id = ANY($1::text[])
+    -- Only WhatsApp messages: an email's Message-ID is an external id too, and a signed status
+    -- naming one (by accident or by a forged wamid) must not move that email.
+    WHERE m.external_message_id = ANY($1::text[]) AND m.channel = 'whatsapp'
     ORDER BY m.id
     FOR UPDATE
 ), applicable AS (
