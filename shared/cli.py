@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-from shared import logs
+from shared import logs, preflight
 from shared.config import Settings
 
 
@@ -23,8 +23,12 @@ def _run(coro: Coroutine[Any, Any, Any]) -> Any:
 
 
 def _need_database(settings: Settings) -> None:
-    if not settings.database_url:
-        sys.exit("DATABASE_URL is not set (only `tidings dev` starts an embedded Postgres)")
+    # One line naming the variable, never a traceback (shared/preflight.py).
+    preflight.require(settings, redis=False)
+
+
+def _need_services(settings: Settings) -> None:
+    preflight.require(settings)
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
@@ -42,7 +46,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
     from api import processes as api_processes
     from api.app import create_app
 
-    _need_database(settings)
+    _need_services(settings)
     processes = args.processes or settings.api_processes
     # Before any event loop or connection exists: each process builds its own.
     children = api_processes.fork(processes)
@@ -83,7 +87,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
 
     from worker.main import serve_until_signalled
 
-    _need_database(settings)
+    _need_services(settings)
     _tune_gc()
     uvloop.run(serve_until_signalled(settings))
 
@@ -131,7 +135,7 @@ def cmd_key_create(settings: Settings, args: argparse.Namespace) -> None:
 def cmd_send(settings: Settings, args: argparse.Namespace) -> None:
     from shared.manual_send import manual_send
 
-    _need_database(settings)
+    _need_services(settings)
     variables: dict[str, str] = {}
     for item in args.var or []:
         name, sep, value = item.partition("=")

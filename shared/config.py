@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -109,6 +110,20 @@ class Settings:
             raise ValueError(f"LOG_FORMAT must be json or console, not {self.log_format!r}")
         if self.retry_max_attempts < 1:
             raise ValueError("RETRY_MAX_ATTEMPTS must be at least 1")
+        base = urllib.parse.urlsplit(self.public_base_url)
+        if base.scheme not in ("http", "https") or not base.netloc:
+            raise ValueError(
+                f"PUBLIC_BASE_URL must be an http(s) URL, like https://mail.example.com, not {self.public_base_url!r}"
+            )
+        for name in ("port", "smtp_port", "worker_metrics_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ValueError(f"{name.upper()} must be a port number (0-65535), not {getattr(self, name)}")
+        for name in ("api_processes", "worker_concurrency", "smtp_pool_size", "db_pool_max_size", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.upper()} must be at least 1, not {getattr(self, name)}")
+        for name in ("lease_s", "redis_timeout_s", "smtp_timeout_s", "whatsapp_timeout_s", "sync_send_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name.upper()} must be a positive number of seconds, not {getattr(self, name)}")
 
     @property
     def public_base(self) -> str:
