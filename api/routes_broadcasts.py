@@ -144,7 +144,9 @@ async def create_template(call: Call[schemas.TemplateIn]) -> web.Response:
 )
 async def update_template(call: Call[schemas.TemplatePatch]) -> web.Response:
     broadcast_id, template_id = call.path_uuid("broadcast_id"), call.path_uuid("template_id")
-    changes = {k: v for k, v in msgspec.structs.asdict(call.body).items() if v is not msgspec.UNSET}
+    changes = {
+        k: msgspec.to_builtins(v) for k, v in msgspec.structs.asdict(call.body).items() if v is not msgspec.UNSET
+    }
     async with call.state.pool.acquire() as conn, conn.transaction():
         if await conn.fetchrow(Q.select_broadcast_for_update, broadcast_id, call.org_id) is None:
             raise errors.NotFound("no such broadcast")
@@ -245,6 +247,8 @@ async def resume(call: Call[None]) -> web.Response:
 
 def _template_body(template: schemas.TemplateIn) -> dict[str, Any]:
     body: dict[str, Any] = msgspec.structs.asdict(template)
+    if isinstance(template, schemas.WhatsAppTemplateIn):
+        body["button_parameters"] = msgspec.to_builtins(template.button_parameters)  # {index, text} as JSON
     if isinstance(template, schemas.EmailTemplateIn):
         for field in ("from_name", "reply_to", "html_body", "text_body", "preheader"):
             body.setdefault(field, None)

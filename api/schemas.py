@@ -52,12 +52,20 @@ class EmailTemplateIn(Strict, tag_field="channel", tag="email"):
     preheader: Liquid | None = None
 
 
+class ButtonParameter(Strict):
+    """The dynamic URL suffix of the template's button at `index` (Meta's 0-based position).
+    A plain string in `button_parameters` fills the button at its own position in the list."""
+
+    index: Annotated[int, Meta(ge=0, le=9)]
+    text: Liquid
+
+
 class WhatsAppTemplateIn(Strict, tag_field="channel", tag="whatsapp"):
     template_name: NonEmpty
     language: Annotated[str, Meta(min_length=2, max_length=20)]
     category: Literal["utility", "authentication", "marketing"]
     body_parameters: list[Liquid] = []
-    button_parameters: list[Liquid] = []
+    button_parameters: list[Liquid | ButtonParameter] = []
 
 
 TemplateIn = EmailTemplateIn | WhatsAppTemplateIn
@@ -75,7 +83,7 @@ class EmailTemplatePatch(Strict):
     language: str | UnsetType = UNSET
     category: Literal["utility", "authentication", "marketing"] | UnsetType = UNSET
     body_parameters: list[Liquid] | UnsetType = UNSET
-    button_parameters: list[Liquid] | UnsetType = UNSET
+    button_parameters: list[Liquid | ButtonParameter] | UnsetType = UNSET
     channel: str | UnsetType = UNSET
 
 
@@ -142,7 +150,7 @@ class TemplateOut(msgspec.Struct):
     language: str | None = None
     category: str | None = None
     body_parameters: list[str] | None = None
-    button_parameters: list[str] | None = None
+    button_parameters: list[str | ButtonParameter] | None = None
 
 
 class BroadcastOut(msgspec.Struct, forbid_unknown_fields=True):

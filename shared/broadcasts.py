@@ -39,9 +39,14 @@ def check_template(channel: str, body: Mapping[str, Any]) -> None:
                 problems["reply_to"] = [str(exc)]
     else:
         sources = {}
-        for field in ("body_parameters", "button_parameters"):
-            for i, src in enumerate(body.get(field) or []):
-                sources[f"{field}[{i}]"] = src
+        for i, src in enumerate(body.get("body_parameters") or []):
+            sources[f"body_parameters[{i}]"] = src
+        slots = button_slots(body.get("button_parameters"))
+        for i, (_, src) in enumerate(slots):
+            sources[f"button_parameters[{i}]"] = src
+        indexes = [index for index, _ in slots]
+        if len(set(indexes)) != len(indexes):
+            problems["button_parameters"] = ["two parameters fill the same button (a string fills its own position)"]
     for field, found in templating.check_syntax(sources).items():
         problems.setdefault(field.split("[")[0], []).extend(found)
     if problems:
@@ -52,7 +57,14 @@ def check_template(channel: str, body: Mapping[str, Any]) -> None:
 def template_sources(channel: str, body: Mapping[str, Any]) -> list[str | None]:
     if channel == Channel.email:
         return [body.get(f) for f in EMAIL_LIQUID_FIELDS]
-    return [*(body.get("body_parameters") or []), *(body.get("button_parameters") or [])]
+    return [*(body.get("body_parameters") or []), *(src for _, src in button_slots(body.get("button_parameters")))]
+
+
+def button_slots(params: Sequence[str | Mapping[str, Any]] | None) -> list[tuple[int, str]]:
+    """(button index, Liquid source) per button parameter: a string fills the button at its own
+    position in the list, an object `{"index", "text"}` the button it names (a URL button that
+    is not the template's first)."""
+    return [(i, p) if isinstance(p, str) else (int(p["index"]), p["text"]) for i, p in enumerate(params or [])]
 
 
 def template_variables(channel: str, body: Mapping[str, Any]) -> frozenset[str]:

@@ -33,6 +33,8 @@ client should sort them):
   translation" (permanent)
 - template `param_mismatch`: 400, code 132000 "Number of parameters does not match the
   expected number of params" (permanent)
+- a text parameter with a line break, a tab or more than four spaces in a row: 400, code
+  132018 (permanent); an empty one: 400, code 131008 "Required parameter is missing", as Meta
 
 `Sandbox.fail_next(to, times)` arms the same 503 failure for any number from a test.
 
@@ -158,6 +160,18 @@ PARAM_MISMATCH = MetaError(
     "body: number of localizable_params does not match the expected number of params",
     2494072,
 )
+
+# Meta refuses a text parameter with a line break, a tab or more than four spaces in a row,
+# and an empty one, whatever the template.
+PARAM_FORMAT = MetaError(
+    400,
+    132018,
+    "There was an issue with the parameters in your template.",
+    "Param text cannot have new-line/tab characters or more than 4 consecutive spaces",
+    2494073,
+)
+PARAM_MISSING = MetaError(400, 131008, "Required parameter is missing", "Parameter text is empty")
+_BAD_PARAM_TEXT = re.compile(r"[\n\t]| {5,}")
 
 # Suffix of the recipient's digits -> the synchronous error for it. Checked longest-first.
 SUFFIX_ERRORS: dict[str, MetaError] = {
@@ -541,6 +555,9 @@ async def _send_message(request: web.Request) -> web.Response:
     if body.get("type") == "template" and template_name in TEMPLATE_ERRORS:
         language = str(((body.get("template") or {}).get("language") or {}).get("code"))
         return fail(TEMPLATE_ERRORS[template_name], language=language)
+    param_error = _parameter_error(body)
+    if param_error is not None:
+        return fail(param_error)
     for suffix, error in SUFFIX_ERRORS.items():
         if digits.endswith(suffix):
             return fail(error)
@@ -559,6 +576,18 @@ async def _send_message(request: web.Request) -> web.Response:
         # Meta adds the pacing state to template messages; "accepted" is the normal one.
         response["messages"][0]["message_status"] = "accepted"
     return answer(200, response)
+
+
+def _parameter_error(body: dict[str, Any]) -> MetaError | None:
+    for component in (body.get("template") or {}).get("components") or []:
+        for param in component.get("parameters") or []:
+            if param.get("type") != "text":
+                continue
+            if not param["text"]:
+                return PARAM_MISSING
+            if _BAD_PARAM_TEXT.search(param["text"]):
+                return PARAM_FORMAT
+    return None
 
 
 def _validate(body: Any) -> tuple[str, str]:

@@ -13,7 +13,7 @@ from inscriptis import get_text
 from inscriptis.css_profiles import CSS_PROFILES
 from inscriptis.model.config import ParserConfig
 
-from shared import addresses, templating
+from shared import addresses, broadcasts, errors, templating
 from worker.channels.base import RenderedEmail, RenderedWhatsApp
 
 # Links kept in the text part ("confirm [https://...]"): a text-only reader must still act.
@@ -153,11 +153,34 @@ def render_email(
     )
 
 
+# Meta refuses a text parameter with a line break, a tab or more than four spaces in a row
+# (error 132018) whatever the template: such whitespace is folded to one space, as a reader
+# of the message would see it anyway.
+_PARAM_WHITESPACE = re.compile(r"\s*[\r\n\t\v\f]\s*| {5,}")
+
+
+def whatsapp_parameter(field: str, value: str) -> str:
+    """A rendered parameter as Meta accepts it; an empty one fails the message (Meta refuses
+    it too, error 131008), naming the parameter, instead of a call that cannot succeed."""
+    text = _PARAM_WHITESPACE.sub(" ", value).strip()
+    if not text:
+        raise errors.ValidationFailed(f"{field} rendered empty; WhatsApp refuses an empty parameter")
+    return text
+
+
 def render_whatsapp(body: Mapping[str, Any], data: Mapping[str, Any], *, to: str) -> RenderedWhatsApp:
+    slots = broadcasts.button_slots(body.get("button_parameters"))
     return RenderedWhatsApp(
         to=to,
         template_name=body["template_name"],
         language=body["language"],
-        body_parameters=[templating.render(p, data) for p in body.get("body_parameters") or []],
-        button_parameters=[templating.render(p, data) for p in body.get("button_parameters") or []],
+        body_parameters=[
+            whatsapp_parameter(f"body_parameters[{i}]", templating.render(p, data))
+            for i, p in enumerate(body.get("body_parameters") or [])
+        ],
+        button_parameters=[
+            whatsapp_parameter(f"button_parameters[{i}]", templating.render(src, data))
+            for i, (_, src) in enumerate(slots)
+        ],
+        button_indexes=[index for index, _ in slots],
     )

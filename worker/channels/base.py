@@ -33,6 +33,9 @@ class RenderedWhatsApp:
     language: str
     body_parameters: list[str]
     button_parameters: list[str]
+    # The template button each of `button_parameters` fills (Meta's 0-based index); None: the
+    # parameters fill the buttons in order.
+    button_indexes: list[int] | None = None
 
 
 Rendered = RenderedEmail | RenderedWhatsApp

@@ -47,7 +47,25 @@ TRANSIENT_CODES = frozenset(
 # Codes that stay permanent even when Meta pairs them with a 5xx: code 3 (capability or
 # permission issue) is answered as HTTP 500, and retrying a missing permission never helps.
 PERMANENT_CODES = frozenset(
-    {3, 10, 100, 190, 131026, 131047, 131051, 132000, 132001, 132005, 132007, 132012, 132015, 132016, 133010}
+    {
+        3,
+        10,
+        100,
+        190,
+        131008,
+        131026,
+        131047,
+        131051,
+        132000,
+        132001,
+        132005,
+        132007,
+        132012,
+        132015,
+        132016,
+        132018,
+        133010,
+    }
 )
 
 # Bounded so that a proxy answering with a whole HTML page cannot bloat the error column.
@@ -134,8 +152,9 @@ def request_body(message: RenderedWhatsApp) -> dict[str, Any]:
                 "parameters": [{"type": "text", "text": p} for p in message.body_parameters],
             }
         )
-    # Each URL button takes its one dynamic suffix in its own component, addressed by position.
-    for index, param in enumerate(message.button_parameters):
+    # Each URL button takes its one dynamic suffix in its own component, addressed by its index.
+    indexes = message.button_indexes or range(len(message.button_parameters))
+    for index, param in zip(indexes, message.button_parameters, strict=True):
         components.append(
             {
                 "type": "button",
