@@ -103,7 +103,7 @@ async def add_suppression(call: Call[v1_schemas.SuppressionCreate]) -> web.Respo
 )
 async def remove_suppression(call: Call[None]) -> web.Response:
     # The path arrives decoded (`%40` is `@`).
-    await suppressions.remove(call.state.pool, call.org_id, call.request.match_info["email"])
+    await suppressions.remove(call.state.pool, call.org_id, call.path_text("email"))
     return web.Response(status=204)
 
 
