@@ -64,6 +64,9 @@ class StatusUpdate:
     raw=True,
     tag=TAG,
     query=("hub.mode", "hub.verify_token", "hub.challenge"),
+    content_type="text/plain",
+    services=False,
+    error_statuses=(403,),
 )
 async def verify_whatsapp_webhook(call: Call[None]) -> web.Response:
     query = call.request.query
@@ -87,6 +90,7 @@ async def verify_whatsapp_webhook(call: Call[None]) -> web.Response:
     raw=True,
     tag=TAG,
     response=WebhookReceipt,
+    error_statuses=(401,),
 )
 async def receive_whatsapp_webhook(call: Call[None]) -> web.Response:
     settings = call.state.settings

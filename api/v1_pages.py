@@ -42,7 +42,14 @@ def _unsubscribed_page(org_name: str) -> web.Response:
     )
 
 
-@route("GET", "/confirm/{token}", summary="Double opt-in confirmation page (confirms)", scope=None, tag=TAG)
+@route(
+    "GET",
+    "/confirm/{token}",
+    summary="Double opt-in confirmation page (confirms)",
+    scope=None,
+    tag=TAG,
+    content_type="text/html",
+)
 async def confirm_page(call: Call[None]) -> web.Response:
     token = _token(call)
     invalid = confirmations.PageState.invalid
@@ -51,7 +58,14 @@ async def confirm_page(call: Call[None]) -> web.Response:
     return page_response(page.heading, page.body, status=status)
 
 
-@route("GET", "/unsubscribe/{token}", summary="Unsubscribe page with its confirm button", scope=None, tag=TAG)
+@route(
+    "GET",
+    "/unsubscribe/{token}",
+    summary="Unsubscribe page with its confirm button",
+    scope=None,
+    tag=TAG,
+    content_type="text/html",
+)
 async def unsubscribe_page(call: Call[None]) -> web.Response:
     # A GET never unsubscribes: mail scanners and link previews open links nobody clicked.
     token = _token(call)
@@ -73,6 +87,7 @@ async def unsubscribe_page(call: Call[None]) -> web.Response:
     summary="Unsubscribe (the page's button, or RFC 8058 one-click: body List-Unsubscribe=One-Click)",
     scope=None,
     tag=TAG,
+    content_type="text/html",
 )
 async def unsubscribe(call: Call[None]) -> web.Response:
     # Both the page's form and a mail client's one-click POST land here; the token alone

@@ -79,6 +79,7 @@ async def redact_subscriber(call: Call[None]) -> web.Response:
     body=v1_schemas.SuppressionCreate,
     response=v1_schemas.SuppressionOut,
     status=201,
+    also=(200,),
 )
 async def add_suppression(call: Call[v1_schemas.SuppressionCreate]) -> web.Response:
     body = call.body
