@@ -51,6 +51,9 @@ async def authenticate(request: web.Request, state: State) -> AuthKey:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise errors.Unauthorized()
+    if not token.isascii():
+        # Keys are ASCII; bytes that are not UTF-8 arrive as lone surrogates, which cannot be hashed.
+        raise errors.Unauthorized("this API key is not valid")
     key_hash = keys.hash_key(token.strip())
     found, cached = state.key_cache.get(key_hash)
     if found:

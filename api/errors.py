@@ -13,6 +13,7 @@ _STATUS: list[tuple[type[errors.TidingsError], int]] = [
     (errors.NotFound, 404),
     (errors.InvalidJson, 400),
     (errors.BodyTooLarge, 413),
+    (errors.RequestTimeout, 408),
     (errors.ValidationFailed, 422),
     (errors.Conflict, 409),
     (errors.RateLimited, 429),

@@ -27,9 +27,17 @@ _MISSING = re.compile(r"missing required field `([^`]+)`")
 # What Postgres and the jsonb codec can store: no NUL in text, integers within 64 bits, and
 # nesting well inside orjson's recursion limit. Checked here, per request, because a value
 # that fails later would fail a whole batch of other clients' sends with it.
+#
+# A NUL character (the JSON escape \u0000) is refused, never stripped: Postgres text cannot
+# hold it, and quietly changing what a client sent would store and send something it did not
+# ask for (and make the stored body disagree with the Idempotency-Key's). No email or WhatsApp
+# text needs one. The six characters `\u0000` written as text (JSON `"\\u0000"`) are ordinary
+# text and pass.
 MAX_DEPTH = 32
 _INT64 = range(-(2**63), 2**63)
 _LONG_NUMBER = re.compile(rb"\d{19,}")
+NOT_UTF8 = "the request body is not valid UTF-8"
+NUL_PROBLEM = "must not contain the NUL character (\\u0000)"
 
 
 def decode(body: bytes, type_: type[T]) -> T:
@@ -37,41 +45,68 @@ def decode(body: bytes, type_: type[T]) -> T:
     decoder = _decoders.get(type_)
     if decoder is None:
         decoder = _decoders[type_] = msgspec.json.Decoder(type_)
-    if b"\\u0000" in body:
-        raise errors.ValidationFailed("strings must not contain NUL (\\u0000)", fields={"body": ["contains NUL"]})
+    if not body.isascii():
+        # JSON is UTF-8 (RFC 8259); msgspec checks only the strings it keeps, and raises a
+        # UnicodeDecodeError (not a DecodeError) for those. One check of the whole body.
+        try:
+            body.decode()
+        except UnicodeDecodeError:
+            raise errors.InvalidJson(NOT_UTF8) from None
     try:
         value: T = decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise validation_error(str(exc)) from exc
     except msgspec.DecodeError as exc:
         raise errors.InvalidJson(f"the request body is not valid JSON: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise errors.InvalidJson(NOT_UTF8) from exc
     except RecursionError as exc:
         raise _too_deep() from exc
-    # The full walk only when the bytes suggest a long number or deep nesting.
-    if _LONG_NUMBER.search(body) or body.count(b"{") + body.count(b"[") > MAX_DEPTH:
-        _check_storable(msgspec.to_builtins(value), 0)
+    # The full walk only when the bytes suggest a NUL, a long number or deep nesting.
+    if b"\\u0000" in body or _LONG_NUMBER.search(body) or body.count(b"{") + body.count(b"[") > MAX_DEPTH:
+        _check_storable(msgspec.to_builtins(value))
     return value
 
 
-def _too_deep() -> errors.ValidationFailed:
-    return errors.ValidationFailed(
-        f"JSON nested deeper than {MAX_DEPTH} levels", fields={"body": ["nested too deeply"]}
-    )
+def _too_deep(field: str = "body") -> errors.ValidationFailed:
+    return errors.ValidationFailed(f"JSON nested deeper than {MAX_DEPTH} levels", fields={field: ["nested too deeply"]})
 
 
-def _check_storable(value: Any, depth: int) -> None:
-    if depth > MAX_DEPTH:
-        raise _too_deep()
+def _check_storable(value: Any) -> None:
+    """Walk each top-level field on its own, so that an error names the field at fault."""
     if isinstance(value, dict):
-        for item in value.values():
-            _check_storable(item, depth + 1)
+        for key, item in value.items():
+            field = str(key)
+            if "\x00" in field:
+                raise _nul("body")
+            _check_value(item, 1, field)
+    else:
+        _check_value(value, 0, "body")
+
+
+def _check_value(value: Any, depth: int, field: str) -> None:
+    if depth > MAX_DEPTH:
+        raise _too_deep(field)
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise _nul(field)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and "\x00" in key:
+                raise _nul(field)
+            _check_value(item, depth + 1, field)
     elif isinstance(value, list):
         for item in value:
-            _check_storable(item, depth + 1)
+            _check_value(item, depth + 1, field)
     elif isinstance(value, int) and not isinstance(value, bool) and value not in _INT64:
         raise errors.ValidationFailed(
-            "integers must fit in 64 bits (send larger numbers as strings)", fields={"body": ["integer out of range"]}
+            f"{field}: integers must fit in 64 bits (send larger numbers as strings)",
+            fields={field: ["integer out of range"]},
         )
+
+
+def _nul(field: str) -> errors.ValidationFailed:
+    return errors.ValidationFailed(f"{field} {NUL_PROBLEM}", fields={field: [NUL_PROBLEM]})
 
 
 def validation_error(text: str) -> errors.ValidationFailed:

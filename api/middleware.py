@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -11,6 +13,7 @@ import structlog
 from aiohttp import web
 
 from api import errors as http_errors
+from api import routing
 from api.jsonio import json_response
 from shared import db, errors, ids, logs, metrics
 
@@ -44,20 +47,26 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         except UNREACHABLE as exc:
             # Nothing was acknowledged: the client may retry. (A send is only acknowledged after
             # its commit, so an outage never loses an accepted message.)
-            log.warning("backing_service_unavailable", error=repr(exc), path=request.path)
+            log.warning("backing_service_unavailable", error=repr(exc), path=loggable_path(request))
             unavailable = errors.Unavailable("a backing service (Postgres or Redis) is unreachable; retry later")
             response = json_response(
                 http_errors.body_for(unavailable, request.path), status=503, headers={"Retry-After": "1"}
             )
         except web.HTTPException as exc:
             code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+            # A 405 names the methods the path has (RFC 9110: Allow is required on a 405).
+            allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
             if request.path.startswith(http_errors.V1_PREFIX):
-                response = json_response(http_errors.v1_body(exc.reason), status=exc.status)
+                response = json_response(http_errors.v1_body(exc.reason), status=exc.status, headers=allow)
             else:
-                response = json_response({"error": {"code": code, "message": exc.reason}}, status=exc.status)
+                response = json_response(
+                    {"error": {"code": code, "message": exc.reason}}, status=exc.status, headers=allow
+                )
         except Exception:
-            log.exception("unhandled_error", path=request.path)
-            response = json_response({"error": {"code": "internal_error", "message": "internal error"}}, status=500)
+            log.exception("unhandled_error", path=loggable_path(request))
+            internal = errors.TidingsError("internal error")
+            internal.code = "internal_error"
+            response = json_response(http_errors.body_for(internal, request.path), status=500)
         response.headers["X-Request-Id"] = request_id
         return response
     finally:
@@ -67,7 +76,7 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         logs.request_line(
             request_id,
             method=request.method,
-            path=request.path,
+            path=loggable_path(request),
             status=response.status if response is not None else None,
             duration_ms=round(elapsed_s * 1000, 2),
         )
@@ -90,6 +99,37 @@ def _observe(method: str, route: str, status: int, elapsed_s: float) -> None:
         )
     children[0].inc()
     children[1].observe(elapsed_s)
+
+
+# Path parameters that carry a credential (confirmation and unsubscribe tokens) or personal
+# data (an address): a line for such a route shows the route's template in their place.
+SECRET_PARAMS = frozenset({"token", "email"})
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def loggable_path(request: web.Request) -> str:
+    """The request's path as logs may show it: never a token or an address.
+
+    A route whose path carries one is logged as its template (`/confirm/{token}`); other
+    routes' paths hold only opaque ids and are logged as they came. A path no route matched
+    could hold anything (a token with a slash appended, an address without `.json`): only the
+    segments the api's own routes use, and UUIDs, are kept, the others become `*`.
+    """
+    match_info = request.match_info
+    resource = match_info.route.resource
+    if resource is not None:
+        if SECRET_PARAMS.isdisjoint(match_info):
+            return request.path
+        return resource.canonical
+    return "/".join(s if s in _route_words() or _UUID.fullmatch(s) else "*" for s in request.path.split("/"))
+
+
+@functools.cache
+def _route_words() -> frozenset[str]:
+    words = {""}
+    for spec in routing.ROUTES:
+        words.update(s for s in spec.path.split("/") if "{" not in s)
+    return frozenset(words)
 
 
 def _route_label(request: web.Request) -> str:

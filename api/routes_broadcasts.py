@@ -216,6 +216,7 @@ async def _set_status(call: Call[None], allowed_from: set[str], to: BroadcastSta
     scope="admin",
     tag=TAG,
     response=schemas.BroadcastOut,
+    error_statuses=(409, 422),
 )
 async def activate(call: Call[None]) -> web.Response:
     return await _set_status(call, {BroadcastStatus.draft, BroadcastStatus.active}, BroadcastStatus.active)
@@ -228,6 +229,7 @@ async def activate(call: Call[None]) -> web.Response:
     scope="admin",
     tag=TAG,
     response=schemas.BroadcastOut,
+    error_statuses=(409,),
 )
 async def pause(call: Call[None]) -> web.Response:
     return await _set_status(call, {BroadcastStatus.active, BroadcastStatus.paused}, BroadcastStatus.paused)
@@ -240,6 +242,7 @@ async def pause(call: Call[None]) -> web.Response:
     scope="admin",
     tag=TAG,
     response=schemas.BroadcastOut,
+    error_statuses=(409,),
 )
 async def resume(call: Call[None]) -> web.Response:
     return await _set_status(call, {BroadcastStatus.paused, BroadcastStatus.active}, BroadcastStatus.active)

@@ -24,6 +24,7 @@ TAG = "contacts"
     body=schemas.ContactCreate,
     response=schemas.ContactOut,
     status=201,
+    error_statuses=(409,),
 )
 async def create_contact(call: Call[schemas.ContactCreate]) -> web.Response:
     body = call.body
@@ -91,6 +92,7 @@ async def update_contact(call: Call[schemas.ContactUpdate]) -> web.Response:
     body=schemas.ChannelCreate,
     response=schemas.ChannelOut,
     status=201,
+    error_statuses=(409,),
 )
 async def add_channel(call: Call[schemas.ChannelCreate]) -> web.Response:
     address = contacts.normalize(call.body.type, call.body.address, field="address")

@@ -14,12 +14,15 @@ from api.jsonio import json_response
 from api.routing import Call, route
 
 
-@route("GET", "/healthz", summary="The process is up", scope=None, tag="service")
+@route("GET", "/healthz", summary="The process is up", scope=None, tag="service", services=False)
 async def healthz(call: Call[None]) -> web.Response:
     return json_response({"status": "ok"})
 
 
-@route("GET", "/readyz", summary="Postgres and Redis are reachable", scope=None, tag="service")
+# 503 (not ready) carries the same body as 200, naming what is unreachable.
+@route(
+    "GET", "/readyz", summary="Postgres and Redis are reachable", scope=None, tag="service", services=False, also=(503,)
+)
 async def readyz(call: Call[None]) -> web.Response:
     checks: dict[str, Any] = {}
 
@@ -37,12 +40,20 @@ async def readyz(call: Call[None]) -> web.Response:
     return json_response({"status": "ready" if ready else "not_ready", "checks": checks}, status=200 if ready else 503)
 
 
-@route("GET", "/openapi.json", summary="This API's OpenAPI 3.1 document", scope=None, tag="service")
+@route("GET", "/openapi.json", summary="This API's OpenAPI 3.1 document", scope=None, tag="service", services=False)
 async def openapi_json(call: Call[None]) -> web.Response:
     return json_response(openapi.document(call.state.settings.public_base))
 
 
-@route("GET", "/metrics", summary="Prometheus metrics of this API process", scope=None, tag="service")
+@route(
+    "GET",
+    "/metrics",
+    summary="Prometheus metrics of this API process",
+    scope=None,
+    tag="service",
+    services=False,
+    content_type="text/plain",
+)
 async def metrics_text(call: Call[None]) -> web.Response:
     # No auth, like /healthz: expose the api port only to the scraper's network.
     return web.Response(body=prometheus_client.generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -42,6 +42,7 @@ def record_json(base: str, send: sending.PreparedSend, r: sending.Record) -> dic
     response=schemas.SendResponse,
     idempotent=True,
     rate_limited=True,
+    also=(202,),
 )
 async def send(call: Call[schemas.SendRequest]) -> web.Response:
     body = call.body

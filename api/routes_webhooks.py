@@ -64,6 +64,9 @@ class StatusUpdate:
     raw=True,
     tag=TAG,
     query=("hub.mode", "hub.verify_token", "hub.challenge"),
+    content_type="text/plain",
+    services=False,
+    error_statuses=(403,),
 )
 async def verify_whatsapp_webhook(call: Call[None]) -> web.Response:
     query = call.request.query
@@ -87,6 +90,7 @@ async def verify_whatsapp_webhook(call: Call[None]) -> web.Response:
     raw=True,
     tag=TAG,
     response=WebhookReceipt,
+    error_statuses=(401,),
 )
 async def receive_whatsapp_webhook(call: Call[None]) -> web.Response:
     settings = call.state.settings
@@ -122,7 +126,7 @@ def signature_matches(raw: bytes, header: str, app_secret: str) -> bool:
     if not app_secret:
         return False
     scheme, _, given = header.strip().partition("=")
-    if scheme.lower() != "sha256" or not given:
+    if scheme.lower() != "sha256" or not given or not given.isascii():
         return False
     expected = hmac.new(app_secret.encode(), raw, hashlib.sha256).hexdigest()
     return hmac.compare_digest(given.lower().encode(), expected.encode())
@@ -152,7 +156,8 @@ def parse_statuses(payload: Any) -> list[StatusUpdate]:
 def _status_update(item: dict[str, Any]) -> StatusUpdate | None:
     wamid = item.get("id")
     status = _APPLIED.get(str(item.get("status")))
-    if not isinstance(wamid, str) or not wamid or status is None:
+    # A NUL cannot be in a stored id (Postgres text): such an id names no message.
+    if not isinstance(wamid, str) or not wamid or "\x00" in wamid or status is None:
         return None
     detail = _failure_detail(item.get("errors")) if status is MessageStatus.failed else None
     return StatusUpdate(wamid=wamid, status=status, at=_timestamp(item.get("timestamp")), detail=detail)
@@ -168,7 +173,7 @@ def _failure_detail(errors_: Any) -> str:
     details = error_data.get("details") if isinstance(error_data, dict) else None
     if isinstance(details, str) and details and details != title:
         text = f"{text} - {details}"
-    return text[:MAX_DETAIL_CHARS]
+    return text.replace("\x00", "")[:MAX_DETAIL_CHARS]
 
 
 def _timestamp(raw: Any) -> datetime.datetime:

@@ -8,6 +8,7 @@ declarations, so the two cannot drift.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable
@@ -42,6 +43,14 @@ class Call(Generic[B]):
         except ValueError:
             raise errors.NotFound() from None
 
+    def path_text(self, name: str) -> str:
+        """A text segment of the path. One holding a NUL cannot name anything stored (Postgres
+        text cannot hold it), so it is a 404 like any other unknown name."""
+        value = self.request.match_info[name]
+        if "\x00" in value:
+            raise errors.NotFound()
+        return value
+
 
 Handler = Callable[[Call[Any]], Awaitable[web.StreamResponse]]
 
@@ -60,6 +69,12 @@ class RouteSpec:
     query: tuple[str, ...]
     raw: bool
     idempotent: bool
+    # What OpenAPI documents beyond what the flags above imply (api.openapi).
+    also: tuple[int, ...] = ()
+    error_statuses: tuple[int, ...] = ()
+    content_type: str = "application/json"
+    services: bool = True
+    rate_limited: bool = False
 
 
 ROUTES: list[RouteSpec] = []
@@ -80,11 +95,19 @@ def route(
     raw: bool = False,
     idempotent: bool = False,
     rate_limited: bool = False,
+    also: tuple[int, ...] = (),
+    error_statuses: tuple[int, ...] = (),
+    content_type: str = "application/json",
+    services: bool = True,
 ) -> Callable[[Handler], Handler]:
     """Declare a route. `scope=None` means no bearer auth (health, webhooks, public pages).
     `raw=True` leaves the body undecoded (webhooks must verify the exact bytes).
     `idempotent=True` honours an `Idempotency-Key` header (POSTs that send).
-    `rate_limited=True` spends the org's send budget before anything else is looked at."""
+    `rate_limited=True` spends the org's send budget before anything else is looked at.
+    For the OpenAPI document only: `also` lists other success statuses (same body), `error_statuses`
+    the error statuses the handler itself can answer beyond those the flags imply,
+    `content_type` the success body's type, `services=False` a route that needs neither
+    Postgres nor Redis (never 503)."""
 
     def decorate(fn: Handler) -> Handler:
         async def endpoint(request: web.Request) -> web.StreamResponse:
@@ -110,36 +133,71 @@ def route(
             if body is not None or raw:
                 # Webhook batches from a provider may be larger than any client request.
                 limit = WEBHOOK_MAX_BODY_BYTES if raw else state.settings.max_body_bytes
-                raw_body = await read_body(request, limit)
+                raw_body = await read_body(request, limit, state.settings.http_body_timeout_s)
             if body is not None:
                 decoded = jsonio.decode(raw_body, body)
             call = Call(request=request, state=state, key=key, body=decoded, raw_body=raw_body)
             if idempotent and key is not None:
+                _check_idempotency_key(request)
                 return await idempotency.run_once(request, state.pool, key.org_id, raw_body, lambda: fn(call))
             return await fn(call)
 
         ROUTES.append(
-            RouteSpec(method, path, endpoint, summary, scope, body, response, status, tag, query, raw, idempotent)
+            RouteSpec(
+                method,
+                path,
+                endpoint,
+                summary,
+                scope,
+                body,
+                response,
+                status,
+                tag,
+                query,
+                raw,
+                idempotent,
+                also=also,
+                error_statuses=error_statuses,
+                content_type=content_type,
+                services=services,
+                rate_limited=rate_limited,
+            )
         )
         return fn
 
     return decorate
 
 
-async def read_body(request: web.Request, limit_bytes: int) -> bytes:
-    """The whole body, or BodyTooLarge as soon as it passes `limit_bytes` (never buffered past it)."""
+async def read_body(request: web.Request, limit_bytes: int, timeout_s: float) -> bytes:
+    """The whole body, or BodyTooLarge as soon as it passes `limit_bytes` (never buffered past it),
+    or RequestTimeout when it has not all arrived within `timeout_s`: a client that trickles a
+    body cannot hold a connection and a handler open for longer."""
     if request.content_length is not None and request.content_length > limit_bytes:
         raise errors.BodyTooLarge()
     chunks: list[bytes] = []
     size = 0
-    while True:
-        chunk = await request.content.read(65536)
-        if not chunk:
-            return b"".join(chunks)
-        size += len(chunk)
-        if size > limit_bytes:
-            raise errors.BodyTooLarge()
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                chunk = await request.content.read(65536)
+                if not chunk:
+                    return b"".join(chunks)
+                size += len(chunk)
+                if size > limit_bytes:
+                    raise errors.BodyTooLarge()
+                chunks.append(chunk)
+    except TimeoutError:
+        raise errors.RequestTimeout(f"the request body did not arrive within {timeout_s:g} s") from None
+
+
+def _check_idempotency_key(request: web.Request) -> None:
+    # aiohttp keeps bytes that are not UTF-8 as lone surrogates, which Postgres cannot store;
+    # control characters have no place in a key either.
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not key.isprintable():
+        raise errors.ValidationFailed(
+            "Idempotency-Key must be printable text", fields={"Idempotency-Key": ["must be printable text"]}
+        )
 
 
 def add_routes(app: web.Application) -> None:

@@ -7,6 +7,8 @@ beyond the org that sent the email.
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
 from api.routing import Call, route
@@ -22,6 +24,16 @@ UNSUBSCRIBE_INVALID = (
 )
 
 
+# Tokens are URL-safe base64 (`secrets.token_urlsafe`). Anything else, a NUL or stray bytes
+# included, cannot be one: answered as an unknown token without asking Postgres.
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,100}")
+
+
+def _token(call: Call[None]) -> str | None:
+    token = call.request.match_info["token"]
+    return token if _TOKEN.fullmatch(token) else None
+
+
 def _unsubscribed_page(org_name: str) -> web.Response:
     return page_response(
         "You are unsubscribed",
@@ -30,17 +42,34 @@ def _unsubscribed_page(org_name: str) -> web.Response:
     )
 
 
-@route("GET", "/confirm/{token}", summary="Double opt-in confirmation page (confirms)", scope=None, tag=TAG)
+@route(
+    "GET",
+    "/confirm/{token}",
+    summary="Double opt-in confirmation page (confirms)",
+    scope=None,
+    tag=TAG,
+    content_type="text/html",
+)
 async def confirm_page(call: Call[None]) -> web.Response:
-    page = await confirmations.follow(call.state.pool, call.request.match_info["token"])
-    status = 404 if page.state == confirmations.PageState.invalid else 200
+    token = _token(call)
+    invalid = confirmations.PageState.invalid
+    page = confirmations.page_copy(invalid) if token is None else await confirmations.follow(call.state.pool, token)
+    status = 404 if page.state == invalid else 200
     return page_response(page.heading, page.body, status=status)
 
 
-@route("GET", "/unsubscribe/{token}", summary="Unsubscribe page with its confirm button", scope=None, tag=TAG)
+@route(
+    "GET",
+    "/unsubscribe/{token}",
+    summary="Unsubscribe page with its confirm button",
+    scope=None,
+    tag=TAG,
+    content_type="text/html",
+)
 async def unsubscribe_page(call: Call[None]) -> web.Response:
     # A GET never unsubscribes: mail scanners and link previews open links nobody clicked.
-    link = await unsubscribes.look_up(call.state.pool, call.request.match_info["token"])
+    token = _token(call)
+    link = None if token is None else await unsubscribes.look_up(call.state.pool, token)
     if link is None:
         return page_response(*UNSUBSCRIBE_INVALID, status=404)
     if link.already_unsubscribed:
@@ -58,11 +87,13 @@ async def unsubscribe_page(call: Call[None]) -> web.Response:
     summary="Unsubscribe (the page's button, or RFC 8058 one-click: body List-Unsubscribe=One-Click)",
     scope=None,
     tag=TAG,
+    content_type="text/html",
 )
 async def unsubscribe(call: Call[None]) -> web.Response:
     # Both the page's form and a mail client's one-click POST land here; the token alone
     # decides, so the body (`List-Unsubscribe=One-Click` or the empty form) is not needed.
-    link = await unsubscribes.follow(call.state.pool, call.request.match_info["token"])
+    token = _token(call)
+    link = None if token is None else await unsubscribes.follow(call.state.pool, token)
     if link is None:
         return page_response(*UNSUBSCRIBE_INVALID, status=404)
     return _unsubscribed_page(link.org_name)

@@ -79,6 +79,7 @@ async def redact_subscriber(call: Call[None]) -> web.Response:
     body=v1_schemas.SuppressionCreate,
     response=v1_schemas.SuppressionOut,
     status=201,
+    also=(200,),
 )
 async def add_suppression(call: Call[v1_schemas.SuppressionCreate]) -> web.Response:
     body = call.body
@@ -103,7 +104,7 @@ async def add_suppression(call: Call[v1_schemas.SuppressionCreate]) -> web.Respo
 )
 async def remove_suppression(call: Call[None]) -> web.Response:
     # The path arrives decoded (`%40` is `@`).
-    await suppressions.remove(call.state.pool, call.org_id, call.request.match_info["email"])
+    await suppressions.remove(call.state.pool, call.org_id, call.path_text("email"))
     return web.Response(status=204)
 
 

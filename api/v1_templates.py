@@ -80,6 +80,7 @@ async def list_templates(call: Call[None]) -> web.Response:
     body=v1_schemas.ConfirmationTemplateCreate,
     response=v1_schemas.ConfirmationTemplateOut,
     status=201,
+    error_statuses=(409,),
 )
 async def create_confirmation_template(call: Call[v1_schemas.ConfirmationTemplateCreate]) -> web.Response:
     body = call.body

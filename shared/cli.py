@@ -41,9 +41,9 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
 
 def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
     import uvloop
-    from aiohttp import web
 
     from api import processes as api_processes
+    from api import server
     from api.app import create_app
 
     _need_services(settings)
@@ -55,15 +55,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
     app = create_app(settings)
     api_processes.stop_children_on_shutdown(app, children)
     try:
-        web.run_app(
-            app,
-            host=args.host or settings.host,
-            port=args.port or settings.port,
-            reuse_port=processes > 1,
-            access_log=None,
-            print=None,
-            shutdown_timeout=15,
-        )
+        server.run(app, settings, args.host or settings.host, args.port or settings.port, reuse_port=processes > 1)
     finally:
         api_processes.reap(children)
 

@@ -76,6 +76,14 @@ class Settings:
     db_pool_min_size: int = 2
     db_pool_max_size: int = 20
     max_body_bytes: int = 256 * 1024
+    # A client must send a request's line and headers within HTTP_HEADER_TIMEOUT_S of opening the
+    # connection (or of its first byte, on a kept-alive one), and the whole body within
+    # HTTP_BODY_TIMEOUT_S of the headers: a slow client cannot hold connections open.
+    http_header_timeout_s: float = 10.0
+    http_body_timeout_s: float = 30.0
+    # An idle kept-alive connection is closed after this long: longer than the usual proxy's
+    # upstream keep-alive (60 s), so that a proxy never reuses a connection the api is closing.
+    http_keepalive_timeout_s: float = 75.0
     queue_name: str = "tidings:queue"
     redis_prefix: str = "tidings:"
     # The api waits at most this long for one Redis command: a hung Redis answers 503
@@ -121,7 +129,16 @@ class Settings:
         for name in ("api_processes", "worker_concurrency", "smtp_pool_size", "db_pool_max_size", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.upper()} must be at least 1, not {getattr(self, name)}")
-        for name in ("lease_s", "redis_timeout_s", "smtp_timeout_s", "whatsapp_timeout_s", "sync_send_timeout_s"):
+        for name in (
+            "lease_s",
+            "redis_timeout_s",
+            "smtp_timeout_s",
+            "whatsapp_timeout_s",
+            "sync_send_timeout_s",
+            "http_header_timeout_s",
+            "http_body_timeout_s",
+            "http_keepalive_timeout_s",
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name.upper()} must be a positive number of seconds, not {getattr(self, name)}")
 

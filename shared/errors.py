@@ -59,6 +59,11 @@ class BodyTooLarge(TidingsError):
     default_message = "the request body is larger than 256 KiB"
 
 
+class RequestTimeout(TidingsError):
+    code = "request_timeout"
+    default_message = "the request did not arrive in time"
+
+
 class ValidationFailed(TidingsError):
     code = "validation_error"
     default_message = "the request is not valid"

@@ -47,6 +47,25 @@ def configure(level: str = "INFO", fmt: str = "json", stream: BinaryIO | None = 
     )
     # Libraries that log through stdlib (arq, aiohttp) go to stderr at WARNING and above.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+    server_log = logging.getLogger("aiohttp.server")
+    if _malformed_requests not in server_log.filters:
+        server_log.addFilter(_malformed_requests)
+
+
+def _malformed_requests(record: logging.LogRecord) -> bool:
+    """aiohttp logs a request it cannot parse as an error with a traceback whose message quotes
+    the raw request line and headers: tokens, addresses and keys included. It is the client's
+    fault, not the server's: one line naming the kind of fault, without the bytes."""
+    from aiohttp.http_exceptions import HttpProcessingError
+
+    exc = record.exc_info[1] if record.exc_info else None
+    if not isinstance(exc, HttpProcessingError):
+        return True
+    # Rewritten in place (a filter may change the record it passes).
+    record.levelno, record.levelname = logging.WARNING, "WARNING"
+    record.msg, record.args = "malformed request refused with %s (%s)", (exc.code, type(exc).__name__)
+    record.exc_info, record.exc_text, record.stack_info = None, None, None
+    return True
 
 
 def request_line(request_id: str, **fields: Any) -> None:

@@ -10,7 +10,8 @@ key holding every scope, in three plans:
 - valid requests naming real objects of the org (broadcast, template, contact, message),
 - invalid requests (negative mode) naming the same objects.
 
-Every response must be below 500, and documented responses must match their schemas.
+Every response must be below 500 and as documented: its status listed for the operation,
+its Content-Type and headers those documented for that status, its body matching the schema.
 TIDINGS_FUZZ_SCALE=10 multiplies the examples for a deeper run by hand.
 
 The bugs it found (a NUL character, an integer outside 64 bits, JSON nested past orjson's
@@ -34,7 +35,12 @@ from hypothesis import settings as hsettings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import response_schema_conformance
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from tests.helpers import make_broadcast, unique_email
 
@@ -44,7 +50,13 @@ PLANS = [
     (GenerationMode.POSITIVE, True, 8),
     (GenerationMode.NEGATIVE, True, 6),
 ]
-CHECKS = [not_a_server_error, response_schema_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
 SCALE = int(os.environ.get("TIDINGS_FUZZ_SCALE", "1"))
 
 
@@ -169,3 +181,44 @@ async def test_deeply_nested_json_is_refused_with_4xx(client: Any, org: Any, dep
             org.path("/contacts"), headers={**org.auth(), "Content-Type": "application/json"}, data=body
         )
     assert 400 <= r.status < 500, r.status
+
+
+async def test_the_document_lists_the_statuses_the_api_answers(client: Any) -> None:
+    doc = await (await client.get("/openapi.json")).json()
+    operations = {(m.upper(), p): op for p, item in doc["paths"].items() for m, op in item.items()}
+    for (method, path), op in operations.items():
+        if "requestBody" in op:
+            assert {"400", "408", "413", "422"} <= set(op["responses"]), (method, path)
+    send = operations[("POST", "/orgs/{org_id}/broadcasts/{broadcast_id}/send")]["responses"]
+    assert {"200", "202", "409", "422", "429", "503"} <= set(send)
+    assert "Retry-After" in send["429"]["headers"]
+    for method, path in [
+        ("GET", "/confirm/{token}"),
+        ("GET", "/unsubscribe/{token}"),
+        ("POST", "/unsubscribe/{token}"),
+    ]:
+        assert list(operations[(method, path)]["responses"]["404"]["content"]) == ["text/html"]
+    # Parameters admit only what validation takes.
+    recipients = operations[("GET", "/orgs/{org_id}/broadcasts/{broadcast_id}/recipients")]["parameters"]
+    by_name = {p["name"]: p["schema"] for p in recipients}
+    assert by_name["limit"] == {"type": "integer", "minimum": 1, "maximum": 200}
+    assert "enum" in by_name["status"] and by_name["broadcast_id"]["format"] == "uuid"
+
+
+async def test_a_405_names_the_allowed_methods(client: Any, org: Any) -> None:
+    doc = await (await client.get("/openapi.json")).json()
+    for path, item in doc["paths"].items():
+        documented = {m.upper() for m in item}
+        unsupported = next(m for m in ("PUT", "PATCH", "DELETE", "POST") if m not in documented)
+        concrete = path.replace("{org_id}", str(org.id))
+        while "{" in concrete:
+            start = concrete.index("{")
+            concrete = concrete[:start] + "00000000-0000-0000-0000-000000000000" + concrete[concrete.index("}") + 1 :]
+        r = await client.request(unsupported, concrete, headers=org.auth())
+        assert r.status == 405, (path, r.status)
+        assert documented <= set(r.headers["Allow"].split(",")), (path, r.headers.get("Allow"))
+        body = await r.json()
+        if path.startswith("/api/v1/"):
+            assert body == {"errors": {"base": ["Method Not Allowed"]}}
+        else:
+            assert body["error"]["code"] == "method_not_allowed"
