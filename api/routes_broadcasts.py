@@ -122,7 +122,7 @@ async def create_template(call: Call[schemas.TemplateIn]) -> web.Response:
     broadcast_id = call.path_uuid("broadcast_id")
     channel = "email" if isinstance(call.body, schemas.EmailTemplateIn) else "whatsapp"
     body = _template_body(call.body)
-    broadcasts.check_template(channel, body)
+    await broadcasts.check_template(channel, body)
     async with call.state.pool.acquire() as conn, conn.transaction():
         if await conn.fetchrow(Q.select_broadcast_for_update, broadcast_id, call.org_id) is None:
             raise errors.NotFound("no such broadcast")
@@ -163,7 +163,7 @@ async def update_template(call: Call[schemas.TemplatePatch]) -> web.Response:
         except msgspec.ValidationError as exc:
             raise validation_error(str(exc)) from exc
         body = _template_body(validated)
-        broadcasts.check_template(row["channel"], body)
+        await broadcasts.check_template(row["channel"], body)
         updated = await conn.fetchrow(Q.update_template, template_id, broadcast_id, call.org_id, body)
         await conn.execute(Q.touch_broadcast, broadcast_id)
     call.state.broadcast_cache.invalidate(call.org_id, broadcast_id)

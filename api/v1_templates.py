@@ -33,6 +33,7 @@ async def create_template(call: Call[v1_schemas.TemplateCreate]) -> web.Response
     subject = problems.text("subject", body.subject, maximum=transactionals.MAX_SUBJECT, header=True, liquid=True)
     content = problems.text("body", body.body, maximum=transactionals.MAX_BODY, liquid=True)
     preheader = problems.text("preheader", body.preheader, maximum=transactionals.MAX_PREHEADER, liquid=True)
+    await problems.check_liquid()
     problems.raise_if_any()
     assert name is not None
     row = await transactional_templates.create(

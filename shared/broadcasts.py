@@ -18,8 +18,9 @@ EMAIL_LIQUID_FIELDS = ("from_email", "from_name", "reply_to", "subject", "html_b
 SENT_STATUSES = frozenset({MessageStatus.sent, MessageStatus.delivered, MessageStatus.read, MessageStatus.bounced})
 
 
-def check_template(channel: str, body: Mapping[str, Any]) -> None:
-    """Refuse a template that can never render: bad Liquid, literal header line breaks."""
+async def check_template(channel: str, body: Mapping[str, Any]) -> None:
+    """Refuse a template that can never render: bad Liquid, literal header line breaks.
+    Large sources are parsed off the event loop."""
     problems: dict[str, list[str]] = {}
     if channel == Channel.email:
         for field in HEADER_FIELDS:
@@ -47,7 +48,7 @@ def check_template(channel: str, body: Mapping[str, Any]) -> None:
         indexes = [index for index, _ in slots]
         if len(set(indexes)) != len(indexes):
             problems["button_parameters"] = ["two parameters fill the same button (a string fills its own position)"]
-    for field, found in templating.check_syntax(sources).items():
+    for field, found in (await templating.check_syntax_async(sources)).items():
         problems.setdefault(field.split("[")[0], []).extend(found)
     if problems:
         first = next(iter(problems))

@@ -23,12 +23,22 @@ def too_long(maximum: int) -> str:
 class FieldErrors:
     def __init__(self) -> None:
         self.fields: dict[str, list[str]] = {}
+        # Liquid fields still to parse: all at once, off the event loop when large (`check_liquid`).
+        self._liquid: dict[str, str] = {}
 
     def add(self, field: str, problem: str) -> None:
         self.fields.setdefault(field, []).append(problem)
 
     def __contains__(self, field: str) -> bool:
         return field in self.fields
+
+    async def check_liquid(self) -> None:
+        """Parse the fields given as `liquid`; record those that do not parse. Call before
+        `raise_if_any`."""
+        pending, self._liquid = self._liquid, {}
+        for field, problems in (await templating.check_syntax_async(pending)).items():
+            for problem in problems:
+                self.add(field, problem)
 
     def raise_if_any(self) -> None:
         if self.fields:
@@ -47,7 +57,7 @@ class FieldErrors:
     ) -> str | None:
         """A string field: blank is None (or an error when required); the value otherwise.
         `header`: becomes a mail header, so a literal line break is refused (no injection).
-        `liquid`: must parse as a Liquid template."""
+        `liquid`: must parse as a Liquid template (checked by `check_liquid`)."""
         if value is None or not value.strip():
             if required:
                 self.add(field, BLANK)
@@ -57,8 +67,7 @@ class FieldErrors:
         elif header and addresses.has_line_break(value):
             self.add(field, LINE_BREAK)
         elif liquid:
-            for problem in templating.check_syntax({field: value}).get(field, []):
-                self.add(field, problem)
+            self._liquid[field] = value
         return value
 
     def email(self, field: str, value: str | None, *, required: bool = False) -> str | None:

@@ -150,6 +150,7 @@ async def validate(pool: asyncpg.Pool, org_id: uuid.UUID, s: Submission) -> Requ
     # Nested attributes are named the Rails way: `subscriber.first_name`.
     first_name = problems.text("subscriber.first_name", s.first_name, maximum=MAX_NAME, header=True)
     last_name = problems.text("subscriber.last_name", s.last_name, maximum=MAX_NAME, header=True)
+    await problems.check_liquid()
     problems.raise_if_any()
     assert email is not None and subject is not None and body is not None
     return Request(
