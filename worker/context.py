@@ -14,6 +14,7 @@ from shared.config import Settings
 from shared.redis_keys import RedisKeys
 from worker.channels.email import EmailChannel
 from worker.channels.whatsapp import WhatsAppChannel
+from worker.render_sandbox import RenderPool
 
 if TYPE_CHECKING:
     from worker.deliver import Outcome
@@ -29,6 +30,8 @@ class WorkerContext:
     whatsapp: WhatsAppChannel
     # Concurrent deliveries share their outcome writes (one statement and commit per batch).
     outcomes: Batcher[tuple[uuid.UUID, list[Outcome]], None] = dataclasses.field(init=False)
+    # Templates render in child processes bounded in CPU and memory (started on first use).
+    renderer: RenderPool = dataclasses.field(default_factory=RenderPool)
 
     def __post_init__(self) -> None:
         from worker.deliver import record_batch
@@ -37,3 +40,4 @@ class WorkerContext:
 
     async def close(self) -> None:
         await self.outcomes.close()
+        await self.renderer.close()

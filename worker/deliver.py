@@ -24,7 +24,6 @@ from redis.exceptions import RedisError
 from shared import errors, metrics
 from shared.domain import Channel, MessageStatus
 from shared.sql import Q
-from worker import render
 from worker.channels.base import DeliveryError, DeliveryResult, PermanentDeliveryError, TransientDeliveryError
 from worker.context import WorkerContext
 
@@ -195,7 +194,7 @@ async def _deliver_one(ctx: WorkerContext, message: Mapping[str, Any]) -> Outcom
         return Outcome(message_id, MessageStatus.failed, error="the template was deleted before delivery")
     try:
         if message["channel"] == Channel.email:
-            rendered_email = render.render_email(
+            rendered_email = await ctx.renderer.render_email(
                 message_id,
                 body,
                 data,
@@ -204,7 +203,7 @@ async def _deliver_one(ctx: WorkerContext, message: Mapping[str, Any]) -> Outcom
             )
             result: DeliveryResult = await ctx.email.send(rendered_email)
         else:
-            rendered_wa = render.render_whatsapp(body, data, to=message["to_address"])
+            rendered_wa = await ctx.renderer.render_whatsapp(body, data, to=message["to_address"])
             result = await ctx.whatsapp.send(rendered_wa)
     except errors.ValidationFailed as exc:
         return Outcome(message_id, MessageStatus.failed, error=exc.message)
