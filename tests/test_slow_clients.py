@@ -104,7 +104,8 @@ async def test_slow_clients_are_closed_within_the_deadlines_while_others_are_ser
     )
     assert max(heads) < HEADER_TIMEOUT_S + SLACK_S, max(heads)
     assert max(silent) < HEADER_TIMEOUT_S + SLACK_S, max(silent)
-    assert min(heads + silent) > HEADER_TIMEOUT_S * 0.8, "closed before the deadline"
+    # Not cut off early (the client's clock starts after the server's, later still under load).
+    assert min(heads + silent) > HEADER_TIMEOUT_S * 0.5, "closed before the deadline"
     # A slow body is answered 408 at its deadline, then the connection is closed.
     for seconds, answer in bodies:
         assert answer.startswith(b"HTTP/1.1 408"), answer[:100]

@@ -6,9 +6,10 @@ with a long replacement over a long value, a chain of them...), and a render run
 most of that work, where no Python-level check can interrupt it. So the worker renders in
 a few child processes (`RENDER_PROCESSES`), each with:
 
-- a CPU-time limit per message: `setitimer(ITIMER_PROF)`, whose SIGPROF, left to its
-  default action, ends the process when the message has used `CPU_LIMIT_S` of CPU
-  (the kernel counts it; nothing in the render can stop or catch it);
+- a CPU-time limit per message: `setitimer(ITIMER_PROF)`, whose SIGPROF raises out of the
+  render when the message has used `CPU_LIMIT_S` of CPU (the kernel counts it); the child
+  reports it and exits. A render stuck in one long C call, where no Python handler runs, is
+  ended by `RLIMIT_CPU` (SIGXCPU) a little later, set afresh before each message;
 - an address-space limit (`RLIMIT_AS`, `MEMORY_LIMIT_MB` above its size once started):
   an allocation past it fails with MemoryError, reported, then the child exits;
 - a wall-clock deadline (`WALL_LIMIT_S`), for a child starved or stuck otherwise: killed.
@@ -236,7 +237,7 @@ def _settle(job: _Job, *, result: Any = None, error: BaseException | None = None
 def _why_ended(returncode: int, killed_for: str | None) -> str:
     if killed_for is not None:
         return killed_for
-    if returncode == -signal.SIGPROF:
+    if returncode in (-signal.SIGPROF, -signal.SIGXCPU):
         return f"rendering stopped: it used more than {CPU_LIMIT_S:g} s of CPU"
     if returncode == -signal.SIGKILL:
         # Not ours: the kernel's OOM killer, most likely.
@@ -247,6 +248,24 @@ def _why_ended(returncode: int, killed_for: str | None) -> str:
 # ---- the child ----
 
 _OUT_OF_MEMORY = f"rendering stopped: it needed more than {MEMORY_LIMIT_MB} MB of memory"
+_OUT_OF_CPU = f"rendering stopped: it used more than {CPU_LIMIT_S:g} s of CPU"
+# Slack of the backstop over the per-message limit: the handler normally ends the render first.
+_CPU_BACKSTOP_SLACK_S = 2
+
+
+class _CpuExceeded(BaseException):
+    """Raised by the SIGPROF handler; a BaseException, so that no `except Exception` in a
+    template engine or filter can swallow it."""
+
+
+def _on_cpu_limit(signum: int, frame: object) -> None:
+    raise _CpuExceeded
+
+
+def _arm_cpu_backstop() -> None:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    soft_s = int(usage.ru_utime + usage.ru_stime + CPU_LIMIT_S) + _CPU_BACKSTOP_SLACK_S
+    resource.setrlimit(resource.RLIMIT_CPU, (soft_s, resource.RLIM_INFINITY))
 
 
 def _limit_memory() -> None:
@@ -259,8 +278,10 @@ def _limit_memory() -> None:
 def _serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
     from worker import render
 
-    # SIGPROF's default action ends the process: the CPU limit needs no cooperation.
-    signal.signal(signal.SIGPROF, signal.SIG_DFL)
+    # The CPU limit: SIGPROF raises out of whatever Python code is rendering, and the child
+    # says why before it exits; RLIMIT_CPU (SIGXCPU, which ends the process) is the backstop for
+    # a long C call during which no Python handler can run.
+    signal.signal(signal.SIGPROF, _on_cpu_limit)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the worker, which stops us
     _limit_memory()
     while True:
@@ -270,6 +291,7 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
         (size,) = _HEADER.unpack(header)
         kind, args = pickle.loads(stdin.read(size))
         fatal = False
+        _arm_cpu_backstop()
         signal.setitimer(signal.ITIMER_PROF, CPU_LIMIT_S)
         try:
             if kind == "email":
@@ -285,6 +307,8 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
             reply = ("invalid", exc.message)
         except MemoryError:
             reply, fatal = ("fatal", _OUT_OF_MEMORY), True
+        except _CpuExceeded:
+            reply, fatal = ("fatal", _OUT_OF_CPU), True
         except Exception as exc:
             reply = ("bug", f"{type(exc).__name__}: {exc}")
         finally:
