@@ -393,7 +393,8 @@ def test_dkimpy_verifies_raw_messages_with_folds_and_white_space(
     final_crlf: bool,
 ) -> None:
     """The canonicalisation on its own, over header folds and white space that the channel
-    never writes itself: repeated fields (signed bottom-up), names in any case, bodies with trailing white space and blank lines, an empty body and none."""
+    never writes itself: repeated fields (signed bottom-up), names in any case, bodies with
+    trailing white space and blank lines, an empty body and none."""
     path, txt = dkim_key
     head = "".join(f"{name}:{value}\r\n" for name, value in [("From", from_value), *extra])
     if body_lines is None:
