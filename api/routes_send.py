@@ -65,6 +65,7 @@ async def send(call: Call[schemas.SendRequest]) -> web.Response:
         trigger,
         cache=state.broadcast_cache,
         contact_cache=state.contact_cache,
+        public_base=state.settings.public_base,
     )
 
     status = 202 if body.background else 200

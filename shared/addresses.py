@@ -54,3 +54,31 @@ def has_line_break(value: str | None) -> bool:
 def fold_header(value: str) -> str:
     """A rendered header value never carries a line break: each run becomes one space."""
     return " ".join(value.replace("\r", "\n").split("\n")) if has_line_break(value) else value
+
+
+# Characters that, outside quotes, would make a display name more than a name: another
+# mailbox (`,`), a group (`:` `;`), an address or route (`<` `>` `@`), a comment, a quote.
+_NAME_SPECIALS = frozenset(',;:<>@()[]\\"')
+
+
+def single_mailbox(raw: str) -> tuple[str, str]:
+    """(display name, address) of a value that is exactly one mailbox: `addr@host`,
+    `Name <addr@host>` or `"Any, name" <addr@host>`; InvalidAddress for anything else (two
+    mailboxes, a group, an address that email-validator refuses). The address is normalized
+    as `normalize_email` does."""
+    value = raw.strip()
+    if "<" not in value and ">" not in value:
+        return "", normalize_email(value)
+    name, bracket, rest = value.rpartition("<")
+    if not bracket or not rest.endswith(">") or ">" in rest[:-1]:
+        raise InvalidAddress(f"not one mailbox (Name <address>): {raw!r}")
+    name = name.strip()
+    if len(name) >= 2 and name[0] == name[-1] == '"':
+        quoted = name[1:-1]
+        unquoted = quoted.replace('\\"', "").replace("\\\\", "")
+        if '"' in unquoted:
+            raise InvalidAddress(f"not one mailbox (a quote ends the name early): {raw!r}")
+        name = quoted.replace('\\"', '"').replace("\\\\", "\\")
+    elif _NAME_SPECIALS.intersection(name):
+        raise InvalidAddress(f"not one mailbox (quote a name that has , ; : < > @ or quotes): {raw!r}")
+    return name, normalize_email(rest[:-1])

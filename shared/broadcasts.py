@@ -35,7 +35,8 @@ async def check_template(channel: str, body: Mapping[str, Any]) -> None:
                 problems["from_email"] = [str(exc)]
         if "reply_to" not in problems and body.get("reply_to") and "{" not in body["reply_to"]:
             try:
-                addresses.normalize_email(body["reply_to"])
+                # The rule a rendered one meets too: exactly one mailbox, a name allowed.
+                addresses.single_mailbox(body["reply_to"])
             except addresses.InvalidAddress as exc:
                 problems["reply_to"] = [str(exc)]
     else:

@@ -40,6 +40,7 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
+    import structlog
     import uvloop
 
     from api import processes as api_processes
@@ -47,6 +48,9 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
     from api.app import create_app
 
     _need_services(settings)
+    warning = settings.public_base_warning()
+    if warning:  # once, before the processes fork
+        structlog.get_logger("tidings.api").warning("public_base_url_not_https", detail=warning)
     processes = args.processes or settings.api_processes
     # Before any event loop or connection exists: each process builds its own.
     children = api_processes.fork(processes)

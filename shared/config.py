@@ -92,6 +92,8 @@ class Settings:
 
     log_level: str = "INFO"
     log_format: LogFormat = "json"
+    # Set by `tidings dev` for the processes it starts: a local stack, where http links are fine.
+    tidings_dev: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -145,6 +147,18 @@ class Settings:
     @property
     def public_base(self) -> str:
         return self.public_base_url.rstrip("/")
+
+    def public_base_warning(self) -> str | None:
+        """What to warn about PUBLIC_BASE_URL at api start-up (None: nothing). Recipients open
+        its links, and RFC 8058 one-click unsubscribe needs https: mailbox providers ignore
+        List-Unsubscribe-Post on an http URL, and Gmail and Yahoo require one-click of bulk senders."""
+        if self.tidings_dev or urllib.parse.urlsplit(self.public_base_url).scheme == "https":
+            return None
+        return (
+            f"PUBLIC_BASE_URL is {self.public_base_url}, not https: one-click unsubscribe (RFC 8058) needs an https "
+            "URL, and recipients open confirmation and unsubscribe links over plain http; set it to the https "
+            "address where recipients reach this api"
+        )
 
 
 def _convert(name: str, type_name: Any, raw: str) -> Any:

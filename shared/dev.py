@@ -233,6 +233,7 @@ async def _start(config: DevConfig, env: dict[str, str], stack: contextlib.Async
         "WHATSAPP_VERIFY_TOKEN": DEV_WHATSAPP_VERIFY_TOKEN,
         "LOG_FORMAT": "console",
         "PYTHONUNBUFFERED": "1",
+        "TIDINGS_DEV": "1",  # http://127.0.0.1 links are right here: no https warning
     }
     children: list[_Child] = []
     stack.push_async_callback(_stop_children, children)

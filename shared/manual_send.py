@@ -54,7 +54,7 @@ async def manual_send(
             request_id=f"cli-{uuid.uuid4().hex[:12]}",
         )
         try:
-            prepared = await sending.prepare(pool, org_id, broadcast_id, trigger)
+            prepared = await sending.prepare(pool, org_id, broadcast_id, trigger, public_base=settings.public_base)
         except errors.TidingsError as exc:
             _print_error(exc)
             return 1

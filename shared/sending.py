@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncpg
 
-from shared import broadcasts, contacts, errors, ids
+from shared import broadcasts, contacts, errors, ids, unsubscribes
 from shared.broadcast_cache import NO_CACHE, BroadcastCache
 from shared.contact_cache import NO_CONTACT_CACHE, ContactCache
 from shared.domain import BUILTIN_VARIABLES, BroadcastStatus, BroadcastType, Channel, ContactStatus, MessageStatus
@@ -65,6 +65,8 @@ class PreparedSend:
     records: list[Record]
     # Someone waits for the outcome: the worker publishes it when the messages settle.
     notify: bool = False
+    # The token behind `{{ unsubscribe_url }}` (written with the send), when a template uses it.
+    unsubscribe: tuple[str, str] | None = None  # (token, the email address it names or "")
 
     @property
     def queued(self) -> list[Record]:
@@ -85,7 +87,10 @@ async def prepare(
     trigger: Trigger,
     cache: BroadcastCache = NO_CACHE,
     contact_cache: ContactCache = NO_CONTACT_CACHE,
+    *,
+    public_base: str | None = None,
 ) -> PreparedSend:
+    """`public_base` (PUBLIC_BASE_URL) makes `{{ unsubscribe_url }}` for templates that use it."""
     broadcast, templates = await cache.get(pool, org_id, broadcast_id)
     if broadcast is None:
         raise errors.NotFound("no such broadcast")
@@ -142,7 +147,9 @@ async def prepare(
     variables["name"] = trigger.name or variables.get("name") or contact["name"] or ""
     variables["email"] = to_by_channel[Channel.email] or ""
     variables["phone"] = to_by_channel[Channel.whatsapp] or ""
-    variables.setdefault("unsubscribe_url", "")
+    # Built in, like email and phone: a caller's own value never stands in for it (the link
+    # must unsubscribe the contact here, or the next trigger would still reach them).
+    variables["unsubscribe_url"] = ""
 
     records: list[Record] = []
     firing: list[Mapping[str, Any]] = []
@@ -182,6 +189,13 @@ async def prepare(
             extra={"missing": missing},
         )
 
+    unsubscribe = None
+    if any("unsubscribe_url" in broadcasts.template_variables(t["channel"], t["body"]) for t in firing):
+        if public_base is None:
+            raise RuntimeError("sending.prepare needs public_base for a template that uses unsubscribe_url")
+        unsubscribe = (unsubscribes.new_token(), to_by_channel[Channel.email] or "")
+        variables["unsubscribe_url"] = unsubscribes.url_for(public_base, unsubscribe[0])
+
     return PreparedSend(
         send_id=ids.new_id(),
         org_id=org_id,
@@ -191,6 +205,7 @@ async def prepare(
         request_id=trigger.request_id,
         variables=variables,
         records=records,
+        unsubscribe=unsubscribe,
     )
 
 
@@ -240,6 +255,13 @@ async def commit_many(pool: asyncpg.Pool, sends: list[PreparedSend]) -> list[err
     records come back `rejected` (the records of `sends` are updated in place).
     """
     messages = [(s.send_id, r) for s in sends for r in s.records]
+    links = [s for s in sends if s.unsubscribe is not None]
+    if links:
+        # Before the sends, so that no worker can deliver a link that does not exist yet; a
+        # send refused below leaves an unused token behind, which no one ever received.
+        await unsubscribes.create_many(
+            pool, [(s.org_id, s.contact_id, *s.unsubscribe) for s in links if s.unsubscribe is not None]
+        )
     written = await pool.fetch(
         Q.insert_sends_batch,
         [s.send_id for s in sends],

@@ -1,9 +1,13 @@
 """Unsubscribe links: `{{ unsubscribe_url }}`, the List-Unsubscribe header, and following them.
 
-A link names an address in an org. Following it (the page's button, or a mail client's
-RFC 8058 one-click POST) makes the contact owning that address `unsubscribed`, creating
-the contact when there is none, so that the Broadcasts API refuses it from then on.
+A link names an address in an org, and the contact it was sent to when there was one (a
+Broadcasts API send always has one). Following it (the page's button, or a mail client's
+RFC 8058 one-click POST) makes that contact `unsubscribed`, or else the contact owning the
+address, created when there is none, so that the Broadcasts API refuses it from then on.
 Transactional email still reaches it (that is the Transactionals API's rule).
+
+An email whose template uses `{{ unsubscribe_url }}` (a Broadcasts API template) or that
+asked for the link (`include_unsubscribe_link`) carries the RFC 2369/8058 headers for it.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import asyncpg
 
@@ -43,10 +49,28 @@ def headers_for(url: str) -> dict[str, str]:
     return {"List-Unsubscribe": f"<{url}>", "List-Unsubscribe-Post": ONE_CLICK}
 
 
+def headers_for_template(sources: frozenset[str], data: Mapping[str, Any]) -> dict[str, str]:
+    """The headers for an email whose template uses `{{ unsubscribe_url }}` (`sources`: the
+    variables it uses) and whose send has the link; else none."""
+    url = data.get("unsubscribe_url")
+    return headers_for(url) if url and isinstance(url, str) and "unsubscribe_url" in sources else {}
+
+
 async def create(
     conn: asyncpg.Connection, org_id: uuid.UUID, email: str, contact_id: uuid.UUID | None, token: str
 ) -> None:
     await conn.execute(Q.insert_unsubscribe_token, token, org_id, email, contact_id)
+
+
+async def create_many(pool: asyncpg.Pool, links: Sequence[tuple[uuid.UUID, uuid.UUID | None, str, str]]) -> None:
+    """Many links in one statement: (org id, contact id, token, email address or "")."""
+    await pool.execute(
+        Q.insert_unsubscribe_tokens,
+        [token for _, _, token, _ in links],
+        [org_id for org_id, _, _, _ in links],
+        [email for _, _, _, email in links],
+        [contact_id for _, contact_id, _, _ in links],
+    )
 
 
 async def look_up(pool: asyncpg.Pool, token: str) -> Link | None:
@@ -65,8 +89,13 @@ async def follow(pool: asyncpg.Pool, token: str) -> Link | None:
     row = await pool.fetchrow(Q.select_unsubscribe_token, token)
     if row is None:
         return None
-    contact, _ = await contacts.find_or_create(pool, row["org_id"], email=row["email"], phone=None, name=None)
+    contact_id = row["contact_id"]
+    if contact_id is None:
+        if not row["email"]:  # a link to a contact that was deleted since, and had no email
+            return None
+        contact, _ = await contacts.find_or_create(pool, row["org_id"], email=row["email"], phone=None, name=None)
+        contact_id = contact["id"]
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(Q.unsubscribe_contact, contact["id"])
+        await conn.execute(Q.unsubscribe_contact, contact_id)
         await conn.execute(Q.mark_unsubscribe_token_used, token)
     return Link(org_name=row["org_name"], already_unsubscribed=True)

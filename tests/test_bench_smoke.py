@@ -75,7 +75,7 @@ async def test_bench_smoke(tmp_path: Path, admin_dsn: str, redis_url: str) -> No
     assert machine["python"].count(".") == 2
     assert machine["sink"] in ("smtp-sink", "aiosmtpd")
 
-    units = {"P1": "triggers/s", "P2": "emails/s", "P3": "messages/s"}
+    units = {"P1": "triggers/s", "P2": "emails/s", "P3": "messages/s", "P7": "emails/s"}
     for name, unit in units.items():
         figure = result[name]
         assert figure["unit"] == unit
@@ -83,6 +83,9 @@ async def test_bench_smoke(tmp_path: Path, admin_dsn: str, redis_url: str) -> No
             assert _positive(figure[key]), (name, key, figure)
         assert math.isclose(figure["ratio"], figure["value"] / figure["ceiling"], abs_tol=0.001)
     assert result["P2"]["workers"] == 2
+    # P7 (P2 with DKIM on) beside the same ceiling and P2 of the same run.
+    assert result["P7"]["ceiling"] == result["P2"]["ceiling"]
+    assert result["P7"]["p2_value"] == result["P2"]["value"] and result["P7"]["dkim_key_bits"] == 2048
 
     for key in ("p50_ms", "p99_ms", "rate", "sink_ms"):
         assert _positive(result["P4"][key]), (key, result["P4"])

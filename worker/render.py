@@ -13,7 +13,8 @@ from inscriptis import get_text
 from inscriptis.css_profiles import CSS_PROFILES
 from inscriptis.model.config import ParserConfig
 
-from shared import addresses, broadcasts, errors, templating
+from shared import addresses, broadcasts, errors, templating, unsubscribes
+from shared.domain import Channel
 from worker.channels.base import RenderedEmail, RenderedWhatsApp
 
 # Links kept in the text part ("confirm [https://...]"): a text-only reader must still act.
@@ -80,12 +81,16 @@ def _derived_text(html_src: str, preheader_src: str, data: Mapping[str, Any]) ->
     return _MARKED.sub(lambda m: values[int(m.group(1))], text)
 
 
+# Hidden by layout only. No colour: text coloured like its background is what SpamAssassin's
+# HTML_FONT_LOW_CONTRAST scores (+0.7); no font-size either: a 1px font counts as invisible
+# text too. display:none hides it in most clients, mso-hide:all in Outlook's Word engine, and
+# zero height, zero width, overflow hidden and opacity 0 in clients that drop display:none.
+PREHEADER_STYLE = "display:none;max-height:0;max-width:0;overflow:hidden;opacity:0;mso-hide:all"
+
+
 def preheader_html(text: str) -> str:
     """Preview text shown by mail clients beside the subject, hidden in the message itself."""
-    return (
-        '<div style="display:none;font-size:1px;color:#ffffff;line-height:1px;max-height:0px;'
-        'max-width:0px;opacity:0;overflow:hidden;mso-hide:all;">' + html.escape(text) + "</div>"
-    )
+    return f'<div style="{PREHEADER_STYLE}">{html.escape(text)}</div>'
 
 
 def with_preheader(markup: str, preheader: str) -> str:
@@ -126,6 +131,13 @@ def render_email(
     from_email = header("from_email")
     from_name = header("from_name") or None
     reply_to = header("reply_to") or None
+    if reply_to is not None:
+        # A variable can render to several mailboxes ("a@x.com, b@y.com"): exactly one is
+        # allowed, or the message fails saying so (replies must not go to unvetted extras).
+        try:
+            addresses.single_mailbox(reply_to)
+        except addresses.InvalidAddress as exc:
+            raise errors.ValidationFailed(f"reply_to rendered to {reply_to!r}, not exactly one mailbox: {exc}") from exc
     subject = header("subject")
     preheader = header("preheader")
     html_src = body.get("html_body")
@@ -148,8 +160,16 @@ def render_email(
         subject=subject,
         html=html_part,
         text=text_part,
-        # Fixed extra headers (e.g. List-Unsubscribe) stored with the content; folded like the rest.
-        headers={k: addresses.fold_header(v) for k, v in {**(body.get("headers") or {}), **(headers or {})}.items()},
+        # Fixed extra headers (e.g. List-Unsubscribe) stored with the content, or the RFC 8058
+        # ones of a template that uses `{{ unsubscribe_url }}`; folded like the rest.
+        headers={
+            k: addresses.fold_header(v)
+            for k, v in {
+                **(body.get("headers") or {}),
+                **unsubscribes.headers_for_template(broadcasts.template_variables(Channel.email, body), data),
+                **(headers or {}),
+            }.items()
+        },
     )
 
 

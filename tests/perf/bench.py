@@ -1,5 +1,5 @@
-"""`make bench`: the performance scenarios P1-P6 of ../shared/spec/performance.md, each beside
-a ceiling measured in the same run on this machine.
+"""`make bench`: the performance scenarios P1-P6 of ../shared/spec/performance.md, and P7 (P2
+with DKIM on), each beside a ceiling measured in the same run on this machine.
 
     .venv/bin/python tests/perf/bench.py            # the full run (`make bench`)
     .venv/bin/python tests/perf/bench.py --smoke    # seconds, for the test suite
@@ -16,7 +16,8 @@ bounded in requests and in time. Ctrl-C stops and removes everything.
 The last stdout line is one JSON object (also in out/result.json); out/bench.png plots it.
 Knobs (environment): BENCH_DURATION_S (15), BENCH_WARMUP_S (5), BENCH_BACKLOG (80000),
 BENCH_CONNECTIONS (50), BENCH_THREADS (2), BENCH_P4_RATE (100), BENCH_P6_WORKERS (1,2,4),
-BENCH_SOAK_S (300), BENCH_SOAK_RATE (200), BENCH_OUT_DIR, BENCH_DATA_DIR, BENCH_INSTALL (1).
+BENCH_SOAK_S (300), BENCH_SOAK_RATE (200), BENCH_OUT_DIR, BENCH_DATA_DIR, BENCH_INSTALL (0: never
+runs apt-get or sudo; 1 installs smtp-sink and wrk when missing).
 Service settings (WORKER_CONCURRENCY, SMTP_POOL_SIZE, DB_POOL_MAX_SIZE, LOG_LEVEL...) pass
 through to the api and worker processes unchanged.
 """
@@ -47,7 +48,9 @@ REPO = common.HERE.parents[1]
 MAX_RPS = 100_000  # the request cap of a load phase is this times its duration
 START_TIMEOUT_S = 90.0  # a server or the first delivery must come within this
 WA_CONNECTIONS_PER_WORKER = 100  # worker/channels/whatsapp.py's connection limit
-ALL = "P1,P2,P3,P4,P5,P6"
+ALL = "P1,P2,P3,P4,P5,P6,P7"
+DKIM_KEY_BITS = 2048  # P7's key: what Gmail and Yahoo expect of a bulk sender
+DKIM_SELECTOR = "bench"
 T = TypeVar("T")
 
 
@@ -89,7 +92,7 @@ class Config:
         parser.add_argument("--python-tools", action="store_true", help="aiosmtpd sink and Python load generator")
         parser.add_argument("--out", help="output folder (BENCH_OUT_DIR, default tests/perf/out)")
         parser.add_argument(
-            "--only", help="a comma list of scenarios to run, e.g. P1,P4 (BENCH_ONLY; default all: P1-P6)"
+            "--only", help="a comma list of scenarios to run, e.g. P1,P4 or P2,P7 (BENCH_ONLY; default all: P1-P7)"
         )
         args = parser.parse_args(argv)
         env = os.environ
@@ -121,7 +124,8 @@ class Config:
             # Embedded servers keep their data here; the smoke run gets a temp folder.
             data_dir=Path(data_dir).resolve() if data_dir else (None if args.smoke else out_dir / "data"),
             python_tools=args.python_tools,
-            install=not args.smoke and env.get("BENCH_INSTALL", "1") != "0",
+            # Installing packages (apt-get, maybe through sudo) only when asked: BENCH_INSTALL=1.
+            install=not args.smoke and env.get("BENCH_INSTALL", "0") == "1",
             database_url=env.get("DATABASE_URL", ""),
             redis_url=env.get("REDIS_URL", ""),
             # Ceilings take the best of both loops; the smoke run only tries uvloop.
@@ -152,7 +156,7 @@ def _apt_install(packages: list[str]) -> None:
             return
         sudo = ["sudo", "-n"]
     env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
-    log(f"installing {', '.join(packages)} with apt-get (set BENCH_INSTALL=0 to skip)")
+    log(f"installing {', '.join(packages)} with apt-get (BENCH_INSTALL=1)")
     try:
         subprocess.run([*sudo, "apt-get", "update", "-qq"], env=env, check=True, timeout=600)
         if "postfix" in packages:
@@ -177,6 +181,8 @@ def find_tools(cfg: Config) -> tuple[str | None, str | None]:
     if missing and cfg.install:
         _apt_install(missing)
         sink, wrk = _find_smtp_sink(), shutil.which("wrk")
+    if missing and not cfg.install:
+        log(f"note: {', '.join(missing)} not installed (BENCH_INSTALL=1 installs them with apt-get)")
     if sink is None:
         log("warning: no smtp-sink; using an aiosmtpd sink, which may itself limit P2")
     if wrk is None:
@@ -353,6 +359,8 @@ class Bench:
         self.org_id: uuid.UUID | None = None
         self.key = ""
         self.broadcasts: dict[str, uuid.UUID] = {}
+        # P2's ceiling, measured once and shared by P2 and P7: (emails/s, runs).
+        self.smtp_ceiling: tuple[float, dict[str, Any]] | None = None
 
     # -- start-up ----------------------------------------------------------------------
 
@@ -585,7 +593,7 @@ class Bench:
         """One active broadcast per scenario, made through the api as a user would."""
         import aiohttp
 
-        names = {"p1": "email", "p4": "email", "soak": "email", "p3": "whatsapp"}
+        names = {"p1": "email", "p4": "email", "soak": "email", "p3": "whatsapp", "p7": "email"}
         names |= {f"p2-{n}": "email" for n in self.cfg.p6_workers}
         base = f"{self.api_url}/orgs/{self.org_id}/broadcasts"
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {self.key}"}) as http:
@@ -610,12 +618,14 @@ class Bench:
 
     # -- helpers -----------------------------------------------------------------------
 
-    async def start_workers(self, n: int, tag: str) -> list[common.Child]:
+    async def start_workers(self, n: int, tag: str, extra_env: dict[str, str] | None = None) -> list[common.Child]:
         workers = []
         for i in range(n):
             workers.append(
                 await self.child(
-                    f"worker-{tag}-{i + 1}", [sys.executable, "-m", "shared.cli", "worker"], self.child_env
+                    f"worker-{tag}-{i + 1}",
+                    [sys.executable, "-m", "shared.cli", "worker"],
+                    self.child_env | (extra_env or {}),
                 )
             )
         return workers
@@ -847,17 +857,22 @@ class Bench:
         await asyncio.wait_for(asyncio.gather(*(filler() for _ in range(4))), timeout=600)
         return time.monotonic() - started
 
-    async def backlog_run(self, broadcast: str, channel: str, workers_n: int, *, sample: bool) -> dict[str, Any]:
+    async def backlog_run(
+        self, broadcast: str, channel: str, workers_n: int, *, sample: bool, extra_env: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         """Deliver a backlog with N workers started after it was built: the rate over a fixed
-        window after a warm-up, by Postgres's own sent_at."""
+        window after a warm-up, by Postgres's own sent_at. `extra_env`: the workers' own settings
+        on top of the scenario's (P7's DKIM)."""
         async with self.scenario_database(broadcast):
-            return await self._backlog_run(broadcast, channel, workers_n, sample=sample)
+            return await self._backlog_run(broadcast, channel, workers_n, sample=sample, extra_env=extra_env)
 
-    async def _backlog_run(self, broadcast: str, channel: str, workers_n: int, *, sample: bool) -> dict[str, Any]:
+    async def _backlog_run(
+        self, broadcast: str, channel: str, workers_n: int, *, sample: bool, extra_env: dict[str, str] | None
+    ) -> dict[str, Any]:
         cfg = self.cfg
         build_s = await self.build_backlog(broadcast, channel)
         log(f"{broadcast}: backlog of {cfg.backlog} {channel} sends built in {build_s:.1f} s; {workers_n} worker(s)")
-        workers = await self.start_workers(workers_n, broadcast)
+        workers = await self.start_workers(workers_n, broadcast, extra_env)
         sampler = RssSampler([w.pid for w in workers]) if sample else None
         first_seen: float | None = None
         exhausted = False
@@ -946,20 +961,31 @@ class Bench:
             "delivery_s": round(total_s, 2),
         }
 
-    async def p2_p6(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-        """Emails per second from a backlog with 1, 2, 4 workers; P2 is the 2-worker run."""
+    @property
+    def smtp_connections(self) -> int:
         from shared.config import Settings
 
+        return 2 * Settings.from_env(self.child_env).smtp_pool_size
+
+    async def p2_ceiling(self) -> tuple[float, dict[str, Any]]:
+        """aiosmtplib straight to the sink (P2's ceiling, and P7's): measured once per run."""
+        if self.smtp_ceiling is None:
+            cfg, connections = self.cfg, self.smtp_connections
+            log(f"P2 ceiling: aiosmtplib straight to {self.sink_name}, {connections} connections, best of {cfg.loops}")
+            self.smtp_ceiling = await self.best_of_loops(
+                [
+                    *(sys.executable, str(common.HERE / "ceilings.py"), "smtp"),
+                    *("--port", str(self.smtp_port), "--connections", str(connections)),
+                ],
+                "p2",
+            )
+        return self.smtp_ceiling
+
+    async def p2_p6(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """Emails per second from a backlog with 1, 2, 4 workers; P2 is the 2-worker run."""
         cfg = self.cfg
-        connections = 2 * Settings.from_env(self.child_env).smtp_pool_size
-        log(f"P2 ceiling: aiosmtplib straight to {self.sink_name}, {connections} connections, best of {cfg.loops}")
-        ceiling, runs = await self.best_of_loops(
-            [
-                *(sys.executable, str(common.HERE / "ceilings.py"), "smtp"),
-                *("--port", str(self.smtp_port), "--connections", str(connections)),
-            ],
-            "p2",
-        )
+        connections = self.smtp_connections
+        ceiling, runs = await self.p2_ceiling()
         by_workers: dict[str, dict[str, Any]] = {}
         for n in cfg.p6_workers:
             by_workers[str(n)] = await self.backlog_run(f"p2-{n}", "email", n, sample=n == 2)
@@ -978,6 +1004,48 @@ class Bench:
             {"workers": {n: r["rate"] for n, r in by_workers.items()}, "ceiling": ceiling},
             p2,
         )
+
+    def dkim_key(self) -> Path:
+        """A fresh RSA key for P7 (PEM, PKCS#8), in the output folder (git-ignored)."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=DKIM_KEY_BITS)
+        path = self.cfg.out_dir / "dkim-p7.pem"
+        path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        path.chmod(0o600)
+        return path
+
+    async def p7(self, p2: dict[str, Any] | None) -> dict[str, Any]:
+        """P2 with DKIM on: every email signed (rsa-sha256, a 2048-bit key) by the 2 workers,
+        beside the same ceiling (aiosmtplib sends unsigned: signing is the service's cost)."""
+        ceiling, _ = await self.p2_ceiling()
+        domain = common.EMAIL_TEMPLATE["from_email"].rpartition("@")[2]
+        dkim = {
+            "DKIM_SELECTOR": DKIM_SELECTOR,
+            "DKIM_DOMAIN": domain,
+            "DKIM_PRIVATE_KEY_PATH": str(self.dkim_key()),
+        }
+        log(f"P7: P2 with DKIM on (rsa-sha256, {DKIM_KEY_BITS}-bit key, d={domain})")
+        run = await self.backlog_run("p7", "email", 2, sample=False, extra_env=dkim)
+        self.details["P7"] = {"run": run}
+        out = {
+            "value": run["rate"],
+            "unit": "emails/s",
+            "ceiling": ceiling,
+            "ratio": _ratio(run["rate"], ceiling),
+            "workers": 2,
+            "dkim_key_bits": DKIM_KEY_BITS,
+            "window_s": run["window_s"],
+        }
+        if p2 is not None:  # P2 of the same run, for what signing costs
+            out["p2_value"] = p2["value"]
+            out["of_p2"] = _ratio(run["rate"], p2["value"])
+        return out
 
     async def p3(self) -> dict[str, Any]:
         """WhatsApp messages per second from a backlog to the sandbox, 2 workers."""
@@ -1093,6 +1161,8 @@ async def run_bench(cfg: Config) -> dict[str, Any]:
             result["P2"] = p2
             if "P6" in only:
                 result["P6"] = p6
+        if "P7" in only:
+            result["P7"] = await timed("P7", bench.p7(result.get("P2")))
         if "P3" in only:
             result["P3"] = await timed("P3", bench.p3())
 
@@ -1111,7 +1181,7 @@ async def run_bench(cfg: Config) -> dict[str, Any]:
                 "rss_growth_mb_per_min": growth,
                 "rss_growth_source": growth_source,
             }
-        result = {k: result[k] for k in ("machine", "P1", "P2", "P3", "P4", "P5", "P6") if k in result}
+        result = {k: result[k] for k in ("machine", "P1", "P2", "P3", "P4", "P5", "P6", "P7") if k in result}
         services = bench.details.pop("services")
     result["config"] = {
         "duration_s": cfg.duration_s,

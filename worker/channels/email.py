@@ -28,7 +28,7 @@ from email.policy import SMTP, SMTPUTF8, EmailPolicy, Policy
 import aiosmtplib
 
 from shared import metrics
-from shared.addresses import fold_header
+from shared.addresses import fold_header, single_mailbox
 from shared.config import Settings
 from worker.channels.base import (
     DeliveryResult,
@@ -132,9 +132,10 @@ def _headers(msg: RenderedEmail) -> EmailMessage:
     mime["From"] = sender
     mime["To"] = recipient
     if msg.reply_to:
-        # Rendered text such as `Help <help@acme.test>`: parsed by the lenient legacy parser.
-        mailboxes = [(n, a) for n, a in email.utils.getaddresses([header_text(msg.reply_to)]) if n or a]
-        mime["Reply-To"] = _address_header("Reply-To", mailboxes or [("", msg.reply_to)], policy)
+        # Rendered text such as `Help <help@acme.test>`: exactly one mailbox (render checked
+        # it already; InvalidAddress is a ValueError, so here it fails the build too).
+        name, address = single_mailbox(header_text(msg.reply_to))
+        mime["Reply-To"] = _address_header("Reply-To", [(name, address)], policy)
     mime["Subject"] = header_text(msg.subject)
     for name, value in msg.headers.items():
         mime[name] = header_text(value)
@@ -196,7 +197,7 @@ def _plain_header_line(name: str, value: str) -> str | None:
 def _plain_head(msg: RenderedEmail) -> bytes | None:
     """The header block written directly, when every header qualifies for `_plain_header_line`
     (From and To are built whole by `_mailbox` either way); else None."""
-    if needs_smtputf8(msg) or msg.reply_to:  # Reply-To is parsed by the lenient legacy parser
+    if needs_smtputf8(msg) or msg.reply_to:  # Reply-To may carry a name that needs encoding
         return None
     sender = _address_header("From", [(msg.from_name or "", msg.from_email)], SMTP_POLICY)
     recipient = _address_header("To", [(msg.to_name or "", msg.to)], SMTP_POLICY)
