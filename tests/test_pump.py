@@ -506,13 +506,23 @@ async def test_a_reclaimed_message_waits_for_the_worker_that_still_holds_it(own_
     assert await own_pool.fetchval("SELECT attempts FROM messages WHERE id = $1", still_sending) == 2
 
 
-async def test_a_pump_cut_off_from_postgres_past_its_lease_sends_nothing_twice(
-    settings: Settings, own_pool: asyncpg.Pool, admin_dsn: str
-) -> None:
-    """A real pump whose Postgres goes away for longer than its lease while it sends through
-    a slow SMTP server; another worker's reconciler reclaims its messages meanwhile. Back, the
-    pump writes the outcomes it kept and takes back what it still sends: each message goes
-    out once, and the pump claims nothing before it has caught up."""
+class ProxiedPump:
+    """A real pump on this test's database through a TcpProxy the test cuts, sending to an
+    SMTP server of its own that takes SMTP_LATENCY_S per message, four connections at once."""
+
+    SMTP_LATENCY_S = 0.3
+
+    def __init__(self, pump: Pump, ctx: WorkerContext, proxy: Any, smtp: Any) -> None:
+        self.pump, self.ctx, self.proxy, self.smtp = pump, ctx, proxy, smtp
+
+    def received(self) -> collections.Counter[str]:
+        """Message ids received by the SMTP server, each with how many times (the Message-ID
+        is <message id@domain>)."""
+        return collections.Counter(email.message_from_bytes(m.raw)["Message-ID"][1:37] for m in self.smtp.messages)
+
+
+@contextlib.asynccontextmanager
+async def proxied_pump(settings: Settings, own_pool: asyncpg.Pool, admin_dsn: str) -> AsyncIterator[ProxiedPump]:
     from shared.dev_inbox import start_smtp
     from tests.test_faults import TcpProxy
 
@@ -520,7 +530,7 @@ async def test_a_pump_cut_off_from_postgres_past_its_lease_sends_nothing_twice(
     receive = smtp.handler.handle_DATA
 
     async def slow(server: Any, session: Any, envelope: Any) -> str:
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(ProxiedPump.SMTP_LATENCY_S)
         return str(await receive(server, session, envelope))
 
     smtp.handler.handle_DATA = slow
@@ -547,36 +557,9 @@ async def test_a_pump_cut_off_from_postgres_past_its_lease_sends_nothing_twice(
     )
     pump = Pump(ctx, capacity=20, batch_size=20)
     try:
-        org_id = await orgs.create_org(own_pool, "pump outage")
-        ids: list[uuid.UUID] = []
-        for i in range(40):
-            ids += await insert_messages(own_pool, org_id, [1], to=f"outage-{i}@example.com")
-        await pump.start()
-        await smtp.wait_for(8, timeout_s=DEADLINE_S)
-        await proxy.cut()
-        await asyncio.sleep(own_settings.lease_s + 1.0)  # every lease held has expired
-        # Another worker's reconciler, which still reaches Postgres, takes them back.
-        reclaimed = await own_pool.fetchval(Q.reclaim_expired_leases, own_settings.retry_max_attempts, 30.0)
-        assert reclaimed > 0
-        await asyncio.sleep(2.5)  # past the 3.5 s after which outcome writes used to give up
-        await proxy.resume()
-
-        async def all_sent() -> bool:
-            n = await own_pool.fetchval("SELECT count(*) FROM messages WHERE id = ANY($1) AND status = 'sent'", ids)
-            return bool(n == len(ids))
-
-        # Within the grace (30 s): what was reclaimed is written or taken back, never claimed again.
-        await eventually(all_sent, timeout_s=DEADLINE_S, interval_s=0.1)
-        # The Message-ID is <message id@domain>.
-        received = collections.Counter(email.message_from_bytes(m.raw)["Message-ID"][1:37] for m in smtp.messages)
-        assert {str(i): 1 for i in ids} == dict(received), [k for k, n in received.items() if n > 1]
-        attempts = await own_pool.fetch("SELECT attempts FROM messages WHERE id = ANY($1)", ids)
-        assert {r["attempts"] for r in attempts} == {1}
-        taken_back = await own_pool.fetchval(
-            "SELECT count(*) FROM message_events WHERE message_id = ANY($1) AND detail LIKE 'taken back%'", ids
-        )
-        print(f"\n[pump outage] reclaimed while cut off: {reclaimed}, taken back: {taken_back}, sent once: {len(ids)}")
+        yield ProxiedPump(pump, ctx, proxy, smtp)
     finally:
+        await proxy.resume()  # whatever the test left cut, so that the stop below is quick
         await pump.stop(5.0)
         await ctx.close()
         await ctx.email.close()
@@ -585,3 +568,89 @@ async def test_a_pump_cut_off_from_postgres_past_its_lease_sends_nothing_twice(
         await redis.aclose()
         await proxy.close()
         await smtp.close()
+
+
+async def insert_to_distinct_addresses(pool: asyncpg.Pool, n: int, tag: str) -> list[uuid.UUID]:
+    org_id = await orgs.create_org(pool, tag)
+    ids: list[uuid.UUID] = []
+    for i in range(n):
+        ids += await insert_messages(pool, org_id, [1], to=f"{tag.replace(' ', '-')}-{i}@example.com")
+    return ids
+
+
+async def test_a_pump_cut_off_from_postgres_past_its_lease_sends_nothing_twice(
+    settings: Settings, own_pool: asyncpg.Pool, admin_dsn: str
+) -> None:
+    """A real pump whose Postgres goes away for longer than its lease while it sends through
+    a slow SMTP server; another worker's reconciler reclaims its messages meanwhile. Back, the
+    pump writes the outcomes it kept and takes back what it still sends: each message goes
+    out once, and the pump claims nothing before it has caught up."""
+    async with proxied_pump(settings, own_pool, admin_dsn) as p:
+        ids = await insert_to_distinct_addresses(own_pool, 40, "pump outage")
+        await p.pump.start()
+        await p.smtp.wait_for(8, timeout_s=DEADLINE_S)
+        await p.proxy.cut()
+        await asyncio.sleep(p.ctx.settings.lease_s + 1.0)  # every lease held has expired
+        # Another worker's reconciler, which still reaches Postgres, takes them back.
+        reclaimed = await own_pool.fetchval(Q.reclaim_expired_leases, p.ctx.settings.retry_max_attempts, 30.0)
+        assert reclaimed > 0
+        await asyncio.sleep(2.5)  # past the 3.5 s after which outcome writes used to give up
+        await p.proxy.resume()
+
+        async def all_sent() -> bool:
+            n = await own_pool.fetchval("SELECT count(*) FROM messages WHERE id = ANY($1) AND status = 'sent'", ids)
+            return bool(n == len(ids))
+
+        # Within the grace (30 s): what was reclaimed is written or taken back, never claimed again.
+        await eventually(all_sent, timeout_s=DEADLINE_S, interval_s=0.1)
+        received = p.received()
+        assert {str(i): 1 for i in ids} == dict(received), [k for k, n in received.items() if n > 1]
+        attempts = await own_pool.fetch("SELECT attempts FROM messages WHERE id = ANY($1)", ids)
+        assert {r["attempts"] for r in attempts} == {1}
+        taken_back = await own_pool.fetchval(
+            "SELECT count(*) FROM message_events WHERE message_id = ANY($1) AND detail LIKE 'taken back%'", ids
+        )
+        print(f"\n[pump outage] reclaimed while cut off: {reclaimed}, taken back: {taken_back}, sent once: {len(ids)}")
+
+
+async def test_a_pump_stopped_while_postgres_is_away_writes_what_it_sent_once_it_is_back(
+    settings: Settings, own_pool: asyncpg.Pool, admin_dsn: str
+) -> None:
+    """SIGTERM while Postgres is away, back within the drain: the pump keeps trying, writes
+    the outcome of every message it sent, gives back only what it never sent, and none is
+    left `sending` (to be sent again when its lease expires)."""
+    async with proxied_pump(settings, own_pool, admin_dsn) as p:
+        ids = await insert_to_distinct_addresses(own_pool, 40, "pump stop outage")
+        await p.pump.start()
+        await p.smtp.wait_for(4, timeout_s=DEADLINE_S)
+        await p.proxy.cut()
+        # The claims in hand (20, four at a time at the server) all finish within the drain.
+        stopping = asyncio.create_task(p.pump.stop(10.0))
+        await asyncio.sleep(5.0)  # past the 3.5 s after which outcome writes used to give up
+        assert not stopping.done()  # still trying to write what it sent
+        await p.proxy.resume()
+        await asyncio.wait_for(stopping, DEADLINE_S)
+        rows = await own_pool.fetch("SELECT id::text, status::text FROM messages WHERE id = ANY($1)", ids)
+        status = {r["id"]: r["status"] for r in rows}
+        received = p.received()
+        assert {i for i, s in status.items() if s == "sent"} == set(received), status
+        assert set(status.values()) <= {"sent", "queued"}, status
+        assert max(received.values()) == 1
+
+
+async def test_a_pump_stopped_while_postgres_stays_away_ends_within_its_drain(
+    settings: Settings, own_pool: asyncpg.Pool, admin_dsn: str
+) -> None:
+    """Postgres never comes back: outcome writes, retried without end while the worker runs,
+    give up at the end of the drain (plus STOP_WRITE_MIN_S), so a stop never hangs."""
+    from worker.pump import STOP_WRITE_MIN_S
+
+    async with proxied_pump(settings, own_pool, admin_dsn) as p:
+        await insert_to_distinct_addresses(own_pool, 10, "pump stop dead")
+        await p.pump.start()
+        await p.smtp.wait_for(2, timeout_s=DEADLINE_S)
+        await p.proxy.cut()
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(p.pump.stop(1.0), DEADLINE_S)
+        elapsed_s = asyncio.get_running_loop().time() - started
+        assert elapsed_s < 1.0 + STOP_WRITE_MIN_S + 2.0, elapsed_s

@@ -3,13 +3,23 @@
 A message is only sent after its claim in Postgres (`-> sending`, with a lease) has
 committed, so two workers never both take it. Once sent, its outcome is kept in memory and
 written (`record_batch`) however long Postgres is away, for as long as the process lives;
-the pump holds the message (and renews its lease) until then. Where a duplicate can still
-happen: a worker that dies (kill -9, machine loss) after the provider accepted a message
-and before its outcome is written; one stopped (SIGTERM) while Postgres stays unreachable
-through the end of its drain (what it could not write is lost with it); one cut off from
-Postgres while other workers still reach it, for longer than its lease plus the reclaim's
-grace (worker/reconcile.py); and an outcome Postgres refuses outright (a bug, not an
-outage). Each time, the reconciler reclaims the expired lease and the message is sent again.
+the pump holds the message and renews its lease until then, and a message the reconciler
+took back meanwhile still takes the outcome, or is taken back, until someone claims it
+again (shared/sql/delivery.sql).
+
+Where a duplicate can still happen (each time the reconciler reclaims the expired lease
+and the message is sent again):
+- a worker killed (kill -9, machine loss) after the provider accepted a message and before
+  its outcome was written;
+- a worker stopped (SIGTERM) while Postgres stays unreachable to the end of its drain: the
+  outcomes it could not write are lost with it;
+- a message still at the provider when a SIGTERM's drain ends (given back unfinished);
+- a worker cut off from Postgres while other workers still reach it, for longer than its
+  lease plus the reclaim's grace (worker/reconcile.py): another worker claims the message
+  before the first can write its outcome;
+- a Postgres crash (not a clean stop) within about half a second of an outcome being
+  written: the worker's commits do not wait for the WAL flush (worker/main.py);
+- an outcome Postgres refuses outright (a bug, not an outage): it is logged, not retried.
 """
 
 from __future__ import annotations

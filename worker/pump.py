@@ -59,6 +59,7 @@ ERROR_BACKOFF_S = 1.0
 # (worker/reconcile.py RECLAIM_GRACE_S).
 RENEW_RETRY_MIN_S = 0.1
 RENEW_RETRY_MAX_S = 1.0
+RENEW_LOG_EVERY = 20
 # On stop, the outcomes of messages sent get at least this long to be written after the
 # drain has cut the unfinished short (a send that finished at the last moment gets a few tries).
 STOP_WRITE_MIN_S = 3.0
@@ -81,7 +82,7 @@ class Pump:
         self.in_flight = 0  # claimed, not yet sent
         # Claimed, outcome not yet written: message id -> the claim's attempt number.
         self._held: dict[uuid.UUID, int] = {}
-        # Held and done with at the channel (sent, or failed for good): only the write is owed.
+        # Held and done with at the channel (their outcomes known): only the write is owed.
         # Never given back on stop: they would be sent again.
         self._unrecorded: set[uuid.UUID] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -94,6 +95,7 @@ class Pump:
         # for the outcomes owed to be written (`_catch_up`).
         self._trouble = False
         self._seen_write_failures = 0
+        self._renewal_failures = 0  # in a row
         self._loop_task: asyncio.Task[None] | None = None
         self._bell_task: asyncio.Task[None] | None = None
         self._lease_task: asyncio.Task[None] | None = None
@@ -202,7 +204,7 @@ class Pump:
             try:
                 await self._renew()
             except PASSING_DB_ERRORS as exc:
-                log.warning("lease_renewal_failed", error=str(exc))
+                self._renewal_failed(exc)
                 await asyncio.sleep(delay_s)
                 delay_s = min(RENEW_RETRY_MAX_S, delay_s * 2)
                 continue
@@ -274,8 +276,16 @@ class Pump:
         taken_back = await self.ctx.pool.fetchval(
             Q.renew_leases, list(held), list(held.values()), self.ctx.settings.lease_s
         )
+        self._renewal_failures = 0
         if taken_back:
             log.warning("pump_took_back_reclaimed", messages=taken_back)
+
+    def _renewal_failed(self, exc: BaseException) -> None:
+        self._trouble = True
+        self._renewal_failures += 1
+        # Tried about every second while Postgres is away: logged when it starts, then now and then.
+        if self._renewal_failures % RENEW_LOG_EVERY == 1:
+            log.warning("lease_renewal_failed", tries=self._renewal_failures, held=len(self._held), error=str(exc))
 
     async def _renew_leases(self) -> None:
         """Every third of a lease, extend the leases of the messages still held: a message
@@ -290,8 +300,7 @@ class Pump:
             try:
                 await self._renew()
             except PASSING_DB_ERRORS as exc:
-                log.warning("lease_renewal_failed", error=str(exc))
-                self._trouble = True
+                self._renewal_failed(exc)
                 delay_s = min(period_s, retry_s)
                 retry_s = min(RENEW_RETRY_MAX_S, retry_s * 2)
             else:
