@@ -559,15 +559,39 @@ async def test_postgres_down_mid_burst_sends_nothing_twice(stack: Stack, capsys:
         await asyncio.sleep(OUTAGE_S)
         await proxy.resume()
         back = asyncio.get_running_loop().time()
+        # Everything the SMTP server has by now went out before Postgres was back: the outcomes
+        # the workers kept through the outage.
+        kept = list({rcpt for m in stack.smtp.messages for rcpt in m.rcpt_tos})
+
+        async def kept_written() -> bool:
+            n = await stack.pool.fetchval(
+                "SELECT count(*) FROM messages WHERE to_address = ANY($1) AND status = 'sent'", kept
+            )
+            return bool(n == len(kept))
+
+        await eventually(kept_written, timeout_s=60, interval_s=0.1)
+        kept_written_s = asyncio.get_running_loop().time() - back
         await stack.settle(ids, timeout_s=120)
         drain_s = asyncio.get_running_loop().time() - back
         result = await stack.report("postgres down 10 s mid-burst", ids, capsys)
+        events = dict(
+            await stack.pool.fetch(
+                "SELECT (CASE WHEN detail LIKE 'taken back%' THEN 'taken_back' ELSE 'reclaimed' END) AS k, count(*)"
+                " FROM message_events WHERE message_id = ANY($1::uuid[])"
+                " AND (detail LIKE 'taken back%' OR detail LIKE 'the worker handling this message stopped%')"
+                " GROUP BY 1",
+                ids,
+            )
+        )
         with capsys.disabled():
             print(
                 f"[fault] postgres down {OUTAGE_S:.0f} s, {OUTAGE_SENDS} sends, SMTP {SMTP_LATENCY_S * 1000:.0f} ms:"
                 f" sent={result['sent']} delivered={result['delivered']} duplicates={result['duplicates']}"
                 f" lost={result['lost']} drain_after_outage_s={drain_s:.1f}"
-                f" (delivery rate before the outage: {rate:.0f}/s)"
+                f" (delivery rate before the outage: {rate:.0f}/s);"
+                f" {len(kept)} sent before Postgres was back, their outcomes written {kept_written_s:.1f} s after;"
+                f" reclaimed meanwhile: {events.get('reclaimed', 0)}, taken back by their worker:"
+                f" {events.get('taken_back', 0)}"
             )
         assert result["lost"] == 0 and result["sent"] == OUTAGE_SENDS
         assert result["duplicates"] == 0

@@ -214,7 +214,10 @@ async def _record_until_written(ctx: WorkerContext, batch: list[tuple[uuid.UUID,
 
 
 async def _record(ctx: WorkerContext, batch: list[tuple[uuid.UUID, list[Outcome]]]) -> None:
-    outcomes = [o for _, group in batch for o in group]
+    # In id order: Postgres locks the rows in that order when it looks each id up in the
+    # primary key (its plan on any sizeable table), as renew_leases does, so a lease renewal
+    # running beside this write does not deadlock with it (a deadlock would only cost a retry).
+    outcomes = sorted((o for _, group in batch for o in group), key=lambda o: o.message_id)
     # Sorted, so that two workers suppressing the same addresses take their locks in one order.
     suppressions = sorted(
         {(org_id, o.suppress.lower()): o for org_id, group in batch for o in group if o.suppress}.items(),

@@ -34,16 +34,23 @@ SELECT id FROM updated;
 -- a lease also expires when Postgres itself was away, and the worker still holding the
 -- message (alive, reconnecting) then writes its outcome or takes it back (record_outcomes,
 -- renew_leases) before anyone claims it again.
-WITH reclaimed AS (
-    UPDATE messages
-    SET status = CASE WHEN attempts >= $1 THEN 'failed'::message_status ELSE 'queued'::message_status END,
-        next_attempt_at = CASE WHEN attempts >= $1 THEN NULL ELSE now() + make_interval(secs => $2) END,
-        updated_at = now(),
-        error = CASE WHEN attempts >= $1
-            THEN format('gave up after %s attempts: the worker handling it stopped each time', attempts)
-            ELSE 'the worker handling this message stopped; retrying' END
+-- SKIP LOCKED: a row locked by its worker's outcome write or lease renewal under way is
+-- left alone (that worker is alive); the reclaim never waits for it nor deadlocks with it.
+WITH expired AS (
+    SELECT id FROM messages
     WHERE status = 'sending' AND lease_expires_at < now()
-    RETURNING id, status, error
+    FOR UPDATE SKIP LOCKED
+), reclaimed AS (
+    UPDATE messages m
+    SET status = CASE WHEN m.attempts >= $1 THEN 'failed'::message_status ELSE 'queued'::message_status END,
+        next_attempt_at = CASE WHEN m.attempts >= $1 THEN NULL ELSE now() + make_interval(secs => $2) END,
+        updated_at = now(),
+        error = CASE WHEN m.attempts >= $1
+            THEN format('gave up after %s attempts: the worker handling it stopped each time', m.attempts)
+            ELSE 'the worker handling this message stopped; retrying' END
+    FROM expired
+    WHERE m.id = expired.id
+    RETURNING m.id, m.status, m.error
 ), logged AS (
     INSERT INTO message_events (message_id, status, detail)
     SELECT id, status, error FROM reclaimed
@@ -124,6 +131,9 @@ WITH held AS (
     FROM messages m
     JOIN unnest($1::uuid[], $2::int[]) AS c(id, attempts) ON m.id = c.id AND m.attempts = c.attempts
     WHERE m.status = 'sending' OR (m.status IN ('queued', 'failed') AND m.lease_expires_at IS NOT NULL)
+    -- In id order, as the worker sorts its outcome writes: the two run side by side on the
+    -- same rows, and must not deadlock.
+    ORDER BY m.id
     FOR UPDATE OF m
 ), renewed AS (
     UPDATE messages m
