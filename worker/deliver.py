@@ -19,7 +19,8 @@ and the message is sent again):
   before the first can write its outcome;
 - a Postgres crash (not a clean stop) within about half a second of an outcome being
   written: the worker's commits do not wait for the WAL flush (worker/main.py);
-- an outcome Postgres refuses outright (a bug, not an outage): it is logged, not retried.
+- an outcome Postgres refuses outright (a bug, not an outage): it is logged, not retried;
+- a WhatsApp request that timed out after Meta accepted it (retried as transient).
 """
 
 from __future__ import annotations
