@@ -27,8 +27,10 @@ from shared.config import Settings
 from shared.dev_inbox import start_smtp
 from shared.embedded import create_database, drop_database
 from shared.migrate import migrate
+from shared.sql import Q
 from tests.helpers import EMAIL_TEMPLATE, eventually, make_broadcast
 from tests.procs import WorkerProcess
+from worker.reconcile import RECLAIM_GRACE_S
 
 BURST = 120
 SETTLE_TIMEOUT_S = 60.0
@@ -99,8 +101,13 @@ class Stack:
         rows = await self.pool.fetch("SELECT status FROM messages WHERE id = ANY($1::uuid[])", ids)
         return collections.Counter(r["status"] for r in rows)
 
-    async def settle(self, ids: list[str], done: frozenset[str] = frozenset({"sent", "failed"})) -> None:
-        deadline = asyncio.get_running_loop().time() + SETTLE_TIMEOUT_S
+    async def settle(
+        self,
+        ids: list[str],
+        done: frozenset[str] = frozenset({"sent", "failed"}),
+        timeout_s: float = SETTLE_TIMEOUT_S,
+    ) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout_s
         while asyncio.get_running_loop().time() < deadline:
             counts = await self.statuses(ids)
             if sum(counts[s] for s in done) == len(ids):
@@ -419,6 +426,7 @@ class TcpProxy:
         self.connections = 0
         self.stalled = False
         self.port = 0
+        self._handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]] | None = None
 
     async def _start(self, connect: Connect) -> None:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -437,6 +445,7 @@ class TcpProxy:
 
             await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
 
+        self._handle = handle
         self.server = await asyncio.start_server(handle, "127.0.0.1", 0)
         self.port = self.server.sockets[0].getsockname()[1]
 
@@ -488,6 +497,15 @@ class TcpProxy:
             w.close()
         await asyncio.sleep(0.1)
 
+    async def resume(self) -> None:
+        """After `cut`: accept connections again on the same port (the server is back)."""
+        assert self._handle is not None and self.server is not None
+        if self.server.is_serving():
+            return
+        with contextlib.suppress(Exception):
+            await self.server.wait_closed()
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
     async def close(self) -> None:
         if self.server is not None:
             self.server.close()
@@ -507,3 +525,81 @@ async def test_sigterm_drains_the_worker(stack: Stack, capsys: Any) -> None:
     await stack.settle(ids)
     result = await stack.report("worker SIGTERM mid-burst", ids, capsys)
     assert result["lost"] == 0 and result["sent"] == BURST and result["duplicates"] == 0
+
+
+OUTAGE_SENDS = 2000
+OUTAGE_S = 10.0
+SMTP_LATENCY_S = 0.3
+
+
+async def test_postgres_down_mid_burst_sends_nothing_twice(stack: Stack, capsys: Any) -> None:
+    """Postgres goes away for 10 s (every worker's connections dropped, new ones refused) in
+    the middle of 2,000 sends with 300 ms SMTP latency, three times the lease (3 s), and a
+    reconciler reclaims every expired lease the moment it is back: the workers keep the
+    outcomes of what they sent until they can write them, write them or take the messages
+    back before anyone claims them again, and nothing goes out twice."""
+    handler = stack.smtp.handler
+    receive = handler.handle_DATA
+
+    async def slow(server: Any, session: Any, envelope: Any) -> str:
+        await asyncio.sleep(SMTP_LATENCY_S)
+        return str(await receive(server, session, envelope))
+
+    handler.handle_DATA = slow
+    ids = await stack.burst(OUTAGE_SENDS)  # accepted and queued before any worker runs
+    assert len(ids) == OUTAGE_SENDS
+    proxy, dsn = await TcpProxy.to_postgres(stack.settings.database_url)
+    try:
+        # Two workers, both behind the proxy: each one's reconciler may reclaim the other's
+        # messages the moment Postgres is back.
+        through_proxy = stack.settings.replace(database_url=dsn, smtp_pool_size=25, worker_concurrency=100)
+        await stack.worker(through_proxy)
+        await stack.worker(through_proxy)
+        started = asyncio.get_running_loop().time()
+        await wait_delivered(stack, OUTAGE_SENDS // 4, timeout_s=60)
+        rate = len(stack.smtp.messages) / (asyncio.get_running_loop().time() - started)
+        await proxy.cut()
+        await asyncio.sleep(OUTAGE_S)
+        await proxy.resume()
+        back = asyncio.get_running_loop().time()
+        # The worst order on Postgres' return: a reconciler gets there before the workers that
+        # hold the messages (they retry within a second) and reclaims every expired lease.
+        await stack.pool.fetchval(Q.reclaim_expired_leases, stack.settings.retry_max_attempts, RECLAIM_GRACE_S)
+        # Everything the SMTP server has by now went out before Postgres was back: the outcomes
+        # the workers kept through the outage.
+        kept = list({rcpt for m in stack.smtp.messages for rcpt in m.rcpt_tos})
+
+        async def kept_written() -> bool:
+            n = await stack.pool.fetchval(
+                "SELECT count(*) FROM messages WHERE to_address = ANY($1) AND status = 'sent'", kept
+            )
+            return bool(n == len(kept))
+
+        await eventually(kept_written, timeout_s=60, interval_s=0.1)
+        kept_written_s = asyncio.get_running_loop().time() - back
+        await stack.settle(ids, timeout_s=120)
+        drain_s = asyncio.get_running_loop().time() - back
+        result = await stack.report("postgres down 10 s mid-burst", ids, capsys)
+        events = dict(
+            await stack.pool.fetch(
+                "SELECT (CASE WHEN detail LIKE 'taken back%' THEN 'taken_back' ELSE 'reclaimed' END) AS k, count(*)"
+                " FROM message_events WHERE message_id = ANY($1::uuid[])"
+                " AND (detail LIKE 'taken back%' OR detail LIKE 'the worker handling this message stopped%')"
+                " GROUP BY 1",
+                ids,
+            )
+        )
+        with capsys.disabled():
+            print(
+                f"[fault] postgres down {OUTAGE_S:.0f} s, {OUTAGE_SENDS} sends, SMTP {SMTP_LATENCY_S * 1000:.0f} ms:"
+                f" sent={result['sent']} delivered={result['delivered']} duplicates={result['duplicates']}"
+                f" lost={result['lost']} drain_after_outage_s={drain_s:.1f}"
+                f" (delivery rate before the outage: {rate:.0f}/s);"
+                f" {len(kept)} sent before Postgres was back, their outcomes written {kept_written_s:.1f} s after;"
+                f" reclaimed meanwhile: {events.get('reclaimed', 0)}, taken back by their worker:"
+                f" {events.get('taken_back', 0)}"
+            )
+        assert result["lost"] == 0 and result["sent"] == OUTAGE_SENDS
+        assert result["duplicates"] == 0
+    finally:
+        await proxy.close()

@@ -8,6 +8,7 @@ the session database) cannot take their messages; they call the claim statements
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import email
 import uuid
@@ -24,7 +25,7 @@ from redis.asyncio import Redis
 from api.send_waiter import SendWaiter
 from shared import db, orgs, sending
 from shared.config import Settings
-from shared.embedded import create_database, drop_database
+from shared.embedded import create_database, database_dsn, drop_database
 from shared.migrate import migrate
 from shared.redis_keys import RedisKeys
 from shared.sql import Q
@@ -245,7 +246,7 @@ async def test_expired_leases_come_back_and_a_stale_claim_changes_nothing(own_po
     assert {r["id"] for r in rows} == {again, spent}
     await own_pool.execute("UPDATE messages SET attempts = 5 WHERE id = $1", spent)
     await own_pool.execute("UPDATE messages SET lease_expires_at = now() - interval '1 second'")
-    assert await own_pool.fetchval(Q.reclaim_expired_leases, 5) == 2
+    assert await own_pool.fetchval(Q.reclaim_expired_leases, 5, 0.0) == 2
     status = dict(await own_pool.fetch("SELECT id, status FROM messages"))
     assert status == {again: "queued", spent: "failed"}
     assert [e["status"] for e in await events_of(own_pool, spent)][-1] == "failed"
@@ -446,3 +447,210 @@ async def test_background_false_with_two_templates_answers_both_sent(
     assert len({x["template_id"] for x in recs}) == 2
     subjects = sorted(email.message_from_bytes(m.raw)["Subject"] for m in smtp_server.messages if to in m.rcpt_tos)
     assert subjects == ["Second copy: 909090", "Your code is 909090"]
+
+
+async def test_a_reclaimed_message_waits_for_the_worker_that_still_holds_it(own_pool: asyncpg.Pool) -> None:
+    """Leases also expire while Postgres is away with their worker alive. A reclaimed message
+    is due only after the grace, and until someone claims it again the worker that held it
+    can still write its outcome (it went out) or take it back (it is still sending it)."""
+    org_id = await orgs.create_org(own_pool, "pump reclaim grace")
+    sent_late, still_sending, spent = await insert_messages(own_pool, org_id, [1, 1, 1])
+    rows = await own_pool.fetch(Q.claim_due, 10, LEASE_S)
+    assert {r["id"] for r in rows} == {sent_late, still_sending, spent}
+    await own_pool.execute("UPDATE messages SET attempts = 5 WHERE id = $1", spent)
+    await own_pool.execute("UPDATE messages SET lease_expires_at = now() - interval '1 second'")
+    assert await own_pool.fetchval(Q.reclaim_expired_leases, 5, 60.0) == 3
+    status = dict(await own_pool.fetch("SELECT id, status::text FROM messages"))
+    assert status == {sent_late: "queued", still_sending: "queued", spent: "failed"}
+    # Not due before the grace is over: nobody claims them meanwhile.
+    assert await own_pool.fetch(Q.claim_due, 10, LEASE_S) == []
+
+    # The holder is back: the outcome of the one it sent lands, fenced by the same attempt...
+    await own_pool.fetch(
+        Q.record_outcomes, [sent_late, spent], ["sent"] * 2, ["a", "c"], [None] * 2, [None] * 2, [1, 5]
+    )
+    row = await own_pool.fetchrow(
+        "SELECT status::text, external_message_id, lease_expires_at FROM messages WHERE id = $1", sent_late
+    )
+    assert row is not None and dict(row) == {"status": "sent", "external_message_id": "a", "lease_expires_at": None}
+    assert await own_pool.fetchval("SELECT status::text FROM messages WHERE id = $1", spent) == "sent"
+    # ... and only once: the same write again (a retry after an unknown result) changes nothing.
+    assert await own_pool.fetch(Q.record_outcomes, [sent_late], ["sent"], ["b"], [None], [None], [1]) == []
+    assert [e["status"] for e in await events_of(own_pool, sent_late)] == ["queued", "sending", "queued", "sent"]
+
+    # The one still at the provider is taken back by the holder's renewal, and logged so.
+    assert await own_pool.fetchval(Q.renew_leases, [still_sending, sent_late], [1, 1], LEASE_S) == 1
+    row = await own_pool.fetchrow(
+        "SELECT status::text, next_attempt_at, error, lease_expires_at > now() AS leased FROM messages WHERE id = $1",
+        still_sending,
+    )
+    assert row is not None and dict(row) == {
+        "status": "sending",
+        "next_attempt_at": None,
+        "error": None,
+        "leased": True,
+    }
+    assert [e["status"] for e in await events_of(own_pool, still_sending)] == ["queued", "sending", "queued", "sending"]
+    # A renewal of a lease that is still its own takes nothing back.
+    assert await own_pool.fetchval(Q.renew_leases, [still_sending], [1], LEASE_S) == 0
+
+    # Once claimed again by someone else, the old claim's outcome and renewal are fenced off.
+    await own_pool.execute(
+        "UPDATE messages SET lease_expires_at = now() - interval '1 second' WHERE id = $1", still_sending
+    )
+    assert await own_pool.fetchval(Q.reclaim_expired_leases, 5, 0.0) == 1
+    (again,) = await own_pool.fetch(Q.claim_due, 10, LEASE_S)
+    assert again["id"] == still_sending and again["attempts"] == 2
+    assert await own_pool.fetchval(Q.renew_leases, [still_sending], [1], LEASE_S) == 0
+    assert await own_pool.fetch(Q.record_outcomes, [still_sending], ["sent"], ["x"], [None], [None], [1]) == []
+    assert await own_pool.fetchval("SELECT attempts FROM messages WHERE id = $1", still_sending) == 2
+
+
+class ProxiedPump:
+    """A real pump on this test's database through a TcpProxy the test cuts, sending to an
+    SMTP server of its own that takes SMTP_LATENCY_S per message, four connections at once."""
+
+    SMTP_LATENCY_S = 0.3
+
+    def __init__(self, pump: Pump, ctx: WorkerContext, proxy: Any, smtp: Any) -> None:
+        self.pump, self.ctx, self.proxy, self.smtp = pump, ctx, proxy, smtp
+
+    def received(self) -> collections.Counter[str]:
+        """Message ids received by the SMTP server, each with how many times (the Message-ID
+        is <message id@domain>)."""
+        return collections.Counter(email.message_from_bytes(m.raw)["Message-ID"][1:37] for m in self.smtp.messages)
+
+
+@contextlib.asynccontextmanager
+async def proxied_pump(settings: Settings, own_pool: asyncpg.Pool, admin_dsn: str) -> AsyncIterator[ProxiedPump]:
+    from shared.dev_inbox import start_smtp
+    from tests.test_faults import TcpProxy
+
+    smtp = await start_smtp("127.0.0.1", 0)
+    receive = smtp.handler.handle_DATA
+
+    async def slow(server: Any, session: Any, envelope: Any) -> str:
+        await asyncio.sleep(ProxiedPump.SMTP_LATENCY_S)
+        return str(await receive(server, session, envelope))
+
+    smtp.handler.handle_DATA = slow
+    name = await own_pool.fetchval("SELECT current_database()")
+    proxy, proxied = await TcpProxy.to_postgres(database_dsn(admin_dsn, name))
+    run = uuid.uuid4().hex[:8]
+    own_settings = settings.replace(
+        redis_prefix=f"tidings-test-pump:{run}:",
+        queue_name=f"tidings-test-pump:{run}:queue",
+        smtp_port=smtp.port,
+        smtp_pool_size=4,
+        lease_s=1.5,
+        retry_max_attempts=5,
+    )
+    redis = Redis.from_url(settings.redis_url)
+    pump_pool = await db.create_pool(proxied, min_size=1, max_size=4)
+    ctx = WorkerContext(
+        settings=own_settings,
+        pool=pump_pool,
+        redis=redis,
+        keys=RedisKeys(own_settings.redis_prefix),
+        email=EmailChannel(own_settings),
+        whatsapp=WhatsAppChannel(own_settings),
+    )
+    pump = Pump(ctx, capacity=20, batch_size=20)
+    try:
+        yield ProxiedPump(pump, ctx, proxy, smtp)
+    finally:
+        await proxy.resume()  # whatever the test left cut, so that the stop below is quick
+        await pump.stop(5.0)
+        await ctx.close()
+        await ctx.email.close()
+        await ctx.whatsapp.close()
+        await pump_pool.close()
+        await redis.aclose()
+        await proxy.close()
+        await smtp.close()
+
+
+async def insert_to_distinct_addresses(pool: asyncpg.Pool, n: int, tag: str) -> list[uuid.UUID]:
+    org_id = await orgs.create_org(pool, tag)
+    ids: list[uuid.UUID] = []
+    for i in range(n):
+        ids += await insert_messages(pool, org_id, [1], to=f"{tag.replace(' ', '-')}-{i}@example.com")
+    return ids
+
+
+async def test_a_pump_cut_off_from_postgres_past_its_lease_sends_nothing_twice(
+    settings: Settings, own_pool: asyncpg.Pool, admin_dsn: str
+) -> None:
+    """A real pump whose Postgres goes away for longer than its lease while it sends through
+    a slow SMTP server; another worker's reconciler reclaims its messages meanwhile. Back, the
+    pump writes the outcomes it kept and takes back what it still sends: each message goes
+    out once, and the pump claims nothing before it has caught up."""
+    async with proxied_pump(settings, own_pool, admin_dsn) as p:
+        ids = await insert_to_distinct_addresses(own_pool, 40, "pump outage")
+        await p.pump.start()
+        await p.smtp.wait_for(8, timeout_s=DEADLINE_S)
+        await p.proxy.cut()
+        await asyncio.sleep(p.ctx.settings.lease_s + 1.0)  # every lease held has expired
+        # Another worker's reconciler, which still reaches Postgres, takes them back.
+        reclaimed = await own_pool.fetchval(Q.reclaim_expired_leases, p.ctx.settings.retry_max_attempts, 30.0)
+        assert reclaimed > 0
+        await asyncio.sleep(2.5)  # past the 3.5 s after which outcome writes used to give up
+        await p.proxy.resume()
+
+        async def all_sent() -> bool:
+            n = await own_pool.fetchval("SELECT count(*) FROM messages WHERE id = ANY($1) AND status = 'sent'", ids)
+            return bool(n == len(ids))
+
+        # Within the grace (30 s): what was reclaimed is written or taken back, never claimed again.
+        await eventually(all_sent, timeout_s=DEADLINE_S, interval_s=0.1)
+        received = p.received()
+        assert {str(i): 1 for i in ids} == dict(received), [k for k, n in received.items() if n > 1]
+        attempts = await own_pool.fetch("SELECT attempts FROM messages WHERE id = ANY($1)", ids)
+        assert {r["attempts"] for r in attempts} == {1}
+        taken_back = await own_pool.fetchval(
+            "SELECT count(*) FROM message_events WHERE message_id = ANY($1) AND detail LIKE 'taken back%'", ids
+        )
+        print(f"\n[pump outage] reclaimed while cut off: {reclaimed}, taken back: {taken_back}, sent once: {len(ids)}")
+
+
+async def test_a_pump_stopped_while_postgres_is_away_writes_what_it_sent_once_it_is_back(
+    settings: Settings, own_pool: asyncpg.Pool, admin_dsn: str
+) -> None:
+    """SIGTERM while Postgres is away, back within the drain: the pump keeps trying, writes
+    the outcome of every message it sent, gives back only what it never sent, and none is
+    left `sending` (to be sent again when its lease expires)."""
+    async with proxied_pump(settings, own_pool, admin_dsn) as p:
+        ids = await insert_to_distinct_addresses(own_pool, 40, "pump stop outage")
+        await p.pump.start()
+        await p.smtp.wait_for(4, timeout_s=DEADLINE_S)
+        await p.proxy.cut()
+        # The claims in hand (20, four at a time at the server) all finish within the drain.
+        stopping = asyncio.create_task(p.pump.stop(10.0))
+        await asyncio.sleep(5.0)  # past the 3.5 s after which outcome writes used to give up
+        assert not stopping.done()  # still trying to write what it sent
+        await p.proxy.resume()
+        await asyncio.wait_for(stopping, DEADLINE_S)
+        rows = await own_pool.fetch("SELECT id::text, status::text FROM messages WHERE id = ANY($1)", ids)
+        status = {r["id"]: r["status"] for r in rows}
+        received = p.received()
+        assert {i for i, s in status.items() if s == "sent"} == set(received), status
+        assert set(status.values()) <= {"sent", "queued"}, status
+        assert max(received.values()) == 1
+
+
+async def test_a_pump_stopped_while_postgres_stays_away_ends_within_its_drain(
+    settings: Settings, own_pool: asyncpg.Pool, admin_dsn: str
+) -> None:
+    """Postgres never comes back: outcome writes, retried without end while the worker runs,
+    give up at the end of the drain (plus STOP_WRITE_MIN_S), so a stop never hangs."""
+    from worker.pump import STOP_WRITE_MIN_S
+
+    async with proxied_pump(settings, own_pool, admin_dsn) as p:
+        await insert_to_distinct_addresses(own_pool, 10, "pump stop dead")
+        await p.pump.start()
+        await p.smtp.wait_for(2, timeout_s=DEADLINE_S)
+        await p.proxy.cut()
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(p.pump.stop(1.0), DEADLINE_S)
+        elapsed_s = asyncio.get_running_loop().time() - started
+        assert elapsed_s < 1.0 + STOP_WRITE_MIN_S + 2.0, elapsed_s

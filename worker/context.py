@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import uuid
 from typing import TYPE_CHECKING
@@ -32,6 +33,12 @@ class WorkerContext:
     outcomes: Batcher[tuple[uuid.UUID, list[Outcome]], None] = dataclasses.field(init=False)
     # Templates render in child processes bounded in CPU and memory (started on first use).
     renderer: RenderPool = dataclasses.field(default_factory=RenderPool)
+    # Failed tries at writing outcomes so far (they are retried until written): the pump
+    # claims nothing new after one until what it owes is written (worker/pump.py).
+    outcome_write_failures: int = 0
+    # When set (a loop time), outcome writes still failing past it give up: a stopping worker's
+    # drain is over. Unset, they are retried for as long as the process lives.
+    outcomes_deadline: float | None = None
 
     def __post_init__(self) -> None:
         from worker.deliver import record_batch
@@ -39,5 +46,8 @@ class WorkerContext:
         self.outcomes = Batcher(lambda batch: record_batch(self, batch), max_size=500)
 
     async def close(self) -> None:
+        if self.outcomes_deadline is None:
+            # Closed without a drain (Pump.stop sets one): writes still failing end at their next try.
+            self.outcomes_deadline = asyncio.get_running_loop().time()
         await self.outcomes.close()
         await self.renderer.close()

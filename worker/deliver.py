@@ -1,9 +1,26 @@
 """Delivery: render, send and record the messages a pump claimed (worker/pump.py).
 
 A message is only sent after its claim in Postgres (`-> sending`, with a lease) has
-committed, so two workers never both take it. The one window for a duplicate send is a
-worker killed after the provider accepted a message and before `record_outcomes`
-committed; the reconciler then reclaims the expired lease and it is sent again.
+committed, so two workers never both take it. Once sent, its outcome is kept in memory and
+written (`record_batch`) however long Postgres is away, for as long as the process lives;
+the pump holds the message and renews its lease until then, and a message the reconciler
+took back meanwhile still takes the outcome, or is taken back, until someone claims it
+again (shared/sql/delivery.sql).
+
+Where a duplicate can still happen (each time the reconciler reclaims the expired lease
+and the message is sent again):
+- a worker killed (kill -9, machine loss) after the provider accepted a message and before
+  its outcome was written;
+- a worker stopped (SIGTERM) while Postgres stays unreachable to the end of its drain: the
+  outcomes it could not write are lost with it;
+- a message still at the provider when a SIGTERM's drain ends (given back unfinished);
+- a worker cut off from Postgres while other workers still reach it, for longer than its
+  lease plus the reclaim's grace (worker/reconcile.py): another worker claims the message
+  before the first can write its outcome;
+- a Postgres crash (not a clean stop) within about half a second of an outcome being
+  written: the worker's commits do not wait for the WAL flush (worker/main.py);
+- an outcome Postgres refuses outright (a bug, not an outage): it is logged, not retried;
+- a WhatsApp request that timed out after Meta accepted it (retried as transient).
 """
 
 from __future__ import annotations
@@ -65,12 +82,16 @@ def backoff_s(ctx: WorkerContext, attempts: int, retry_after_s: float | None) ->
     return float(max(delay, retry_after_s or 0.0))
 
 
-async def deliver_group(ctx: WorkerContext, rows: list[Any], on_sent: Callable[[], None] | None = None) -> None:
+async def deliver_group(
+    ctx: WorkerContext, rows: list[Any], on_sent: Callable[[list[uuid.UUID]], None] | None = None
+) -> None:
     """Where a message is rendered and sent: the claimed messages of one send, concurrently.
 
-    `on_sent` is called once the channel is done with them. Their outcomes are written
-    together with other groups' (`ctx.outcomes`); a waiting caller (`sends.notify`) is told
-    on Redis once they are.
+    `on_sent` is called with the ids of the messages the channel is done with (all of them;
+    or, when cancelled, those that finished): their outcomes are known and must be written,
+    never sent again. They are written together with other groups' (`ctx.outcomes`), retried
+    until they are (`record_batch`); a waiting caller (`sends.notify`) is told on Redis once
+    they are.
     """
     started = time.perf_counter()
     first = rows[0]
@@ -85,10 +106,12 @@ async def deliver_group(ctx: WorkerContext, rows: list[Any], on_sent: Callable[[
             # only the unfinished ones are given back (and sent again).
             finished = [t.result() for t in sends if t.done() and not t.cancelled() and t.exception() is None]
             if finished:
+                if on_sent is not None:
+                    on_sent([o.message_id for o in finished])
                 await asyncio.shield(ctx.outcomes.submit((first["org_id"], finished)))
             raise
     if on_sent is not None:
-        on_sent()
+        on_sent([o.message_id for o in outcomes])
     await ctx.outcomes.submit((first["org_id"], outcomes))
     if first["notify"]:
         payload = {
@@ -115,41 +138,87 @@ async def deliver_group(ctx: WorkerContext, rows: list[Any], on_sent: Callable[[
     )
 
 
-# An outcome write that fails for a passing reason (connection lost, failover, deadlock) is
-# tried again this many times, this long apart: its messages were sent, and losing the write
-# would send them again once their lease expired.
-RECORD_TRIES = 4
-RECORD_RETRY_S = 0.5
-_PASSING = (
+# An outcome write that fails for a passing reason (Postgres stopped or restarting, connection
+# lost, failover, deadlock) is tried again, backing off from RECORD_RETRY_MIN_S to
+# RECORD_RETRY_MAX_S, for as long as the process lives: its messages were sent, and losing
+# the write would send them again once their lease expired. Only a stopping worker gives up,
+# at `ctx.outcomes_deadline` (the end of its drain).
+RECORD_RETRY_MIN_S = 0.1
+RECORD_RETRY_MAX_S = 1.0
+# A long outage is logged on the first failed try and then every this many.
+RECORD_LOG_EVERY = 20
+PASSING_DB_ERRORS = (
     OSError,
     TimeoutError,
     asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
+    asyncpg.PostgresConnectionError,  # class 08: connection lost or refused
+    asyncpg.OperatorInterventionError,  # class 57: shutting down, starting up, statement cancelled
+    asyncpg.InsufficientResourcesError,  # class 53: too many connections, disk full
     asyncpg.DeadlockDetectedError,
     asyncpg.SerializationError,
-    asyncpg.CannotConnectNowError,
+    asyncpg.ReadOnlySQLTransactionError,  # a failover under way: the old primary turned standby
 )
 
 
-async def record_batch(ctx: WorkerContext, batch: list[tuple[uuid.UUID, list[Outcome]]]) -> list[None]:
+async def record_batch(ctx: WorkerContext, batch: list[tuple[uuid.UUID, list[Outcome]]]) -> list[BaseException | None]:
     """Write the outcomes of many deliveries in one statement (one commit for all of them).
 
     Safe to repeat: the write is fenced by each claim, so a retry after an unknown result
-    changes nothing twice."""
-    for attempt in range(1, RECORD_TRIES + 1):
+    changes nothing twice. An error that is not passing (Postgres refusing the statement
+    itself) is the caller's, per delivery: the batch is then written delivery by delivery,
+    so that one refused outcome does not take its neighbours' with it."""
+    try:
+        await _record_until_written(ctx, batch)
+        return [None] * len(batch)
+    except PASSING_DB_ERRORS:
+        raise  # only past a stopping worker's deadline
+    except asyncpg.PostgresError as exc:
+        if len(batch) == 1:
+            return [exc]
+    results: list[BaseException | None] = []
+    for item in batch:
+        try:
+            await _record_until_written(ctx, [item])
+            results.append(None)
+        except PASSING_DB_ERRORS:
+            raise
+        except asyncpg.PostgresError as exc:
+            log.error("record_refused", error=repr(exc), messages=[str(o.message_id) for o in item[1]])
+            results.append(exc)
+    return results
+
+
+async def _record_until_written(ctx: WorkerContext, batch: list[tuple[uuid.UUID, list[Outcome]]]) -> None:
+    loop = asyncio.get_running_loop()
+    delay_s = RECORD_RETRY_MIN_S
+    tries = 0
+    while True:
         try:
             await _record(ctx, batch)
-            return [None] * len(batch)
-        except _PASSING as exc:
-            if attempt == RECORD_TRIES:
+        except PASSING_DB_ERRORS as exc:
+            tries += 1
+            ctx.outcome_write_failures += 1  # the pump claims nothing new until these are written
+            unwritten = sum(len(group) for _, group in batch)
+            if ctx.outcomes_deadline is not None and loop.time() >= ctx.outcomes_deadline:
+                # Only a stopping worker gets here: these messages stay `sending` and are sent
+                # again once their lease expires.
+                log.error("outcomes_unwritten", messages=unwritten, tries=tries, error=repr(exc))
                 raise
-            log.warning("record_retry", attempt=attempt, error=repr(exc))
-            await asyncio.sleep(RECORD_RETRY_S * 2 ** (attempt - 1))
-    raise AssertionError("unreachable")
+            if tries == 1 or tries % RECORD_LOG_EVERY == 0:
+                log.warning("record_retry", tries=tries, messages=unwritten, error=repr(exc))
+            await asyncio.sleep(delay_s)
+            delay_s = min(RECORD_RETRY_MAX_S, delay_s * 2)
+        else:
+            if tries:
+                log.info("record_recovered", tries=tries, messages=sum(len(group) for _, group in batch))
+            return
 
 
 async def _record(ctx: WorkerContext, batch: list[tuple[uuid.UUID, list[Outcome]]]) -> None:
-    outcomes = [o for _, group in batch for o in group]
+    # In id order: Postgres locks the rows in that order when it looks each id up in the
+    # primary key (its plan on any sizeable table), as renew_leases does, so a lease renewal
+    # running beside this write does not deadlock with it (a deadlock would only cost a retry).
+    outcomes = sorted((o for _, group in batch for o in group), key=lambda o: o.message_id)
     # Sorted, so that two workers suppressing the same addresses take their locks in one order.
     suppressions = sorted(
         {(org_id, o.suppress.lower()): o for org_id, group in batch for o in group if o.suppress}.items(),

@@ -7,6 +7,19 @@ to `worker.deliver.deliver_group`, keeping at most `capacity` messages in flight
 are written by shared statements (`WorkerContext.outcomes`). While it holds messages it
 renews their leases, so that only a dead worker's messages are ever taken back.
 
+When Postgres goes away (stopped, restarting, unreachable), sends already under way finish,
+and their outcomes are kept and retried until written, for as long as the process lives;
+their messages stay held. Leases are renewed as soon as Postgres answers again (one the
+reconciler took back meanwhile, and nobody claimed since, is taken back: `renew_leases`),
+and nothing new is claimed until the held leases are renewed and every outcome owed is
+written. So an outage sends nothing twice, however long it lasts (worker/deliver.py lists
+where a duplicate can still happen).
+
+On SIGTERM (`stop`) the pump stops claiming, gives the messages in hand the drain to finish,
+writes the outcomes of those sent (trying until the drain ends, and at least
+`STOP_WRITE_MIN_S` after the unfinished are cut short), and releases the unfinished, never
+one that was sent.
+
 With nothing due it sleeps until the next message falls due, the doorbell rings (a Redis
 pub/sub message published by whoever commits messages, `shared.doorbell`), or
 `IDLE_CHECK_S` passes. The doorbell only saves latency: a ring lost with Redis delays
@@ -22,14 +35,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Collection
 from typing import Any
 
-import asyncpg
 import structlog
 
 from shared.sql import Q
 from worker.context import WorkerContext
-from worker.deliver import deliver_group
+from worker.deliver import PASSING_DB_ERRORS, deliver_group
 
 log = structlog.get_logger("tidings.pump")
 
@@ -40,6 +53,16 @@ IDLE_CHECK_S = 1.0
 MIN_WAIT_S = 0.002
 # After a database error, the pump retries this much later (it never exits on one).
 ERROR_BACKOFF_S = 1.0
+# A lease renewal that failed is tried again this soon, backing off to RENEW_RETRY_MAX_S:
+# once Postgres answers again the leases held are renewed (or taken back) within about a
+# second, well inside the grace the reconciler gives a reclaimed message
+# (worker/reconcile.py RECLAIM_GRACE_S).
+RENEW_RETRY_MIN_S = 0.1
+RENEW_RETRY_MAX_S = 1.0
+RENEW_LOG_EVERY = 20
+# On stop, the outcomes of messages sent get at least this long to be written after the
+# drain has cut the unfinished short (a send that finished at the last moment gets a few tries).
+STOP_WRITE_MIN_S = 3.0
 
 
 async def _cancel(task: asyncio.Task[None] | None) -> None:
@@ -59,11 +82,20 @@ class Pump:
         self.in_flight = 0  # claimed, not yet sent
         # Claimed, outcome not yet written: message id -> the claim's attempt number.
         self._held: dict[uuid.UUID, int] = {}
+        # Held and done with at the channel (their outcomes known): only the write is owed.
+        # Never given back on stop: they would be sent again.
+        self._unrecorded: set[uuid.UUID] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._bell = asyncio.Event()
         self._room = asyncio.Event()
+        self._written = asyncio.Event()
         self._stopping = False
         self._locked_streak = 0
+        # A database error was seen: before the next claim, renew the leases held and wait
+        # for the outcomes owed to be written (`_catch_up`).
+        self._trouble = False
+        self._seen_write_failures = 0
+        self._renewal_failures = 0  # in a row
         self._loop_task: asyncio.Task[None] | None = None
         self._bell_task: asyncio.Task[None] | None = None
         self._lease_task: asyncio.Task[None] | None = None
@@ -75,10 +107,12 @@ class Pump:
 
     async def stop(self, drain_s: float) -> None:
         """Stop claiming; let messages in hand finish for up to `drain_s`; give back the rest."""
+        loop = asyncio.get_running_loop()
         self._stopping = True
         self._bell.set()
         self._room.set()
-        deadline = asyncio.get_running_loop().time() + drain_s
+        self._written.set()
+        deadline = loop.time() + drain_s
         await _cancel(self._bell_task)
         if self._loop_task is not None:
             # Let a claim under way finish and dispatch (cancelled mid-statement, it could
@@ -86,21 +120,30 @@ class Pump:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(self._loop_task, timeout=drain_s)
         if self._tasks:
-            remaining_s = max(0.0, deadline - asyncio.get_running_loop().time())
-            await asyncio.wait(list(self._tasks), timeout=remaining_s)
+            # Groups finish when their outcomes are written: this also waits for the writes.
+            await asyncio.wait(list(self._tasks), timeout=max(0.0, deadline - loop.time()))
+        # Writes still failing give up past this (the process is about to end).
+        self.ctx.outcomes_deadline = max(deadline, loop.time() + STOP_WRITE_MIN_S)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        await _cancel(self._lease_task)  # leases were renewed through the drain; no longer needed
         # Outcomes submitted (also by groups cut short) are written before anything is given
-        # back: the release is fenced to messages still `sending`, so none sent is sent again.
+        # back, leases renewed meanwhile.
         await self.ctx.outcomes.close()
-        if self._held:
-            # Unfinished at the end of the drain: back to queued now, not when the lease expires.
-            released = await self.ctx.pool.fetchval(Q.release_claims, list(self._held), list(self._held.values()))
-            log.warning("pump_released_claims", released=released)
-            self._held.clear()
+        await _cancel(self._lease_task)
+        # Unfinished at the end of the drain: back to queued now, not when the lease expires.
+        # Never one that was sent: if its outcome could not be written, it stays `sending` and
+        # comes back (a duplicate) only when its lease expires.
+        unsent = {m: attempt for m, attempt in self._held.items() if m not in self._unrecorded}
+        if unsent:
+            try:
+                released = await self.ctx.pool.fetchval(Q.release_claims, list(unsent), list(unsent.values()))
+                log.warning("pump_released_claims", released=released)
+            except PASSING_DB_ERRORS as exc:
+                log.warning("pump_release_failed", messages=len(unsent), error=repr(exc))
+        self._held.clear()
+        self._unrecorded.clear()
 
     async def _run(self) -> None:
         while not self._stopping:
@@ -122,6 +165,9 @@ class Pump:
                 self._room.clear()
                 await self._room.wait()
                 continue
+            if self._trouble or self.ctx.outcome_write_failures != self._seen_write_failures:
+                await self._catch_up()
+                continue
             # Cleared before claiming: a ring that arrives during the claim is not lost.
             self._bell.clear()
             try:
@@ -131,8 +177,9 @@ class Pump:
                     self._dispatch(rows)
                     continue
                 wait_s = await self.ctx.pool.fetchval(Q.select_next_due)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except PASSING_DB_ERRORS as exc:
                 log.warning("pump_claim_failed", error=str(exc))
+                self._trouble = True
                 await asyncio.sleep(ERROR_BACKOFF_S)
                 continue
             if wait_s is not None and wait_s <= 0:
@@ -146,8 +193,36 @@ class Pump:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._bell.wait(), timeout_s)
 
+    async def _catch_up(self) -> None:
+        """After a database error, before claiming anything new: renew the leases held (taking
+        back any the reconciler took meanwhile), then wait until the outcomes of every message
+        already sent are written. A claim first could take back this worker's own sent
+        messages, had a reconciler requeued them, and send them again."""
+        delay_s = RENEW_RETRY_MIN_S
+        while not self._stopping:
+            failures = self.ctx.outcome_write_failures
+            try:
+                await self._renew()
+            except PASSING_DB_ERRORS as exc:
+                self._renewal_failed(exc)
+                await asyncio.sleep(delay_s)
+                delay_s = min(RENEW_RETRY_MAX_S, delay_s * 2)
+                continue
+            while self._unrecorded and not self._stopping:
+                self._written.clear()
+                # Bounded: a failed write is noticed on the next round, and the leases renewed again.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._written.wait(), RENEW_RETRY_MAX_S)
+                if self.ctx.outcome_write_failures != failures:
+                    break
+            if not self._unrecorded and self.ctx.outcome_write_failures == failures:
+                self._trouble = False
+                self._seen_write_failures = failures
+                log.info("pump_caught_up", held=len(self._held))
+                return
+
     def _unrecorded_full(self) -> bool:
-        return len(self._held) - self.in_flight >= self.capacity
+        return len(self._unrecorded) >= self.capacity
 
     def _dispatch(self, rows: list[Any]) -> None:
         by_send: dict[uuid.UUID, list[Any]] = {}
@@ -162,9 +237,7 @@ class Pump:
     async def _deliver(self, group: list[Any]) -> None:
         released = False
 
-        def sent() -> None:
-            # The channel is done with these: their slots go to the next claim while their
-            # outcomes wait for the next shared write.
+        def release_slots() -> None:
             nonlocal released
             if not released:
                 released = True
@@ -172,40 +245,73 @@ class Pump:
                 if self.in_flight <= self._refill_at:
                     self._room.set()
 
+        def sent(message_ids: Collection[uuid.UUID]) -> None:
+            # The channel is done with these: their slots go to the next claim while their
+            # outcomes wait for the next shared write.
+            self._unrecorded.update(message_ids)
+            release_slots()
+
         try:
             await deliver_group(self.ctx, group, on_sent=sent)
         except asyncio.CancelledError:
+            # Stopped: kept as held; `stop` gives back those not sent.
             raise
         except Exception:
-            # Outcomes not written (the database went away): their leases bring them back.
+            # Outcomes refused by Postgres (not an outage: those are retried until written),
+            # or a stopping worker's writes past its drain: their leases bring them back.
             log.exception("pump_deliver_failed", send_id=str(group[0]["send_id"]))
             self._forget(group)
         else:
             self._forget(group)
         finally:
-            sent()
+            release_slots()
             self._tasks.discard(asyncio.current_task())
             if not self._unrecorded_full():
                 self._room.set()
 
+    async def _renew(self) -> None:
+        held = dict(self._held)
+        if not held:
+            return
+        taken_back = await self.ctx.pool.fetchval(
+            Q.renew_leases, list(held), list(held.values()), self.ctx.settings.lease_s
+        )
+        self._renewal_failures = 0
+        if taken_back:
+            log.warning("pump_took_back_reclaimed", messages=taken_back)
+
+    def _renewal_failed(self, exc: BaseException) -> None:
+        self._trouble = True
+        self._renewal_failures += 1
+        # Tried about every second while Postgres is away: logged when it starts, then now and then.
+        if self._renewal_failures % RENEW_LOG_EVERY == 1:
+            log.warning("lease_renewal_failed", tries=self._renewal_failures, held=len(self._held), error=str(exc))
+
     async def _renew_leases(self) -> None:
         """Every third of a lease, extend the leases of the messages still held: a message
-        waiting behind a slow provider stays this worker's, and is never sent twice."""
-        lease_s = self.ctx.settings.lease_s
+        waiting behind a slow provider stays this worker's, and is never sent twice. After a
+        failure, try again within a second, so that a held message is this worker's again as
+        soon as Postgres answers."""
+        period_s = self.ctx.settings.lease_s / 3
+        retry_s = RENEW_RETRY_MIN_S
+        delay_s = period_s
         while True:
-            await asyncio.sleep(lease_s / 3)
-            held = dict(self._held)
-            if not held:
-                continue
+            await asyncio.sleep(delay_s)
             try:
-                await self.ctx.pool.execute(Q.renew_leases, list(held), list(held.values()), lease_s)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-                log.warning("lease_renewal_failed", error=str(exc))
+                await self._renew()
+            except PASSING_DB_ERRORS as exc:
+                self._renewal_failed(exc)
+                delay_s = min(period_s, retry_s)
+                retry_s = min(RENEW_RETRY_MAX_S, retry_s * 2)
+            else:
+                delay_s, retry_s = period_s, RENEW_RETRY_MIN_S
 
     def _forget(self, group: list[Any]) -> None:
-        # Cancelled groups are not forgotten: `stop` gives their messages back.
+        # Cancelled groups are not forgotten: `stop` gives back those of their messages not sent.
         for row in group:
             self._held.pop(row["id"], None)
+            self._unrecorded.discard(row["id"])
+        self._written.set()
 
     async def _listen(self) -> None:
         """Ring the bell on every doorbell message; resubscribe if Redis goes away."""

@@ -2,9 +2,14 @@
 
 Runs as an arq cron job on every worker (several at once are harmless). It takes back
 messages whose worker died holding them (their lease expired), so a pump claims them
-again; sweeps expired idempotency keys; and reports the backlog. Nothing here is needed
-for a message to be found: due messages are claimed straight from Postgres (worker/pump.py),
-whatever happened to Redis.
+again, `RECLAIM_GRACE_S` later. A lease also expires while Postgres itself is away, with
+its worker alive and holding an outcome it could not write: Postgres back, that worker
+writes the outcome or takes the message back (worker/pump.py renews its leases within about
+a second), and the grace, counted from the reclaim (so from a moment Postgres answered),
+is there so that it does so before anyone claims the message again. It also sweeps
+expired idempotency keys, and reports the backlog. Nothing here is needed for a message
+to be found: due messages are claimed straight from Postgres (worker/pump.py), whatever
+happened to Redis.
 """
 
 from __future__ import annotations
@@ -22,6 +27,10 @@ log = structlog.get_logger("tidings.reconcile")
 
 # The backlog gauge counts at most this many (an exact count of a huge backlog costs a scan).
 BACKLOG_COUNT_LIMIT = 1_000_000
+# A reclaimed message is due again this long after its reclaim: the worker still holding it,
+# if alive, renews or records it first (it retries within RENEW_RETRY_MAX_S, 1 s). A dead
+# worker's messages are retried this much later, after their lease.
+RECLAIM_GRACE_S = 5.0
 # Idempotency keys are honoured 24 h; expired ones are swept this often (per worker).
 IDEMPOTENCY_SWEEP_EVERY_S = 300.0
 _last_sweep_s = 0.0
@@ -30,7 +39,7 @@ _last_sweep_s = 0.0
 async def reconcile(arq_ctx: dict[str, Any]) -> dict[str, int]:
     ctx: WorkerContext = arq_ctx["tidings"]
     started = time.perf_counter()
-    reclaimed = await ctx.pool.fetchval(Q.reclaim_expired_leases, ctx.settings.retry_max_attempts)
+    reclaimed = await ctx.pool.fetchval(Q.reclaim_expired_leases, ctx.settings.retry_max_attempts, RECLAIM_GRACE_S)
     if reclaimed:
         await doorbell.ring(ctx.redis, ctx.keys)
     global _last_sweep_s

@@ -1,7 +1,9 @@
 -- name: record_outcomes
 -- Settle claimed messages: sent, failed, or back to queued for a retry; log each event.
 -- Fenced by the claim ($6, the attempt number it made): an outcome whose claim was taken
--- back (its lease expired) and claimed again changes nothing.
+-- back and claimed again changes nothing. One taken back by the reconciler and not claimed
+-- since (its lease stamp kept, attempts unchanged; see reclaim_expired_leases) still lands:
+-- the worker that held it was cut off from Postgres, not dead, and the message went out.
 WITH u AS (
     SELECT * FROM unnest($1::uuid[], $2::message_status[], $3::text[], $4::text[], $5::timestamptz[], $6::int[])
         AS u(id, status, external_message_id, error, next_attempt_at, attempts)
@@ -15,7 +17,8 @@ WITH u AS (
         sent_at = CASE WHEN u.status = 'sent' THEN now() ELSE m.sent_at END,
         updated_at = now()
     FROM u
-    WHERE m.id = u.id AND m.status = 'sending' AND m.attempts = u.attempts
+    WHERE m.id = u.id AND m.attempts = u.attempts
+      AND (m.status = 'sending' OR (m.status IN ('queued', 'failed') AND m.lease_expires_at IS NOT NULL))
     RETURNING m.id, m.status, m.error
 ), logged AS (
     INSERT INTO message_events (message_id, status, detail)
@@ -26,16 +29,28 @@ SELECT id FROM updated;
 -- name: reclaim_expired_leases
 -- Messages whose worker died mid-send go back to queued (and are logged) so they are retried;
 -- one that has had $1 attempts already fails instead (a message that kills its worker, or
--- whose outcome can never be written, is not sent forever).
-WITH reclaimed AS (
-    UPDATE messages
-    SET status = CASE WHEN attempts >= $1 THEN 'failed'::message_status ELSE 'queued'::message_status END,
-        lease_expires_at = NULL, updated_at = now(),
-        error = CASE WHEN attempts >= $1
-            THEN format('gave up after %s attempts: the worker handling it stopped each time', attempts)
-            ELSE 'the worker handling this message stopped; retrying' END
+-- whose outcome can never be written, is not sent forever). A queued one is due only $2
+-- seconds later, and keeps its (expired) lease stamp and attempt number until claimed again:
+-- a lease also expires when Postgres itself was away, and the worker still holding the
+-- message (alive, reconnecting) then writes its outcome or takes it back (record_outcomes,
+-- renew_leases) before anyone claims it again.
+-- SKIP LOCKED: a row locked by its worker's outcome write or lease renewal under way is
+-- left alone (that worker is alive); the reclaim never waits for it nor deadlocks with it.
+WITH expired AS (
+    SELECT id FROM messages
     WHERE status = 'sending' AND lease_expires_at < now()
-    RETURNING id, status, error
+    FOR UPDATE SKIP LOCKED
+), reclaimed AS (
+    UPDATE messages m
+    SET status = CASE WHEN m.attempts >= $1 THEN 'failed'::message_status ELSE 'queued'::message_status END,
+        next_attempt_at = CASE WHEN m.attempts >= $1 THEN NULL ELSE now() + make_interval(secs => $2) END,
+        updated_at = now(),
+        error = CASE WHEN m.attempts >= $1
+            THEN format('gave up after %s attempts: the worker handling it stopped each time', m.attempts)
+            ELSE 'the worker handling this message stopped; retrying' END
+    FROM expired
+    WHERE m.id = expired.id
+    RETURNING m.id, m.status, m.error
 ), logged AS (
     INSERT INTO message_events (message_id, status, detail)
     SELECT id, status, error FROM reclaimed
@@ -108,7 +123,31 @@ SELECT count(*) FROM (
 -- name: renew_leases
 -- A live worker extends the leases of the messages it still holds (claim $1 with attempt
 -- number $2), so that a slow provider never lets the reconciler hand them to another worker.
-UPDATE messages m
-SET lease_expires_at = now() + make_interval(secs => $3)
-FROM unnest($1::uuid[], $2::int[]) AS c(id, attempts)
-WHERE m.id = c.id AND m.status = 'sending' AND m.attempts = c.attempts;
+-- One the reconciler took back while this worker could not reach Postgres, and nobody has
+-- claimed since (lease stamp kept, same attempt), is taken back to `sending` and logged:
+-- this worker is sending it or has sent it. Returns how many were taken back.
+WITH held AS (
+    SELECT m.id, m.status AS was
+    FROM messages m
+    JOIN unnest($1::uuid[], $2::int[]) AS c(id, attempts) ON m.id = c.id AND m.attempts = c.attempts
+    WHERE m.status = 'sending' OR (m.status IN ('queued', 'failed') AND m.lease_expires_at IS NOT NULL)
+    -- In id order, as the worker sorts its outcome writes: the two run side by side on the
+    -- same rows, and must not deadlock.
+    ORDER BY m.id
+    FOR UPDATE OF m
+), renewed AS (
+    UPDATE messages m
+    SET lease_expires_at = now() + make_interval(secs => $3),
+        status = 'sending',
+        next_attempt_at = NULL,
+        error = CASE WHEN held.was = 'sending' THEN m.error ELSE NULL END,
+        updated_at = CASE WHEN held.was = 'sending' THEN m.updated_at ELSE now() END
+    FROM held
+    WHERE m.id = held.id
+    RETURNING m.id, held.was
+), logged AS (
+    INSERT INTO message_events (message_id, status, detail)
+    SELECT id, 'sending', 'taken back by the worker still sending it (it had lost Postgres for a while)'
+    FROM renewed WHERE was <> 'sending'
+)
+SELECT count(*) FROM renewed WHERE was <> 'sending';
