@@ -8,6 +8,10 @@ For large budgets a process takes tokens in small chunks (at most 1 % of the lim
 most 200) and spends them locally, so a busy org costs one Redis round trip per chunk
 instead of per request. For small budgets (the default 100 per minute) the chunk is 1:
 exactly one Redis check per request, as if there were no chunking.
+
+With Redis hung, a request waits at most REDIS_TIMEOUT_S in all, then gets 503: the bound
+covers the wait for the org's lock too, not only the Redis command (a queue of requests
+behind one lock would otherwise wait one timeout each, in turn).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING
 
+import redis.exceptions
 from redis.asyncio import Redis
 
 from shared import errors, metrics
@@ -121,11 +126,20 @@ class RateLimiter:
 async def enforce(state: State, key: AuthKey) -> dict[str, str]:
     """Spend one request of the org's budget; the headers go on the answer either way."""
     settings = state.settings
-    verdict = await state.rate_limiter.hit(
-        key.org_id,
-        key.rate_limit_requests or settings.rate_limit_requests,
-        key.rate_limit_window_s or settings.rate_limit_window_s,
-    )
+    try:
+        # The whole wait, queueing for the org's lock included; a cancelled Redis command
+        # drops its connection, so no late reply can be read by the next command.
+        async with asyncio.timeout(settings.redis_timeout_s):
+            verdict = await state.rate_limiter.hit(
+                key.org_id,
+                key.rate_limit_requests or settings.rate_limit_requests,
+                key.rate_limit_window_s or settings.rate_limit_window_s,
+            )
+    except TimeoutError as exc:
+        # Answered as Redis being unreachable (503, retry later), like any Redis failure.
+        raise redis.exceptions.TimeoutError(
+            f"no rate limit answer from Redis within {settings.redis_timeout_s} s"
+        ) from exc
     headers = verdict.headers()
     if not verdict.allowed:
         metrics.RATE_LIMITED.inc()
