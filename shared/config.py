@@ -65,6 +65,10 @@ class Settings:
     # On SIGTERM a worker gives the messages in hand this long, then gives the rest back.
     worker_drain_s: float = 20.0
     sync_send_timeout_s: float = 10.0
+    # A request running under an Idempotency-Key holds the key for this long and renews it
+    # while it runs; a key whose request died (kill -9, a lost machine) is free to a retry
+    # once this much time has passed, instead of answering 409 for the key's 24 hours.
+    idempotency_lease_s: float = 10.0
 
     rate_limit_requests: int = 100
     rate_limit_window_s: int = 60
@@ -118,6 +122,8 @@ class Settings:
             raise ValueError(f"SMTP_TLS must be none, starttls or tls, not {self.smtp_tls!r}")
         if self.log_format not in ("json", "console"):
             raise ValueError(f"LOG_FORMAT must be json or console, not {self.log_format!r}")
+        if self.idempotency_lease_s <= 0:
+            raise ValueError("IDEMPOTENCY_LEASE_S must be more than 0")
         if self.retry_max_attempts < 1:
             raise ValueError("RETRY_MAX_ATTEMPTS must be at least 1")
         base = urllib.parse.urlsplit(self.public_base_url)
