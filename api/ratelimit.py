@@ -83,6 +83,8 @@ class RateLimiter:
         self._script = redis.register_script(_SCRIPT)
         self._leases: dict[uuid.UUID, _Lease] = {}
         self._locks: dict[uuid.UUID, asyncio.Lock] = {}
+        # Attempts given up on, still cleaning up (held so that they finish).
+        self._abandoned: set[asyncio.Future[Verdict]] = set()
 
     async def hit(self, org_id: uuid.UUID, limit: int, window_s: int) -> Verdict:
         now_s = time.time()
@@ -106,6 +108,27 @@ class RateLimiter:
         used = lease.counter - lease.tokens
         return Verdict(allowed=True, limit=limit, remaining=max(0, limit - used), reset_s=reset_s)
 
+    async def hit_within(self, org_id: uuid.UUID, limit: int, window_s: int, timeout_s: float) -> Verdict:
+        """`hit`, answered within `timeout_s` whatever Redis does: the wait for the org's lock
+        included, and not waiting for the cleanup of a Redis command given up on either
+        (redis-py may spend its connect timeout closing a connection to a hung server)."""
+        if self._usable(org_id, int(time.time() // window_s * window_s)) is not None:
+            return await self.hit(org_id, limit, window_s)  # tokens in hand: no Redis, no task
+        attempt = asyncio.ensure_future(self.hit(org_id, limit, window_s))
+        done, _ = await asyncio.wait({attempt}, timeout=timeout_s)
+        if not done:
+            attempt.cancel()  # a cancelled Redis command drops its connection: no late reply is read
+            self._abandoned.add(attempt)
+            attempt.add_done_callback(self._forget)
+            # Answered as Redis being unreachable (503, retry later), like any Redis failure.
+            raise redis.exceptions.TimeoutError(f"no rate limit answer from Redis within {timeout_s} s")
+        return attempt.result()
+
+    def _forget(self, attempt: asyncio.Future[Verdict]) -> None:
+        self._abandoned.discard(attempt)
+        if not attempt.cancelled():
+            attempt.exception()  # retrieved: it was answered as unavailable already
+
     def _usable(self, org_id: uuid.UUID, window_start_s: int) -> _Lease | None:
         lease = self._leases.get(org_id)
         if lease is not None and lease.window_start_s == window_start_s and lease.tokens > 0:
@@ -126,20 +149,12 @@ class RateLimiter:
 async def enforce(state: State, key: AuthKey) -> dict[str, str]:
     """Spend one request of the org's budget; the headers go on the answer either way."""
     settings = state.settings
-    try:
-        # The whole wait, queueing for the org's lock included; a cancelled Redis command
-        # drops its connection, so no late reply can be read by the next command.
-        async with asyncio.timeout(settings.redis_timeout_s):
-            verdict = await state.rate_limiter.hit(
-                key.org_id,
-                key.rate_limit_requests or settings.rate_limit_requests,
-                key.rate_limit_window_s or settings.rate_limit_window_s,
-            )
-    except TimeoutError as exc:
-        # Answered as Redis being unreachable (503, retry later), like any Redis failure.
-        raise redis.exceptions.TimeoutError(
-            f"no rate limit answer from Redis within {settings.redis_timeout_s} s"
-        ) from exc
+    verdict = await state.rate_limiter.hit_within(
+        key.org_id,
+        key.rate_limit_requests or settings.rate_limit_requests,
+        key.rate_limit_window_s or settings.rate_limit_window_s,
+        settings.redis_timeout_s,
+    )
     headers = verdict.headers()
     if not verdict.allowed:
         metrics.RATE_LIMITED.inc()

@@ -122,8 +122,6 @@ class Settings:
             raise ValueError(f"SMTP_TLS must be none, starttls or tls, not {self.smtp_tls!r}")
         if self.log_format not in ("json", "console"):
             raise ValueError(f"LOG_FORMAT must be json or console, not {self.log_format!r}")
-        if self.idempotency_lease_s <= 0:
-            raise ValueError("IDEMPOTENCY_LEASE_S must be more than 0")
         if self.retry_max_attempts < 1:
             raise ValueError("RETRY_MAX_ATTEMPTS must be at least 1")
         base = urllib.parse.urlsplit(self.public_base_url)
@@ -143,6 +141,7 @@ class Settings:
             "smtp_timeout_s",
             "whatsapp_timeout_s",
             "sync_send_timeout_s",
+            "idempotency_lease_s",
             "http_header_timeout_s",
             "http_body_timeout_s",
             "http_keepalive_timeout_s",

@@ -82,14 +82,19 @@ class ApiProcess:
             await self.proc.wait()
 
 
-async def _retry_until_answered(stack: Stack, path: str, headers: dict[str, str], body: dict[str, Any]) -> Any:
-    """What a client does: repeat the request with the same key while it is in flight (409)."""
+async def _retry_until_answered(
+    client: Any, path: str, headers: dict[str, str], body: dict[str, Any]
+) -> tuple[Any, list[str | None]]:
+    """What a client does: repeat the request with the same key while it is in flight (409),
+    here more often than Retry-After asks, to measure when the key frees. Returns the first
+    other answer, and the Retry-After of every 409 met on the way."""
     deadline = asyncio.get_running_loop().time() + LEASE_S + 10
+    retry_afters: list[str | None] = []
     while True:
-        r = await stack.client.post(path, headers=headers, json=body)
+        r = await client.post(path, headers=headers, json=body)
         if r.status != 409 or asyncio.get_running_loop().time() > deadline:
-            return r
-        assert r.headers.get("Retry-After"), "a 409 for a key in flight says when to retry"
+            return r, retry_afters
+        retry_afters.append(r.headers.get("Retry-After"))
         r.release()
         await asyncio.sleep(RETRY_PAUSE_S)
 
@@ -120,7 +125,7 @@ async def test_api_killed_after_the_commit_retry_answers_from_the_send(
             killed_at = asyncio.get_running_loop().time()
             with contextlib.suppress(aiohttp.ClientError):
                 await first  # the connection died with the process
-        r = await _retry_until_answered(stack, path, headers, body)
+        r, retry_afters = await _retry_until_answered(stack.client, path, headers, body)
         after_s = asyncio.get_running_loop().time() - killed_at
     finally:
         await api.kill()
@@ -134,6 +139,7 @@ async def test_api_killed_after_the_commit_retry_answers_from_the_send(
     assert r.status in (200, 202), answer
     assert answer["send_id"] == str(committed)
     assert after_s <= LEASE_S + MARGIN_S
+    assert all(retry_afters), "a 409 for a key in flight says when to retry"
     assert await _sends_to(stack, email) == [committed]
     # The same answer from now on, and the one email goes out once.
     again = await stack.client.post(path, headers=headers, json=body)
@@ -172,7 +178,7 @@ async def test_api_killed_while_its_commit_reply_is_lost_retry_answers_from_the_
             killed_at = asyncio.get_running_loop().time()
             with contextlib.suppress(aiohttp.ClientError):
                 await first
-        r = await _retry_until_answered(stack, path, headers, body)
+        r, retry_afters = await _retry_until_answered(stack.client, path, headers, body)
         after_s = asyncio.get_running_loop().time() - killed_at
     finally:
         await api.kill()
@@ -187,7 +193,64 @@ async def test_api_killed_while_its_commit_reply_is_lost_retry_answers_from_the_
     assert r.status == 202, answer
     assert answer["send_id"] == str(committed)
     assert after_s <= LEASE_S + MARGIN_S
+    assert all(retry_afters), "a 409 for a key in flight says when to retry"
     assert sends == [committed]
+
+
+async def test_v1_transactional_api_killed_after_the_commit_retry_answers_with_it(
+    stack: Stack, tmp_path: Path, capsys: Any
+) -> None:
+    """The Transactionals API: killed after its email committed, while it rings the workers
+    through a hung Redis: a retry takes the key over when the lease lapses and answers with
+    that email; one email, sent once."""
+    proxy, redis_url = await TcpProxy.to_redis(stack.settings.redis_url)
+    api = ApiProcess(
+        stack.settings.replace(redis_url=redis_url, idempotency_lease_s=LEASE_S, key_cache_ttl_s=600),
+        tmp_path / "a.log",
+    )
+    path = "/api/v1/transactionals.json"
+    email = f"v1-killed-{uuid.uuid4().hex[:8]}@example.com"
+    body = {"to": email, "subject": "Hello", "body": "Your code is 9"}
+    headers = {**stack.headers, "Idempotency-Key": f"k-{uuid.uuid4()}"}
+    written = "SELECT count(*) FROM transactionals WHERE recipient_email = $1"
+    try:
+        await api.start()
+        async with aiohttp.ClientSession() as http:
+            # A first email takes a chunk of the org's (large) budget, so that the next request
+            # needs no Redis before its commit; then Redis hangs and the doorbell waits on it.
+            warm = {**body, "to": f"warm-{uuid.uuid4().hex[:8]}@example.com"}
+            async with http.post(api.url + path, headers=stack.headers, json=warm) as r:
+                assert r.status == 201, await r.text()
+            proxy.stall()
+            first = asyncio.ensure_future(http.post(api.url + path, headers=headers, json=body))
+            await eventually(lambda: _count(stack, written, email), timeout_s=20)
+            await api.kill()
+            killed_at = asyncio.get_running_loop().time()
+            with contextlib.suppress(aiohttp.ClientError):
+                await first
+        r, retry_afters = await _retry_until_answered(stack.client, path, headers, body)
+        after_s = asyncio.get_running_loop().time() - killed_at
+    finally:
+        await api.kill()
+        await proxy.close()
+    answer = await r.json()
+    ids = [
+        str(row["id"])
+        for row in await stack.pool.fetch("SELECT id FROM transactionals WHERE recipient_email = $1", email)
+    ]
+    with capsys.disabled():
+        print(
+            f"\n[idempotency] v1 api kill -9 after the commit: retry answered {r.status} "
+            f"{after_s:.2f} s after the kill (lease {LEASE_S} s); transactionals for the key: {len(ids)}"
+        )
+    assert r.status == 201, answer
+    assert ids == [answer["id"]]
+    assert after_s <= LEASE_S + MARGIN_S
+    assert all(retry_afters), "a 409 for a key in flight says when to retry"
+    await stack.worker()
+    await stack.settle(ids)
+    result = await stack.report("v1 api kill -9 after the commit", ids, capsys)
+    assert result["sent"] == 1 and result["duplicates"] == 0
 
 
 async def faulty_postgres(stack: Stack) -> tuple[PostgresFaults, str]:
@@ -212,6 +275,7 @@ class PostgresFaults(TcpProxy):
         super().__init__()
         self.down = False
         self.stall_commits = False
+        self.replies_lost = 0  # replies swallowed on send-pool links: commits the api never heard of
         self._refuser: asyncio.Server | None = None
 
     async def _start(self, connect: Connect) -> None:
@@ -259,6 +323,7 @@ class _Link:
             data = await self.reader.read(n)
             if not (data and self.send_pool and self.proxy.stall_commits):
                 return data
+            self.proxy.replies_lost += 1
 
     def write(self, data: bytes) -> None:
         self.send_pool = self.send_pool or b"plan_cache_mode" in data
@@ -284,12 +349,13 @@ class Attempt:
     send_id: str | None = None
 
 
-async def test_postgres_outage_around_keyed_sync_sends(
+async def test_postgres_outages_around_keyed_sync_sends(
     stack: Stack, settings: Settings, tmp_path: Path, capsys: Any
 ) -> None:
-    """Keyed synchronous sends while the api's Postgres first swallows its replies (statements
-    still commit) and then goes away for a while: no attempt whose send was committed is
-    answered 503, and every key ends with exactly one send, delivered once."""
+    """Keyed synchronous sends while the api's Postgres stops for a while, twice: once amid
+    requests in every stage, once while a commit's reply is lost (the statement committed,
+    the api never heard). No attempt whose send was committed is answered 503, and every key
+    ends with exactly one send, delivered once."""
     await stack.worker()  # the worker reaches Postgres directly: only the api's link fails
     proxy, dsn = await faulty_postgres(stack)
     api_settings = stack.settings.replace(database_url=dsn, idempotency_lease_s=LEASE_S, sync_send_timeout_s=20)
@@ -320,29 +386,35 @@ async def test_postgres_outage_around_keyed_sync_sends(
                         assert r.status in (409, 503), payload
                         await asyncio.sleep(0.2)
 
-            async def outage() -> tuple[int, float]:
-                await eventually(lambda: len(answered) >= SENDS // 4, timeout_s=60)
-                since = await stack.pool.fetchval("SELECT clock_timestamp()")
-                stalled_at = loop.time()
-                proxy.stall_commits = True  # a commit reaches Postgres; its reply never comes back
-
-                async def committed_since() -> int:
-                    sql = "SELECT count(*) FROM sends WHERE org_id = $1 AND created_at >= $2"
-                    return await _count(stack, sql, stack.org_id, since)
-
-                # Until a send has committed whose request cannot know it (or 5 s at most).
-                with contextlib.suppress(AssertionError):
-                    await eventually(committed_since, timeout_s=5)
-                in_doubt = await committed_since()
-                # Postgres stops: requests waiting for their outcome, or committing, lose it.
+            async def stop_postgres_a_while() -> int:
+                """Postgres stops: requests committing, or waiting for their outcome, lose it.
+                Returns how many sends were committed and not yet answered at that moment."""
+                unanswered = await _count(
+                    stack,
+                    "SELECT count(*) FROM sends WHERE org_id = $1 AND NOT request_id = ANY($2::text[])",
+                    stack.org_id,
+                    [a.request_id for tries in attempts.values() for a in tries],
+                )
                 await proxy.stop_postgres()
                 await asyncio.sleep(OUTAGE_S)
                 proxy.start_postgres()
-                return in_doubt, loop.time() - stalled_at
+                return unanswered
+
+            async def outage() -> tuple[int, int]:
+                # First a plain stop, amid requests in every stage.
+                await eventually(lambda: len(answered) >= SENDS // 4, timeout_s=60)
+                mid_flight = await stop_postgres_a_while()
+                # Then a commit whose reply is lost (sends keep coming: it takes moments), and
+                # the stop while the api waits for that reply.
+                await eventually(lambda: len(answered) >= SENDS // 2, timeout_s=60)
+                proxy.stall_commits = True
+                await eventually(lambda: proxy.replies_lost, timeout_s=10)
+                await asyncio.sleep(0.5)
+                return mid_flight, await stop_postgres_a_while()
 
             fault = asyncio.ensure_future(outage())
             await asyncio.gather(*(one(i) for i in range(SENDS)))
-            in_doubt, outage_s = await fault
+            mid_flight, reply_lost = await fault
     finally:
         await proxy.close()
 
@@ -365,8 +437,11 @@ async def test_postgres_outage_around_keyed_sync_sends(
     result = await stack.report("postgres outage around keyed sync sends", ids, capsys)
     with capsys.disabled():
         print(
-            f"[idempotency] postgres outage ({outage_s:.1f} s, replies lost first): {SENDS} keyed sync sends, "
-            f"{len(all_attempts)} attempts {dict(sorted(statuses.items()))}; commits in doubt at the cut: {in_doubt}; "
+            f"[idempotency] postgres stopped twice for {OUTAGE_S} s ({SENDS} keyed sync sends): "
+            f"{len(all_attempts)} attempts {dict(sorted(statuses.items()))}; "
+            f"commit replies lost: {proxy.replies_lost}; "
+            f"sends committed and not yet answered when Postgres stopped: {mid_flight}, "
+            f"then {reply_lost} with the commit's reply lost; "
             f"503 for a committed send: {len(committed_503)}; answered from a send an earlier attempt committed: "
             f"{from_committed}; keys with more than one send: {sum(1 for n in sends_per_key.values() if n > 1)}; "
             f"slowest answer {max(a.elapsed_s for a in all_attempts):.2f} s"
