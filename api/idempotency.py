@@ -2,26 +2,65 @@
 
 The key is claimed in Postgres before the request runs (a unique insert, so two
 replicas racing on one key cannot both run it), and the answer is stored when it is
-done. Same key, different body: 422. Same key while the first is still running: 409.
-Keys live 24 hours and are scoped to the org.
+done. Same key, different body: 422. Same key while the first is still running: 409,
+with Retry-After. Keys live 24 hours and are scoped to the org.
+
+A request holds its key under a lease (IDEMPOTENCY_LEASE_S) that it renews while it
+runs. If it dies (kill -9, a lost machine, Postgres gone while it answered), the lease
+lapses and a retry takes the key over. The send itself is bound to the key in the send's
+own commit (`shared.sending.KeyFence`), and only while its request still holds the key,
+so the retry either finds that send and answers with it (`claim_of(...).committed_send_id`)
+or, if none was committed, runs the request afresh: never two sends for one key.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 import hashlib
+import math
 import uuid
 from collections.abc import Awaitable, Callable
 
 import asyncpg
+import structlog
 from aiohttp import web
 
 from api.errors import body_for, status_for
+from api.state import STATE
+from shared import db as shared_db
 from shared import errors
 from shared.jsonutil import dumps
+from shared.sending import KeyFence
 from shared.sql import Q
+
+log = structlog.get_logger("tidings.api.idempotency")
 
 MAX_KEY_LENGTH = 255
 REPLAYED_HEADER = "Idempotent-Replayed"
+# Storing the answer is retried this long when Postgres fails; then the answer goes out all the
+# same (the send is bound to the key, so a retry after the lease answers from the send).
+STORE_RETRY_S = 1.0
+STORE_RETRY_PAUSE_S = 0.2
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Claim:
+    """This request holds its Idempotency-Key."""
+
+    fence: KeyFence
+    # A send that an earlier request holding the key committed (this one took the key over
+    # when that request died): the answer is that send, not a new one.
+    committed_send_id: uuid.UUID | None
+
+
+CLAIM = web.RequestKey("idempotency_claim", Claim)
+
+
+def claim_of(request: web.Request) -> Claim | None:
+    """The key this request holds, if it came with one."""
+    return request.get(CLAIM)
 
 
 def request_hash(method: str, path: str, body: bytes) -> bytes:
@@ -43,44 +82,123 @@ async def run_once(
             f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters",
             fields={"Idempotency-Key": [f"must be 1 to {MAX_KEY_LENGTH} characters"]},
         )
-    digest = request_hash(request.method, request.path, body)
+    lease_s = request.app[STATE].settings.idempotency_lease_s
+    claimed = await _claim(db, org_id, key, request_hash(request.method, request.path, body), lease_s)
+    if isinstance(claimed, web.Response):
+        return claimed
+    request[CLAIM] = claimed
+    fence = claimed.fence
+    renewal = asyncio.create_task(_renew(db, fence, lease_s))
+    try:
+        response = await handler()
+    except errors.RateLimited:
+        await _stop(renewal)
+        await _release(db, fence)
+        raise
+    except errors.TidingsError as exc:
+        await _stop(renewal)
+        status = status_for(exc)
+        if status < 500:
+            # A refusal is an answer too: the same request repeated is refused the same way.
+            await _store(db, fence, status, dumps(body_for(exc)))
+        else:
+            await _release(db, fence)
+        raise
+    except BaseException:
+        await _stop(renewal)
+        await _release(db, fence)
+        raise
+    await _stop(renewal)
+    body_bytes = response.body if isinstance(response, web.Response) else None
+    if isinstance(body_bytes, bytes | bytearray) and response.status < 500:
+        await _store(db, fence, response.status, bytes(body_bytes))
+    else:
+        await _release(db, fence)
+    return response
+
+
+async def _claim(db: asyncpg.Pool, org_id: uuid.UUID, key: str, digest: bytes, lease_s: float) -> Claim | web.Response:
+    """Hold the key, or the stored answer to replay; raises if it is taken or reused."""
+    holder = uuid.uuid4()
+    fence = KeyFence(org_id, key, holder)
     for _ in range(3):
-        if await db.fetchval(Q.claim_idempotency_key, org_id, key, digest) is not None:
-            break
+        if await db.fetchval(Q.claim_idempotency_key, org_id, key, digest, holder, lease_s) is not None:
+            return Claim(fence, None)
         first = await db.fetchrow(Q.select_idempotency_key, org_id, key)
         if first is None:
             continue  # released meanwhile: try to claim again
         if not first["live"]:
-            await db.execute(Q.delete_idempotency_key, org_id, key)
+            await db.execute(Q.delete_expired_idempotency_key, org_id, key)
             continue
         if bytes(first["request_hash"]) != digest:
             raise errors.IdempotencyKeyReused()
-        if first["response_status"] is None:
-            raise errors.IdempotencyKeyInFlight()
-        return web.Response(
-            body=first["response_body"],
-            status=first["response_status"],
-            content_type="application/json",
-            headers={REPLAYED_HEADER: "true"},
-        )
-    else:
-        raise errors.IdempotencyKeyInFlight()
+        if first["response_status"] is not None:
+            return web.Response(
+                body=first["response_body"],
+                status=first["response_status"],
+                content_type="application/json",
+                headers={REPLAYED_HEADER: "true"},
+            )
+        if first["lease_left_s"] > 0:
+            # Its request is still running (or died less than a lease ago).
+            retry_after_s = max(1, math.ceil(first["lease_left_s"]))
+            raise errors.IdempotencyKeyInFlight(headers={"Retry-After": str(retry_after_s)})
+        taken = await db.fetchrow(Q.take_over_idempotency_key, org_id, key, holder, lease_s)
+        if taken is not None:
+            log.info("idempotency_key_taken_over", committed_send=taken["send_id"] is not None)
+            return Claim(fence, taken["send_id"])
+    raise errors.IdempotencyKeyInFlight(headers={"Retry-After": "1"})
 
+
+async def _renew(db: asyncpg.Pool, fence: KeyFence, lease_s: float) -> None:
+    """Keep the lease while the request runs. A renewal that fails (Postgres unreachable) is
+    tried again; if the lease lapses meanwhile and a retry takes the key, the send's commit
+    finds the key no longer held and refuses the send, so the key still makes one send."""
+    every_s = lease_s / 3
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            held = await asyncio.wait_for(
+                db.fetchval(Q.renew_idempotency_lease, fence.org_id, fence.key, fence.holder, lease_s), every_s
+            )
+        except shared_db.UNREACHABLE as exc:
+            log.warning("idempotency_lease_not_renewed", error=repr(exc))
+            continue
+        if held is None:
+            return  # taken over by a retry: nothing more to hold
+
+
+async def _stop(renewal: asyncio.Task[None]) -> None:
+    renewal.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await renewal
+
+
+async def _store(db: asyncpg.Pool, fence: KeyFence, status: int, body: bytes) -> None:
+    """Keep the answer for repeats. If Postgres cannot take it now, the answer still goes
+    out: a send is bound to its key already, and a retry after the lease answers from it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STORE_RETRY_S
+    while True:
+        try:
+            await asyncio.wait_for(
+                db.execute(Q.store_idempotent_response, fence.org_id, fence.key, fence.holder, status, body),
+                max(STORE_RETRY_PAUSE_S, deadline - loop.time()),
+            )
+            return
+        except shared_db.UNREACHABLE as exc:
+            if loop.time() >= deadline:
+                log.warning("idempotent_answer_not_stored", error=repr(exc))
+                return
+        await asyncio.sleep(STORE_RETRY_PAUSE_S)
+
+
+async def _release(db: asyncpg.Pool, fence: KeyFence) -> None:
+    """Let a repeat run afresh. Not possible while Postgres is unreachable: the lease lapses
+    instead, and a key whose send committed is never released (the send is its answer)."""
     try:
-        response = await handler()
-    except errors.RateLimited:
-        await db.execute(Q.release_idempotency_key, org_id, key)
-        raise
-    except errors.TidingsError as exc:
-        # A refusal is an answer too: the same request repeated is refused the same way.
-        await db.execute(Q.store_idempotent_response, org_id, key, status_for(exc), dumps(body_for(exc)))
-        raise
-    except BaseException:
-        await db.execute(Q.release_idempotency_key, org_id, key)
-        raise
-    body_bytes = response.body if isinstance(response, web.Response) else None
-    if isinstance(body_bytes, bytes | bytearray) and response.status < 500:
-        await db.execute(Q.store_idempotent_response, org_id, key, response.status, bytes(body_bytes))
-    else:
-        await db.execute(Q.release_idempotency_key, org_id, key)
-    return response
+        await asyncio.wait_for(
+            db.execute(Q.release_idempotency_key, fence.org_id, fence.key, fence.holder), STORE_RETRY_S
+        )
+    except shared_db.UNREACHABLE as exc:
+        log.warning("idempotency_key_not_released", error=repr(exc))

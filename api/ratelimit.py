@@ -8,6 +8,10 @@ For large budgets a process takes tokens in small chunks (at most 1 % of the lim
 most 200) and spends them locally, so a busy org costs one Redis round trip per chunk
 instead of per request. For small budgets (the default 100 per minute) the chunk is 1:
 exactly one Redis check per request, as if there were no chunking.
+
+With Redis hung, a request waits at most REDIS_TIMEOUT_S in all, then gets 503: the bound
+covers the wait for the org's lock too, not only the Redis command (a queue of requests
+behind one lock would otherwise wait one timeout each, in turn).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING
 
+import redis.exceptions
 from redis.asyncio import Redis
 
 from shared import errors, metrics
@@ -78,6 +83,8 @@ class RateLimiter:
         self._script = redis.register_script(_SCRIPT)
         self._leases: dict[uuid.UUID, _Lease] = {}
         self._locks: dict[uuid.UUID, asyncio.Lock] = {}
+        # Attempts given up on, still cleaning up (held so that they finish).
+        self._abandoned: set[asyncio.Future[Verdict]] = set()
 
     async def hit(self, org_id: uuid.UUID, limit: int, window_s: int) -> Verdict:
         now_s = time.time()
@@ -101,6 +108,27 @@ class RateLimiter:
         used = lease.counter - lease.tokens
         return Verdict(allowed=True, limit=limit, remaining=max(0, limit - used), reset_s=reset_s)
 
+    async def hit_within(self, org_id: uuid.UUID, limit: int, window_s: int, timeout_s: float) -> Verdict:
+        """`hit`, answered within `timeout_s` whatever Redis does: the wait for the org's lock
+        included, and not waiting for the cleanup of a Redis command given up on either
+        (redis-py may spend its connect timeout closing a connection to a hung server)."""
+        if self._usable(org_id, int(time.time() // window_s * window_s)) is not None:
+            return await self.hit(org_id, limit, window_s)  # tokens in hand: no Redis, no task
+        attempt = asyncio.ensure_future(self.hit(org_id, limit, window_s))
+        done, _ = await asyncio.wait({attempt}, timeout=timeout_s)
+        if not done:
+            attempt.cancel()  # a cancelled Redis command drops its connection: no late reply is read
+            self._abandoned.add(attempt)
+            attempt.add_done_callback(self._forget)
+            # Answered as Redis being unreachable (503, retry later), like any Redis failure.
+            raise redis.exceptions.TimeoutError(f"no rate limit answer from Redis within {timeout_s} s")
+        return attempt.result()
+
+    def _forget(self, attempt: asyncio.Future[Verdict]) -> None:
+        self._abandoned.discard(attempt)
+        if not attempt.cancelled():
+            attempt.exception()  # retrieved: it was answered as unavailable already
+
     def _usable(self, org_id: uuid.UUID, window_start_s: int) -> _Lease | None:
         lease = self._leases.get(org_id)
         if lease is not None and lease.window_start_s == window_start_s and lease.tokens > 0:
@@ -121,10 +149,11 @@ class RateLimiter:
 async def enforce(state: State, key: AuthKey) -> dict[str, str]:
     """Spend one request of the org's budget; the headers go on the answer either way."""
     settings = state.settings
-    verdict = await state.rate_limiter.hit(
+    verdict = await state.rate_limiter.hit_within(
         key.org_id,
         key.rate_limit_requests or settings.rate_limit_requests,
         key.rate_limit_window_s or settings.rate_limit_window_s,
+        settings.redis_timeout_s,
     )
     headers = verdict.headers()
     if not verdict.allowed:

@@ -7,10 +7,11 @@ from typing import Any
 
 from aiohttp import web
 
-from api import schemas
+from api import idempotency, schemas
 from api.jsonio import json_response
 from api.middleware import REQUEST_ID
 from api.routing import Call, route
+from api.state import State
 from shared import sending
 from shared.domain import SETTLED
 
@@ -58,6 +59,14 @@ async def send(call: Call[schemas.SendRequest]) -> web.Response:
         source="api",
         request_id=call.request[REQUEST_ID],
     )
+    claim = idempotency.claim_of(call.request)
+    if claim is not None and claim.committed_send_id is not None:
+        # This key's first request committed a send and died before answering: that send is
+        # the answer (as it stands now), never a second one.
+        committed = await sending.load_committed(state.pool, call.org_id, claim.committed_send_id)
+        if committed is not None:
+            settled = all(r.status in SETTLED or r.error for r in committed.records)
+            return _answer(state, committed, 200 if settled and not body.background else 202)
     prepared = await sending.prepare(
         state.pool,
         call.org_id,
@@ -67,6 +76,8 @@ async def send(call: Call[schemas.SendRequest]) -> web.Response:
         contact_cache=state.contact_cache,
         public_base=state.settings.public_base,
     )
+    if claim is not None:
+        prepared.fence = claim.fence
 
     status = 202 if body.background else 200
     send_key = str(prepared.send_id)
@@ -96,9 +107,13 @@ async def send(call: Call[schemas.SendRequest]) -> web.Response:
         if waiter is not None:
             state.waiter.forget(send_key)
 
+    return _answer(state, prepared, status)
+
+
+def _answer(state: State, send: sending.PreparedSend, status: int) -> web.Response:
     base = state.settings.public_base
     return json_response(
-        {"send_id": prepared.send_id, "recipients": [record_json(base, prepared, r) for r in prepared.records]},
+        {"send_id": send.send_id, "recipients": [record_json(base, send, r) for r in send.records]},
         status=status,
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from api import errors as http_errors
-from api import v1_schemas
+from api import idempotency, v1_schemas
 from api.jsonio import json_response
 from api.middleware import REQUEST_ID
 from api.routing import Call, route
@@ -40,6 +40,13 @@ async def create_transactional(call: Call[v1_schemas.TransactionalCreate]) -> we
 async def _create(call: Call[v1_schemas.TransactionalCreate]) -> web.Response:
     body = call.body
     state = call.state
+    claim = idempotency.claim_of(call.request)
+    if claim is not None and claim.committed_send_id is not None:
+        # This key's first request committed the email and died before answering: that
+        # email is the answer, never a second one.
+        committed = await transactionals.get_by_send(state.pool, call.org_id, claim.committed_send_id)
+        if committed is not None:
+            return json_response(transactionals.transactional_json(committed, state.settings.public_base), status=201)
     subscriber = body.subscriber or v1_schemas.SubscriberAttributes()
     submission = transactionals.Submission(
         to=body.to,
@@ -57,7 +64,13 @@ async def _create(call: Call[v1_schemas.TransactionalCreate]) -> web.Response:
     )
     request = await transactionals.validate(state.pool, call.org_id, submission)
     row = await transactionals.send(
-        state.pool, state.redis, state.settings, call.org_id, request, request_id=call.request[REQUEST_ID]
+        state.pool,
+        state.redis,
+        state.settings,
+        call.org_id,
+        request,
+        request_id=call.request[REQUEST_ID],
+        fence=claim.fence if claim is not None else None,
     )
     return json_response(transactionals.transactional_json(row, state.settings.public_base), status=201)
 

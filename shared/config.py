@@ -65,6 +65,10 @@ class Settings:
     # On SIGTERM a worker gives the messages in hand this long, then gives the rest back.
     worker_drain_s: float = 20.0
     sync_send_timeout_s: float = 10.0
+    # A request running under an Idempotency-Key holds the key for this long and renews it
+    # while it runs; a key whose request died (kill -9, a lost machine) is free to a retry
+    # once this much time has passed, instead of answering 409 for the key's 24 hours.
+    idempotency_lease_s: float = 10.0
 
     rate_limit_requests: int = 100
     rate_limit_window_s: int = 60
@@ -137,6 +141,7 @@ class Settings:
             "smtp_timeout_s",
             "whatsapp_timeout_s",
             "sync_send_timeout_s",
+            "idempotency_lease_s",
             "http_header_timeout_s",
             "http_body_timeout_s",
             "http_keepalive_timeout_s",

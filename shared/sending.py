@@ -8,19 +8,35 @@ one transaction. Enqueueing is the caller's (the api must register its waiter fi
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import uuid
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 import asyncpg
+import structlog
 
-from shared import broadcasts, contacts, errors, ids, unsubscribes
+from shared import broadcasts, contacts, db, errors, ids, unsubscribes
 from shared.broadcast_cache import NO_CACHE, BroadcastCache
 from shared.contact_cache import NO_CONTACT_CACHE, ContactCache
 from shared.domain import BUILTIN_VARIABLES, BroadcastStatus, BroadcastType, Channel, ContactStatus, MessageStatus
 from shared.sql import Q
 from shared.subscribers import address_hash
+
+log = structlog.get_logger("tidings.sending")
+T = TypeVar("T")
+
+# When the connection dies while a send commits, its outcome is unknown: it may have committed
+# with its reply lost. The api then asks Postgres for up to this long (every POLL) before it
+# answers: a committed send is a success, never a 503 that would invite a second send.
+LOST_COMMIT_WAIT_S = 10.0
+LOST_COMMIT_POLL_S = 0.25
+OUTCOME_UNKNOWN = (
+    "Postgres was lost while the send was being committed and has not answered since, so whether it "
+    "was accepted is unknown; repeat the request with the same Idempotency-Key to learn it"
+)
+KEY_TAKEN_OVER = "a retry with this Idempotency-Key took it over while this request ran; it answers for the key"
 
 
 def status_url(public_base: str, org_id: object, message_id: object) -> str:
@@ -53,6 +69,17 @@ class Record:
     external_message_id: str | None = None
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeyFence:
+    """The Idempotency-Key a send is made under, and the request (`holder`) holding it. The
+    send's commit binds the send to the key, and only while `holder` still holds it: a retry
+    that takes the key over later finds the send; one that took it first refuses it."""
+
+    org_id: uuid.UUID
+    key: str
+    holder: uuid.UUID
+
+
 @dataclasses.dataclass(slots=True)
 class PreparedSend:
     send_id: uuid.UUID
@@ -67,6 +94,7 @@ class PreparedSend:
     notify: bool = False
     # The token behind `{{ unsubscribe_url }}` (written with the send), when a template uses it.
     unsubscribe: tuple[str, str] | None = None  # (token, the email address it names or "")
+    fence: KeyFence | None = None
 
     @property
     def queued(self) -> list[Record]:
@@ -253,6 +281,8 @@ async def commit_many(pool: asyncpg.Pool, sends: list[PreparedSend]) -> list[err
     committed before this write refuses the trigger even if `prepare` saw it active.
     Suppressed and redacted email addresses are found by the same statement: their
     records come back `rejected` (the records of `sends` are updated in place).
+    If the connection dies while the statement runs, Postgres is asked what it wrote
+    (`after_lost_commit`): a send that committed is accepted, whatever came of the reply.
     """
     messages = [(s.send_id, r) for s in sends for r in s.records]
     links = [s for s in sends if s.unsubscribe is not None]
@@ -262,26 +292,44 @@ async def commit_many(pool: asyncpg.Pool, sends: list[PreparedSend]) -> list[err
         await unsubscribes.create_many(
             pool, [(s.org_id, s.contact_id, *s.unsubscribe) for s in links if s.unsubscribe is not None]
         )
-    written = await pool.fetch(
-        Q.insert_sends_batch,
-        [s.send_id for s in sends],
-        [s.org_id for s in sends],
-        [s.broadcast_id for s in sends],
-        [s.contact_id for s in sends],
-        [s.source for s in sends],
-        [s.request_id for s in sends],
-        [s.variables for s in sends],
-        [r.id for _, r in messages],
-        [send_id for send_id, _ in messages],
-        [r.template_id for _, r in messages],
-        [r.contact_channel_id for _, r in messages],
-        [r.channel for _, r in messages],
-        [r.to for _, r in messages],
-        [r.status for _, r in messages],
-        [r.error for _, r in messages],
-        [_email_hash(s.org_id, r) for s in sends for r in s.records],
-        [s.notify for s in sends],
-    )
+    fenced = [(s.send_id, s.fence) for s in sends if s.fence is not None]
+    statement_sent = False
+    try:
+        async with pool.acquire() as conn:
+            statement_sent = True
+            written = await conn.fetch(
+                Q.insert_sends_batch,
+                [s.send_id for s in sends],
+                [s.org_id for s in sends],
+                [s.broadcast_id for s in sends],
+                [s.contact_id for s in sends],
+                [s.source for s in sends],
+                [s.request_id for s in sends],
+                [s.variables for s in sends],
+                [r.id for _, r in messages],
+                [send_id for send_id, _ in messages],
+                [r.template_id for _, r in messages],
+                [r.contact_channel_id for _, r in messages],
+                [r.channel for _, r in messages],
+                [r.to for _, r in messages],
+                [r.status for _, r in messages],
+                [r.error for _, r in messages],
+                [_email_hash(s.org_id, r) for s in sends for r in s.records],
+                [s.notify for s in sends],
+                [send_id for send_id, _ in fenced],
+                [fence.org_id for _, fence in fenced],
+                [fence.key for _, fence in fenced],
+                [fence.holder for _, fence in fenced],
+            )
+    except db.UNREACHABLE:
+        if not statement_sent:
+            raise  # no connection, so nothing was written: the caller may retry
+        written = await after_lost_commit(lambda: pool.fetch(Q.select_sends_messages, [s.send_id for s in sends]))
+        log.warning("send_commit_reply_lost", sends=len(sends), committed=len({r["send_id"] for r in written}))
+        if not written:
+            # The statement is atomic: no send of the batch was written (or all were refused,
+            # which a repeat will tell). Nothing was accepted; the caller may retry.
+            raise
     by_id = {row["id"]: row for row in written}
     for _, record in messages:
         row = by_id.get(record.id)
@@ -291,18 +339,70 @@ async def commit_many(pool: asyncpg.Pool, sends: list[PreparedSend]) -> list[err
     refused = [s for s in sends if s.send_id not in ok]
     reasons: dict[uuid.UUID, errors.TidingsError] = {}
     if refused:
-        # Rare: a pause, or an unsubscribe or block, committed after `prepare` looked.
+        # Rare: a pause, or an unsubscribe or block, committed after `prepare` looked; or a
+        # retry took the send's Idempotency-Key over.
         rows = await pool.fetch(
             Q.select_send_refusals, [s.broadcast_id for s in refused], [s.contact_id for s in refused]
         )
         for send, row in zip(refused, rows, strict=True):
-            if row["contact_status"] == ContactStatus.unsubscribed:
+            if send.fence is not None and not await _holds(pool, send.fence):
+                reasons[send.send_id] = errors.IdempotencyKeyInFlight(KEY_TAKEN_OVER)
+            elif row["contact_status"] == ContactStatus.unsubscribed:
                 reasons[send.send_id] = errors.RecipientUnsubscribed()
             elif row["contact_status"] == ContactStatus.blocked:
                 reasons[send.send_id] = errors.RecipientBlocked()
             else:
                 reasons[send.send_id] = errors.BroadcastNotActive()
     return [reasons.get(s.send_id) for s in sends]
+
+
+async def _holds(pool: asyncpg.Pool, fence: KeyFence) -> bool:
+    holder = await pool.fetchval(Q.select_idempotency_holder, fence.org_id, fence.key)
+    return bool(holder == fence.holder)
+
+
+async def after_lost_commit(probe: Callable[[], Awaitable[T]], wait_s: float = LOST_COMMIT_WAIT_S) -> T:
+    """What a commit whose reply was lost wrote: `probe` (a read of it) asked until Postgres
+    answers, for at most `wait_s`; then Unavailable (503), saying that the outcome is unknown."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    while True:
+        try:
+            return await asyncio.wait_for(probe(), max(LOST_COMMIT_POLL_S, deadline - loop.time()))
+        except db.UNREACHABLE as exc:
+            if loop.time() >= deadline:
+                raise errors.Unavailable(OUTCOME_UNKNOWN, headers={"Retry-After": "1"}) from exc
+        await asyncio.sleep(LOST_COMMIT_POLL_S)
+
+
+async def load_committed(pool: asyncpg.Pool, org_id: uuid.UUID, send_id: uuid.UUID) -> PreparedSend | None:
+    """A committed send of the org, with its messages as they are now (None: no such send)."""
+    rows = [r for r in await pool.fetch(Q.select_sends_messages, [send_id]) if r["org_id"] == org_id]
+    if not rows:
+        return None
+    first = rows[0]
+    return PreparedSend(
+        send_id=send_id,
+        org_id=org_id,
+        broadcast_id=first["broadcast_id"],
+        contact_id=first["contact_id"],
+        source="api",
+        request_id=None,
+        variables={},
+        records=[
+            Record(
+                id=r["id"],
+                template_id=r["template_id"],
+                channel=r["channel"],
+                contact_channel_id=r["contact_channel_id"],
+                to=r["to_address"],
+                status=r["status"],
+                error=r["error"],
+                external_message_id=r["external_message_id"],
+            )
+            for r in rows
+        ],
+    )
 
 
 def _email_hash(org_id: uuid.UUID, record: Record) -> bytes | None:

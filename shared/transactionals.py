@@ -28,8 +28,11 @@ from redis.asyncio import Redis
 
 from shared import (
     confirmations,
+    db,
     doorbell,
+    errors,
     field_errors,
+    sending,
     subscribers,
     suppressions,
     transactional_templates,
@@ -259,8 +262,12 @@ async def send(
     req: Request,
     *,
     request_id: str | None,
+    fence: sending.KeyFence | None = None,
 ) -> asyncpg.Record:
-    """Accept one transactional; returns it as `get` would (its id is the message id)."""
+    """Accept one transactional; returns it as `get` would (its id is the message id).
+
+    Made under an Idempotency-Key (`fence`), the send is bound to the key in its own
+    transaction, and refused if a retry took the key over."""
     now = dt.datetime.now(dt.UTC)
     base = settings.public_base
     recipient = await _resolve_recipient(pool, org_id, req)
@@ -285,54 +292,78 @@ async def send(
     status = MessageStatus.rejected if rejection else MessageStatus.scheduled if scheduled else MessageStatus.queued
     send_id, message_id = uuid.uuid4(), uuid.uuid4()
     contact_id = subscriber["id"] if subscriber else None
-    async with pool.acquire() as conn, conn.transaction():
-        if confirmation_token is not None:
-            assert contact_id is not None
-            expires_at = confirmations.expiry_for(req.queue_at)
-            await confirmations.create(
-                conn, org_id, contact_id, req.confirmation_template_id, confirmation_token, expires_at
+    written = False
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            if fence is not None and (
+                await conn.fetchval(Q.bind_idempotency_key, fence.org_id, fence.key, fence.holder, send_id) is None
+            ):
+                # A retry took the key over while this request ran: it answers for the key.
+                raise errors.IdempotencyKeyInFlight(sending.KEY_TAKEN_OVER)
+            if confirmation_token is not None:
+                assert contact_id is not None
+                expires_at = confirmations.expiry_for(req.queue_at)
+                await confirmations.create(
+                    conn, org_id, contact_id, req.confirmation_template_id, confirmation_token, expires_at
+                )
+            if unsubscribe_token is not None:
+                await unsubscribes.create(conn, org_id, req.email, contact_id, unsubscribe_token)
+            await conn.execute(Q.insert_send, send_id, org_id, None, contact_id, "api", request_id, variables)
+            await conn.execute(
+                Q.insert_transactional_message,
+                message_id,
+                send_id,
+                org_id,
+                contact_id,
+                subscriber["channel_id"] if subscriber else None,
+                address,
+                status,
+                rejection,
+                content,
+                req.queue_at if scheduled else None,
             )
-        if unsubscribe_token is not None:
-            await unsubscribes.create(conn, org_id, req.email, contact_id, unsubscribe_token)
-        await conn.execute(Q.insert_send, send_id, org_id, None, contact_id, "api", request_id, variables)
-        await conn.execute(
-            Q.insert_transactional_message,
-            message_id,
-            send_id,
-            org_id,
-            contact_id,
-            subscriber["channel_id"] if subscriber else None,
-            address,
-            status,
-            rejection,
-            content,
-            req.queue_at if scheduled else None,
-        )
-        await conn.execute(Q.insert_events, [message_id], [status], [rejection])
-        await conn.execute(
-            Q.insert_transactional,
-            message_id,
-            org_id,
-            address,
-            recipient_name,
-            req.subject if address else None,
-            req.body if address else None,
-            req.preheader if address else None,
-            req.reply_to,
-            req.template_id,
-            req.include_unsubscribe_link,
-            req.double_opt_in,
-            confirmation_token,
-            req.queue_at,
-        )
-    # Read back before enqueueing: the answer shows the transactional as accepted (queued,
-    # scheduled or rejected), not whichever step a fast worker has reached meanwhile.
-    row = await get(pool, org_id, message_id)
+            await conn.execute(Q.insert_events, [message_id], [status], [rejection])
+            await conn.execute(
+                Q.insert_transactional,
+                message_id,
+                org_id,
+                address,
+                recipient_name,
+                req.subject if address else None,
+                req.body if address else None,
+                req.preheader if address else None,
+                req.reply_to,
+                req.template_id,
+                req.include_unsubscribe_link,
+                req.double_opt_in,
+                confirmation_token,
+                req.queue_at,
+            )
+            # Read back inside the transaction: the answer is the transactional as accepted
+            # (queued, scheduled or rejected), known as soon as the commit is, and not
+            # whichever step a fast worker has reached meanwhile.
+            row = await conn.fetchrow(Q.select_transactional, message_id, org_id)
+            written = True
+    except db.UNREACHABLE:
+        if not written:
+            raise  # lost before the commit: nothing was written
+        # Lost in the commit itself: it may have committed. A committed send is answered as accepted.
+        row = await sending.after_lost_commit(lambda: get(pool, org_id, message_id))
+        if row is None:
+            raise
     assert row is not None
     if status != MessageStatus.rejected:
         # A scheduled one too: an idle worker then sleeps only until its queue_at.
         await doorbell.ring(redis, RedisKeys(settings.redis_prefix))
     return row
+
+
+async def get_by_send(pool: asyncpg.Pool, org_id: uuid.UUID, send_id: uuid.UUID) -> asyncpg.Record | None:
+    """The transactional a committed send made (a retry that took its Idempotency-Key over answers with it)."""
+    for message in await pool.fetch(Q.select_sends_messages, [send_id]):
+        if message["org_id"] == org_id:
+            return await get(pool, org_id, message["id"])
+    return None
 
 
 async def get(pool: asyncpg.Pool, org_id: uuid.UUID, transactional_id: uuid.UUID) -> asyncpg.Record | None:

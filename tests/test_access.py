@@ -117,7 +117,9 @@ async def test_idempotency_key_in_flight_is_409(client, org, pool) -> None:
     from api.idempotency import request_hash
 
     # A first request that has claimed the key and not finished.
-    await pool.execute(Q.claim_idempotency_key, org.id, key, request_hash("POST", path, orjson.dumps(body)))
+    await pool.execute(
+        Q.claim_idempotency_key, org.id, key, request_hash("POST", path, orjson.dumps(body)), uuid.uuid4(), 60.0
+    )
     r = await client.post(
         path,
         headers={**org.auth("write"), "Idempotency-Key": key},

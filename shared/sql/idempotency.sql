@@ -1,26 +1,53 @@
 -- name: claim_idempotency_key
--- Take a key for a first request; returns nothing when the key is already taken.
-INSERT INTO idempotency_keys (org_id, key, request_hash) VALUES ($1, $2, $3)
+-- Take a key for a first request, held by $4 for a lease of $5 seconds; returns nothing when the key is already taken.
+INSERT INTO idempotency_keys (org_id, key, request_hash, holder, lease_expires_at)
+VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))
 ON CONFLICT (org_id, key) DO NOTHING
 RETURNING key;
 
 -- name: select_idempotency_key
--- What the first request with this key asked and (once finished) was answered.
-SELECT request_hash, response_status, response_body, created_at > now() - interval '24 hours' AS live
+-- What the first request with this key asked and (once finished) was answered, and how long its lease still runs.
+SELECT request_hash, response_status, response_body, send_id,
+       created_at > now() - interval '24 hours' AS live,
+       extract(epoch FROM lease_expires_at - now())::float8 AS lease_left_s
 FROM idempotency_keys WHERE org_id = $1 AND key = $2;
 
+-- name: take_over_idempotency_key
+-- Hold a key whose request is gone (no answer stored, its lease lapsed); returns the send that request committed, if any.
+UPDATE idempotency_keys SET holder = $3, lease_expires_at = now() + make_interval(secs => $4)
+WHERE org_id = $1 AND key = $2 AND response_status IS NULL AND lease_expires_at <= now()
+RETURNING send_id;
+
+-- name: renew_idempotency_lease
+-- The request holding a key still runs: extend its lease; returns nothing once the key was taken over.
+UPDATE idempotency_keys SET lease_expires_at = now() + make_interval(secs => $4)
+WHERE org_id = $1 AND key = $2 AND holder = $3 AND response_status IS NULL
+RETURNING key;
+
+-- name: bind_idempotency_key
+-- Tie a send to its key inside the send's transaction, only while its request still holds the key.
+UPDATE idempotency_keys SET send_id = $4
+WHERE org_id = $1 AND key = $2 AND holder = $3 AND response_status IS NULL
+RETURNING key;
+
+-- name: select_idempotency_holder
+-- Which request holds a key now (a send refused at commit: was its key taken over?).
+SELECT holder FROM idempotency_keys WHERE org_id = $1 AND key = $2;
+
 -- name: store_idempotent_response
--- Keep the first request's answer for repeats.
-UPDATE idempotency_keys SET response_status = $3, response_body = $4 WHERE org_id = $1 AND key = $2;
+-- Keep the answer for repeats; a request that lost its key to a retry stores nothing.
+UPDATE idempotency_keys SET response_status = $4, response_body = $5
+WHERE org_id = $1 AND key = $2 AND holder = $3;
 
 -- name: release_idempotency_key
--- Forget a key whose request did not finish (a crash, a rate limit): a repeat runs afresh.
-DELETE FROM idempotency_keys WHERE org_id = $1 AND key = $2 AND response_status IS NULL;
+-- Forget a key whose request did not finish and committed no send (a rate limit, an outage): a repeat runs afresh.
+DELETE FROM idempotency_keys
+WHERE org_id = $1 AND key = $2 AND holder = $3 AND response_status IS NULL AND send_id IS NULL;
 
 -- name: delete_expired_idempotency_keys
 -- Keys are honoured for 24 hours.
 DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours';
 
--- name: delete_idempotency_key
--- Drop an expired key before reusing it.
-DELETE FROM idempotency_keys WHERE org_id = $1 AND key = $2;
+-- name: delete_expired_idempotency_key
+-- Drop one expired key before reusing it (a key claimed again meanwhile is kept).
+DELETE FROM idempotency_keys WHERE org_id = $1 AND key = $2 AND created_at < now() - interval '24 hours';

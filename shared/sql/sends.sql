@@ -22,8 +22,16 @@ ON CONFLICT (org_id, email) DO NOTHING;
 -- messages and first events. An email to a suppressed or redacted address is written
 -- `rejected` here, so the check costs nothing per request. Returns each message written
 -- with its final status and error; a send with no rows was refused (its broadcast paused, or
--- its contact unsubscribed or blocked, after the request looked).
-WITH s AS (
+-- its contact unsubscribed or blocked, after the request looked, or its Idempotency-Key taken
+-- over by a retry). A send made under an Idempotency-Key ($18-$21: send, org, key, holder) is
+-- bound to its key by this same statement, and only while its request still holds the key:
+-- a retry that takes the key over then finds this send, and one that took it first refuses it.
+WITH k AS (
+    UPDATE idempotency_keys ik SET send_id = f.send_id
+    FROM unnest($18::uuid[], $19::uuid[], $20::text[], $21::uuid[]) AS f(send_id, org_id, key, holder)
+    WHERE ik.org_id = f.org_id AND ik.key = f.key AND ik.holder = f.holder AND ik.response_status IS NULL
+    RETURNING f.send_id
+), s AS (
     INSERT INTO sends (id, org_id, broadcast_id, contact_id, source, request_id, variables, notify)
     SELECT u.id, u.org_id, u.broadcast_id, u.contact_id, u.source, u.request_id, u.variables, u.notify
     FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::message_source[], $6::text[], $7::jsonb[],
@@ -31,6 +39,7 @@ WITH s AS (
         AS u(id, org_id, broadcast_id, contact_id, source, request_id, variables, notify)
     WHERE EXISTS (SELECT 1 FROM broadcasts b WHERE b.id = u.broadcast_id AND b.status = 'active')
       AND EXISTS (SELECT 1 FROM contacts c WHERE c.id = u.contact_id AND c.status = 'subscribed')
+      AND (u.id <> ALL($18::uuid[]) OR u.id IN (SELECT send_id FROM k))
     RETURNING id, org_id, broadcast_id, contact_id, source
 ), v AS (
     SELECT v.*, s.org_id, s.broadcast_id, s.contact_id, s.source,
@@ -67,3 +76,13 @@ FROM unnest($1::uuid[], $2::uuid[]) WITH ORDINALITY AS u(broadcast_id, contact_i
 LEFT JOIN broadcasts b ON b.id = u.broadcast_id
 LEFT JOIN contacts c ON c.id = u.contact_id
 ORDER BY u.n;
+
+-- name: select_sends_messages
+-- Committed sends' messages as their answer shows them (after a commit's lost reply, or for a retry that took a key over).
+SELECT m.send_id, s.org_id, s.broadcast_id, s.contact_id, m.id, m.template_id, m.channel, m.contact_channel_id, m.to_address,
+       m.status, m.error, m.external_message_id
+FROM messages m
+JOIN sends s ON s.id = m.send_id
+LEFT JOIN templates t ON t.id = m.template_id
+WHERE m.send_id = ANY($1::uuid[])
+ORDER BY m.send_id, t.created_at, t.id;
