@@ -23,6 +23,9 @@ from shared.redis_keys import RedisKeys
 
 log = structlog.get_logger("tidings.api.waiter")
 
+# How long start-up waits for the outcome subscription before going on without it.
+READY_WAIT_S = 2.0
+
 
 class _Wait:
     __slots__ = ("expected", "fut", "got")
@@ -42,8 +45,14 @@ class SendWaiter:
         self._ready = asyncio.Event()
 
     async def start(self) -> None:
+        """Subscribe, waiting at most `READY_WAIT_S`: an api must start while Redis is down
+        (it answers 503 to what needs Redis meanwhile); the listener keeps trying in the
+        background, and until it is subscribed a waiting send answers 202 at its timeout."""
         self._task = asyncio.create_task(self._listen())
-        await asyncio.wait_for(self._ready.wait(), timeout=10)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready.wait()), timeout=READY_WAIT_S)
+        except TimeoutError:
+            log.warning("send_waiter_not_subscribed", waited_s=READY_WAIT_S)
 
     async def close(self) -> None:
         if self._task is not None:

@@ -8,7 +8,9 @@ import socket
 import subprocess
 import sys
 import uuid
+from typing import Any
 
+import aiohttp
 import pytest
 
 
@@ -90,3 +92,20 @@ def test_a_malformed_variable_is_one_line(env: dict[str, str], expected: str, go
 def test_migrate_without_a_database_url_is_one_line() -> None:
     line = one_line(run(["migrate"]))
     assert "DATABASE_URL is not set" in line
+
+
+async def test_an_api_started_while_redis_is_down_serves_and_answers_503(settings: Any, tmp_path: Any) -> None:
+    # Redis is waited for, not required at start: a restart during a Redis outage must come up.
+    from tests.api_process import api_process
+
+    redis_down = f"redis://127.0.0.1:{closed_port()}/0"
+    async with (
+        api_process(settings.replace(redis_url=redis_down), tmp_path / "api.log") as base,
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.get(f"{base}/healthz") as r:
+            assert r.status == 200
+        async with http.post(f"{base}/api/v1/transactionals.json", json={}, headers={"Authorization": "Bearer x"}) as r:
+            assert r.status in (401, 503)  # the key is checked in Postgres; nothing hangs
+    log = (tmp_path / "api.log").read_text()
+    assert "send_waiter_not_subscribed" in log
