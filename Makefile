@@ -6,10 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: dev test lint typecheck format install bench clean
 
-$(STAMP): requirements.lock pyproject.toml
+# The runtime lock plus the dev and dev-stack extras' (requirements-dev.lock includes the other).
+$(STAMP): requirements.lock requirements-dev.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
@@ -19,8 +20,8 @@ dev: $(STAMP)
 	$(BIN)/tidings dev
 
 lint: $(STAMP)
-	$(BIN)/ruff check api worker shared tests
-	$(BIN)/ruff format --check api worker shared tests
+	$(BIN)/ruff check api worker shared tidings tests
+	$(BIN)/ruff format --check api worker shared tidings tests
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -29,8 +30,8 @@ test: lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider
 
 format: $(STAMP)
-	$(BIN)/ruff format api worker shared tests
-	$(BIN)/ruff check --fix api worker shared tests
+	$(BIN)/ruff format api worker shared tidings tests
+	$(BIN)/ruff check --fix api worker shared tidings tests
 
 clean:
 	rm -rf $(VENV) .data .mypy_cache .ruff_cache

@@ -7,25 +7,16 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 # Importing the route modules registers their routes (see api.routing.route).
-from api import (  # noqa: F401
-    routes_broadcasts,
-    routes_contacts,
-    routes_health,
-    routes_messages,
-    routes_send,
-    routes_transactionals,
-    routes_webhooks,
-    v1_pages,
-    v1_subscribers,
-    v1_templates,
-)
+from api import health, whatsapp_webhooks  # noqa: F401
 from api.auth import KeyCache
+from api.broadcasts import broadcasts, contacts, messages, send  # noqa: F401
 from api.middleware import request_middleware
 from api.ratelimit import RateLimiter
 from api.routing import WEBHOOK_MAX_BODY_BYTES, add_routes
 from api.send_pipeline import SendPipeline
 from api.send_waiter import SendWaiter
 from api.state import STATE, State
+from api.transactionals import pages, subscribers, templates, transactionals  # noqa: F401
 from shared import db, redis_clients
 from shared.broadcast_cache import BroadcastCache
 from shared.config import Settings

@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from api import schemas
+from api.broadcasts import schemas
 from api.routing import ROUTES, RouteSpec
 from shared import suppressions
 from shared.domain import Channel, MessageStatus

@@ -30,7 +30,7 @@ async def api_process(settings: Settings, log_path: Path, **env: str) -> AsyncIt
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "shared.cli",
+        "tidings.cli",
         "api",
         "--host",
         "127.0.0.1",

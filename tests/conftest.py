@@ -43,7 +43,7 @@ async def admin_dsn(embedded_dir: pathlib.Path) -> AsyncIterator[str]:
     if dsn:
         yield dsn
         return
-    from shared.embedded import EmbeddedPostgres
+    from tidings.dev.embedded import EmbeddedPostgres
 
     server = EmbeddedPostgres(embedded_dir / "postgres")
     yield await server.start()
@@ -52,7 +52,7 @@ async def admin_dsn(embedded_dir: pathlib.Path) -> AsyncIterator[str]:
 
 @pytest.fixture(scope="session")
 async def database_url(admin_dsn: str) -> AsyncIterator[str]:
-    from shared.embedded import create_database, drop_database
+    from tidings.dev.embedded import create_database, drop_database
 
     name = f"tidings_test_{RUN_ID}"
     dsn = await create_database(admin_dsn, name)
@@ -66,7 +66,7 @@ async def redis_url(embedded_dir: pathlib.Path) -> AsyncIterator[str]:
     base = os.environ.get("TEST_REDIS_URL")
     server = None
     if not base:
-        from shared.embedded import EmbeddedRedis
+        from tidings.dev.embedded import EmbeddedRedis
 
         server = EmbeddedRedis(embedded_dir / "redis")
         base = await server.start()
@@ -94,7 +94,7 @@ async def redis_url(embedded_dir: pathlib.Path) -> AsyncIterator[str]:
 
 @pytest.fixture(scope="session")
 async def smtp_server() -> AsyncIterator[Any]:
-    from shared.dev_inbox import start_smtp
+    from tidings.dev.inbox import start_smtp
 
     # Tests find their mail by recipient among everything the session sent: keep it all.
     server = await start_smtp("127.0.0.1", 0, max_messages=1_000_000)
@@ -104,7 +104,7 @@ async def smtp_server() -> AsyncIterator[Any]:
 
 @pytest.fixture(scope="session")
 async def wa_sandbox() -> AsyncIterator[Any]:
-    from shared.whatsapp_sandbox import start_sandbox
+    from tidings.dev.whatsapp_sandbox import start_sandbox
 
     runner, base_url, sandbox = await start_sandbox(
         "127.0.0.1", 0, access_token="test-token", phone_number_id="1000001"

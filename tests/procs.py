@@ -33,7 +33,7 @@ class WorkerProcess:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "shared.cli",
+            "tidings.cli",
             "worker",
             env=settings_env(self.settings),
             stdout=log,

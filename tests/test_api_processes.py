@@ -28,7 +28,7 @@ async def test_processes_share_the_port_and_stop_together(settings: Settings, tm
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "shared.cli",
+        "tidings.cli",
         "api",
         "--host",
         "127.0.0.1",

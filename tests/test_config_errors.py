@@ -24,7 +24,7 @@ def closed_port() -> int:
 def run(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_", "PUBLIC_", "PORT"))}
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args],
+        [sys.executable, "-m", "tidings.cli", *args],
         env={**base, **env},
         capture_output=True,
         text=True,

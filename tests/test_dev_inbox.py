@@ -12,7 +12,7 @@ import aiohttp
 import aiosmtplib
 import pytest
 
-from shared.dev_inbox import Inbox, InboxHandler, start_inbox, start_smtp
+from tidings.dev.inbox import Inbox, InboxHandler, start_inbox, start_smtp
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from arq.connections import RedisSettings, create_pool
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from shared.embedded import EmbeddedError, EmbeddedPostgres, EmbeddedRedis, create_database, drop_database
+from tidings.dev.embedded import EmbeddedError, EmbeddedPostgres, EmbeddedRedis, create_database, drop_database
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -121,7 +121,7 @@ async def test_postgres_left_running_by_a_killed_process_is_adopted_then_stopped
 async def _postgres_left_running_is_adopted_then_stopped(pgdata: Path) -> None:
     await run_then_kill(f"""
         import asyncio, asyncpg
-        from shared.embedded import EmbeddedPostgres
+        from tidings.dev.embedded import EmbeddedPostgres
         async def main():
             dsn = await EmbeddedPostgres({str(pgdata)!r}).start()
             conn = await asyncpg.connect(dsn)
@@ -184,7 +184,7 @@ async def _redis_left_running_is_shut_down_with_its_data_saved(folder: Path) -> 
     await run_then_kill(f"""
         import asyncio
         from redis.asyncio import Redis
-        from shared.embedded import EmbeddedRedis
+        from tidings.dev.embedded import EmbeddedRedis
         async def main():
             url = await EmbeddedRedis({str(folder)!r}).start()
             client = Redis.from_url(url)

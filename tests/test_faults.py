@@ -24,12 +24,12 @@ from redis.asyncio import Redis
 from api.app import create_app
 from shared import db, orgs
 from shared.config import Settings
-from shared.dev_inbox import start_smtp
-from shared.embedded import create_database, drop_database
 from shared.migrate import migrate
 from shared.sql import Q
 from tests.helpers import EMAIL_TEMPLATE, eventually, make_broadcast
 from tests.procs import WorkerProcess
+from tidings.dev.embedded import create_database, drop_database
+from tidings.dev.inbox import start_smtp
 from worker.reconcile import RECLAIM_GRACE_S
 
 BURST = 120

@@ -54,7 +54,7 @@ class ApiProcess:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "shared.cli",
+            "tidings.cli",
             "api",
             "--host",
             "127.0.0.1",

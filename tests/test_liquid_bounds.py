@@ -130,7 +130,7 @@ async def api_url(settings: Settings, tmp_path: Path) -> AsyncIterator[str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "shared.cli",
+        "tidings.cli",
         "api",
         "--host",
         "127.0.0.1",

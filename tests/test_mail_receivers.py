@@ -215,7 +215,7 @@ def _api_start_log(database_url: str, redis_url: str, **env: str) -> str:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_", "PUBLIC_", "TIDINGS_"))}
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "api", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "tidings.cli", "api", "--host", "127.0.0.1", "--port", str(port)],
         env={**base, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "LOG_FORMAT": "json", **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import orjson
 
-from shared.manual_send import manual_send
 from tests.helpers import make_broadcast, unique_email
+from tidings.send import manual_send
 
 
 async def test_manual_send_is_delivered_and_marked_manual(client, org, settings, worker, smtp_server, capsys) -> None:

@@ -25,11 +25,11 @@ from redis.asyncio import Redis
 from api.send_waiter import SendWaiter
 from shared import db, orgs, sending
 from shared.config import Settings
-from shared.embedded import create_database, database_dsn, drop_database
 from shared.migrate import migrate
 from shared.redis_keys import RedisKeys
 from shared.sql import Q
 from tests.helpers import EMAIL_TEMPLATE, eventually, make_broadcast, unique_email
+from tidings.dev.embedded import create_database, database_dsn, drop_database
 from worker.channels.email import EmailChannel
 from worker.channels.whatsapp import WhatsAppChannel
 from worker.context import WorkerContext
@@ -523,8 +523,8 @@ class ProxiedPump:
 
 @contextlib.asynccontextmanager
 async def proxied_pump(settings: Settings, own_pool: asyncpg.Pool, admin_dsn: str) -> AsyncIterator[ProxiedPump]:
-    from shared.dev_inbox import start_smtp
     from tests.test_faults import TcpProxy
+    from tidings.dev.inbox import start_smtp
 
     smtp = await start_smtp("127.0.0.1", 0)
     receive = smtp.handler.handle_DATA

@@ -8,9 +8,9 @@ import uuid
 import asyncpg
 
 from shared import domain
-from shared.embedded import create_database, drop_database
 from shared.migrate import available, migrate
 from shared.sql import Q, parse
+from tidings.dev.embedded import create_database, drop_database
 
 
 async def test_every_named_statement_prepares(pool: asyncpg.Pool) -> None:

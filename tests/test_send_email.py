@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from api import schemas
+from api.broadcasts import schemas
 from tests.helpers import eventually, make_broadcast, unique_email
 
 

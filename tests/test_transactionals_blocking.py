@@ -10,7 +10,7 @@ import uuid
 
 import msgspec
 
-from api import v1_schemas
+from api.transactionals import schemas as v1_schemas
 from shared import orgs, subscribers
 from tests.helpers import unique_email
 from tests.test_transactionals_helpers import (

@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from api import v1_schemas
+from api.transactionals import schemas as v1_schemas
 from tests.helpers import eventually
 
 V1 = "/api/v1"

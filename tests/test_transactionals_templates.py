@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from api import v1_schemas
+from api.transactionals import schemas as v1_schemas
 from shared import orgs
 from tests.test_transactionals_helpers import V1, make_template, post_json
 

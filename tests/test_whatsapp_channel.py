@@ -1,6 +1,6 @@
 """The real WhatsApp client against the real sandbox over loopback HTTP: no Postgres, no Redis.
 
-Every error trigger of `shared.whatsapp_sandbox` must be sorted by the channel the way the
+Every error trigger of `tidings.dev.whatsapp_sandbox` must be sorted by the channel the way the
 pipeline needs it: transient (retry later) or permanent (give up), quoting Meta's code.
 """
 
@@ -22,7 +22,7 @@ import pytest
 from aiohttp import web
 
 from shared.config import Settings
-from shared.whatsapp_sandbox import Sandbox, start_sandbox
+from tidings.dev.whatsapp_sandbox import Sandbox, start_sandbox
 from worker.channels.base import PermanentDeliveryError, RenderedWhatsApp, TransientDeliveryError
 from worker.channels.whatsapp import WhatsAppChannel, parse_response, parse_retry_after, request_body
 

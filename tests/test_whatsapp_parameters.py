@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from shared.config import Settings
-from shared.whatsapp_sandbox import start_sandbox
 from tests.helpers import WHATSAPP_TEMPLATE, eventually, make_broadcast, unique_phone
+from tidings.dev.whatsapp_sandbox import start_sandbox
 from worker.channels.base import PermanentDeliveryError, RenderedWhatsApp
 from worker.channels.whatsapp import WhatsAppChannel, request_body
 

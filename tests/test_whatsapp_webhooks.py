@@ -15,10 +15,10 @@ import orjson
 from aiohttp.test_utils import TestClient
 
 # Importing registers the routes before the session's app is built (api.app may not import it yet).
-import api.routes_webhooks  # noqa: F401
+import api.whatsapp_webhooks  # noqa: F401
 from shared.config import Settings
-from shared.whatsapp_sandbox import start_sandbox
 from tests.helpers import eventually, unique_phone
+from tidings.dev.whatsapp_sandbox import start_sandbox
 from worker.channels.base import RenderedWhatsApp
 from worker.channels.whatsapp import WhatsAppChannel
 

@@ -23,6 +23,7 @@ from arq.typing import StartupShutdown, WorkerCoroutine
 from shared import db, redis_clients
 from shared.config import Settings
 from shared.redis_keys import RedisKeys
+from shared.runtime import tune_gc
 from worker.channels.email import EmailChannel
 from worker.channels.whatsapp import WhatsAppChannel
 from worker.context import WorkerContext
@@ -138,3 +139,11 @@ async def serve_until_signalled(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await serve(settings, stop)
+
+
+def run(settings: Settings) -> None:
+    """`tidings worker`: one worker process, until SIGTERM or SIGINT."""
+    import uvloop
+
+    tune_gc()
+    uvloop.run(serve_until_signalled(settings))

@@ -250,8 +250,8 @@ class CpuMeter:
     """
 
     ROLES = (
-        ("shared.cli api", "api"),
-        ("shared.cli worker", "worker"),
+        ("tidings.cli api", "api"),
+        ("tidings.cli worker", "worker"),
         ("loadgen.py", "load generator"),
         ("ceilings.py", "ceiling client"),
         ("bare_api.py", "bare api"),
@@ -409,7 +409,7 @@ class Bench:
     async def _servers(self) -> tuple[str, str]:
         """The Postgres server's DSN and our Redis URL: from the environment, else embedded."""
         cfg = self.cfg
-        from shared.embedded import EmbeddedPostgres, EmbeddedRedis
+        from tidings.dev.embedded import EmbeddedPostgres, EmbeddedRedis
 
         data_dir = cfg.data_dir
         if data_dir is None and not (cfg.database_url and cfg.redis_url):
@@ -471,9 +471,9 @@ class Bench:
     async def _template(self) -> None:
         """The database every scenario copies: migrated, with the org, key and broadcasts."""
         from shared import db, orgs
-        from shared.embedded import create_database, drop_database
         from shared.migrate import migrate
         from shared.sql import Q
+        from tidings.dev.embedded import create_database, drop_database
 
         url = await create_database(self.server_dsn, self.template)
         self.stack.push_async_callback(drop_database, self.server_dsn, self.template)
@@ -499,7 +499,7 @@ class Bench:
         import asyncpg
 
         from shared import db
-        from shared.embedded import database_dsn, drop_database
+        from tidings.dev.embedded import database_dsn, drop_database
 
         name = f"{self.template}_{tag.replace('-', '_')}"
         conn = await asyncpg.connect(self.server_dsn)
@@ -561,7 +561,7 @@ class Bench:
 
         self.api = await self.child(
             f"api-{tag}",
-            [sys.executable, "-m", "shared.cli", "api", "--host", common.LOOPBACK, "--port", str(self.api_port)],
+            [sys.executable, "-m", "tidings.cli", "api", "--host", common.LOOPBACK, "--port", str(self.api_port)],
             self.child_env,
         )
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -624,7 +624,7 @@ class Bench:
             workers.append(
                 await self.child(
                     f"worker-{tag}-{i + 1}",
-                    [sys.executable, "-m", "shared.cli", "worker"],
+                    [sys.executable, "-m", "tidings.cli", "worker"],
                     self.child_env | (extra_env or {}),
                 )
             )

@@ -44,7 +44,7 @@ async def smtp_sink(port: int) -> None:
 
 
 async def whatsapp(port: int, keep: int) -> None:
-    from shared.whatsapp_sandbox import start_sandbox
+    from tidings.dev.whatsapp_sandbox import start_sandbox
 
     runner, base_url, sandbox = await start_sandbox(
         common.LOOPBACK,

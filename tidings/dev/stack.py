@@ -32,11 +32,11 @@ import orjson
 import structlog
 
 from shared import keys, logs, orgs
-from shared.dev_inbox import start_inbox
-from shared.embedded import EmbeddedError, EmbeddedPostgres, EmbeddedRedis, create_database
 from shared.migrate import migrate
 from shared.sql import Q
-from shared.whatsapp_sandbox import start_sandbox
+from tidings.dev.embedded import EmbeddedError, EmbeddedPostgres, EmbeddedRedis, create_database
+from tidings.dev.inbox import start_inbox
+from tidings.dev.whatsapp_sandbox import start_sandbox
 
 log = structlog.get_logger("tidings.dev")
 
@@ -378,7 +378,7 @@ class _Child:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "shared.cli",
+            "tidings.cli",
             role,
             env=env,
             stdin=asyncio.subprocess.DEVNULL,

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from api import v1_schemas
 from api.jsonio import json_response
 from api.routing import Call, route
+from api.transactionals import schemas
 from shared import confirmations, cursors, field_errors, transactional_templates, transactionals
 from shared.field_errors import FieldErrors
 
@@ -22,11 +22,11 @@ MAX_PAGE_BODY = 5000
     summary="Create an email template (Liquid subject, body, preheader)",
     scope="write",
     tag=TAG,
-    body=v1_schemas.TemplateCreate,
-    response=v1_schemas.TemplateOut,
+    body=schemas.TemplateCreate,
+    response=schemas.TemplateOut,
     status=201,
 )
-async def create_template(call: Call[v1_schemas.TemplateCreate]) -> web.Response:
+async def create_template(call: Call[schemas.TemplateCreate]) -> web.Response:
     body = call.body
     problems = FieldErrors()
     name = problems.text("name", body.name, maximum=transactionals.MAX_NAME, required=True)
@@ -48,7 +48,7 @@ async def create_template(call: Call[v1_schemas.TemplateCreate]) -> web.Response
     summary="One email template",
     scope="read",
     tag=TAG,
-    response=v1_schemas.TemplateOut,
+    response=schemas.TemplateOut,
 )
 async def get_template(call: Call[None]) -> web.Response:
     row = await transactional_templates.get(call.state.pool, call.org_id, call.path_uuid("id"))
@@ -61,7 +61,7 @@ async def get_template(call: Call[None]) -> web.Response:
     summary="The org's email templates, newest first",
     scope="read",
     tag=TAG,
-    response=v1_schemas.TemplateList,
+    response=schemas.TemplateList,
     query=("limit", "cursor"),
 )
 async def list_templates(call: Call[None]) -> web.Response:
@@ -78,17 +78,17 @@ async def list_templates(call: Call[None]) -> web.Response:
     summary="Create confirmation page copy (heading and body per page state)",
     scope="write",
     tag=TAG,
-    body=v1_schemas.ConfirmationTemplateCreate,
-    response=v1_schemas.ConfirmationTemplateOut,
+    body=schemas.ConfirmationTemplateCreate,
+    response=schemas.ConfirmationTemplateOut,
     status=201,
     error_statuses=(409,),
 )
-async def create_confirmation_template(call: Call[v1_schemas.ConfirmationTemplateCreate]) -> web.Response:
+async def create_confirmation_template(call: Call[schemas.ConfirmationTemplateCreate]) -> web.Response:
     body = call.body
     problems = FieldErrors()
     name = problems.text("name", body.name, maximum=transactionals.MAX_NAME, required=True)
     pages: dict[str, dict[str, str]] = {}
-    given = body.pages or v1_schemas.ConfirmationPages()
+    given = body.pages or schemas.ConfirmationPages()
     for state in confirmations.PageState:
         copy = getattr(given, state.value)
         if copy is None:
@@ -116,7 +116,7 @@ async def create_confirmation_template(call: Call[v1_schemas.ConfirmationTemplat
     summary="One confirmation template",
     scope="read",
     tag=TAG,
-    response=v1_schemas.ConfirmationTemplateOut,
+    response=schemas.ConfirmationTemplateOut,
 )
 async def get_confirmation_template(call: Call[None]) -> web.Response:
     row = await confirmations.get_template(call.state.pool, call.org_id, call.path_uuid("id"))

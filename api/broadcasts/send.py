@@ -7,7 +7,8 @@ from typing import Any
 
 from aiohttp import web
 
-from api import idempotency, schemas
+from api import idempotency
+from api.broadcasts import schemas
 from api.jsonio import json_response
 from api.middleware import REQUEST_ID
 from api.routing import Call, route

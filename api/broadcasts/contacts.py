@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
-from api import schemas
+from api.broadcasts import schemas
 from api.jsonio import json_response
 from api.routing import Call, route
 from shared import contacts, errors

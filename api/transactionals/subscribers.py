@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from api import v1_schemas
 from api.jsonio import json_response
 from api.routing import Call, route
+from api.transactionals import schemas
 from shared import cursors, subscribers, suppressions, transactionals
 from shared.field_errors import FieldErrors
 
@@ -20,11 +20,11 @@ TAG = "transactionals"
     summary="Create a subscriber (unconfirmed and subscribed unless told otherwise)",
     scope="write",
     tag=TAG,
-    body=v1_schemas.SubscriberCreate,
-    response=v1_schemas.SubscriberOut,
+    body=schemas.SubscriberCreate,
+    response=schemas.SubscriberOut,
     status=201,
 )
-async def create_subscriber(call: Call[v1_schemas.SubscriberCreate]) -> web.Response:
+async def create_subscriber(call: Call[schemas.SubscriberCreate]) -> web.Response:
     body = call.body
     problems = FieldErrors()
     email = problems.email("email", body.email, required=True)
@@ -50,7 +50,7 @@ async def create_subscriber(call: Call[v1_schemas.SubscriberCreate]) -> web.Resp
     summary="One subscriber",
     scope="read",
     tag=TAG,
-    response=v1_schemas.SubscriberOut,
+    response=schemas.SubscriberOut,
 )
 async def get_subscriber(call: Call[None]) -> web.Response:
     row = await subscribers.get(call.state.pool, call.org_id, call.path_uuid("id"))
@@ -63,7 +63,7 @@ async def get_subscriber(call: Call[None]) -> web.Response:
     summary="Redact a subscriber (GDPR erasure); its addresses stay blocked by hash",
     scope="write",
     tag=TAG,
-    response=v1_schemas.SubscriberOut,
+    response=schemas.SubscriberOut,
 )
 async def redact_subscriber(call: Call[None]) -> web.Response:
     row = await subscribers.redact(call.state.pool, call.org_id, call.path_uuid("id"))
@@ -76,12 +76,12 @@ async def redact_subscriber(call: Call[None]) -> web.Response:
     summary="Add an address to the suppression list (201; 200 with the entry if it was there)",
     scope="write",
     tag=TAG,
-    body=v1_schemas.SuppressionCreate,
-    response=v1_schemas.SuppressionOut,
+    body=schemas.SuppressionCreate,
+    response=schemas.SuppressionOut,
     status=201,
     also=(200,),
 )
-async def add_suppression(call: Call[v1_schemas.SuppressionCreate]) -> web.Response:
+async def add_suppression(call: Call[schemas.SuppressionCreate]) -> web.Response:
     body = call.body
     problems = FieldErrors()
     email = problems.email("email", body.email, required=True)
@@ -114,7 +114,7 @@ async def remove_suppression(call: Call[None]) -> web.Response:
     summary="The suppression list, newest first (filter ?reason=)",
     scope="read",
     tag=TAG,
-    response=v1_schemas.SuppressionList,
+    response=schemas.SuppressionList,
     query=("reason", "limit", "cursor"),
 )
 async def list_suppressions(call: Call[None]) -> web.Response:

@@ -12,7 +12,7 @@ import re
 from aiohttp import web
 
 from api.routing import Call, route
-from api.v1_page_html import page_response
+from api.transactionals.page_html import page_response
 from shared import confirmations, unsubscribes
 
 TAG = "pages"

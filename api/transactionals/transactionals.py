@@ -5,10 +5,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from api import errors as http_errors
-from api import idempotency, v1_schemas
+from api import idempotency
 from api.jsonio import json_response
 from api.middleware import REQUEST_ID
 from api.routing import Call, route
+from api.transactionals import schemas
 from shared import errors, transactionals
 
 TAG = "transactionals"
@@ -20,13 +21,13 @@ TAG = "transactionals"
     summary="Send a transactional email (inline content or a template; double opt-in; scheduled)",
     scope="write",
     tag=TAG,
-    body=v1_schemas.TransactionalCreate,
-    response=v1_schemas.TransactionalOut,
+    body=schemas.TransactionalCreate,
+    response=schemas.TransactionalOut,
     status=201,
     idempotent=True,
     rate_limited=True,
 )
-async def create_transactional(call: Call[v1_schemas.TransactionalCreate]) -> web.Response:
+async def create_transactional(call: Call[schemas.TransactionalCreate]) -> web.Response:
     try:
         return await _create(call)
     except errors.TidingsError as exc:
@@ -37,7 +38,7 @@ async def create_transactional(call: Call[v1_schemas.TransactionalCreate]) -> we
         )
 
 
-async def _create(call: Call[v1_schemas.TransactionalCreate]) -> web.Response:
+async def _create(call: Call[schemas.TransactionalCreate]) -> web.Response:
     body = call.body
     state = call.state
     claim = idempotency.claim_of(call.request)
@@ -47,7 +48,7 @@ async def _create(call: Call[v1_schemas.TransactionalCreate]) -> web.Response:
         committed = await transactionals.get_by_send(state.pool, call.org_id, claim.committed_send_id)
         if committed is not None:
             return json_response(transactionals.transactional_json(committed, state.settings.public_base), status=201)
-    subscriber = body.subscriber or v1_schemas.SubscriberAttributes()
+    subscriber = body.subscriber or schemas.SubscriberAttributes()
     submission = transactionals.Submission(
         to=body.to,
         subject=body.subject,
@@ -81,7 +82,7 @@ async def _create(call: Call[v1_schemas.TransactionalCreate]) -> web.Response:
     summary="One transactional email: what was sent, its status and its timestamps",
     scope="read",
     tag=TAG,
-    response=v1_schemas.TransactionalOut,
+    response=schemas.TransactionalOut,
 )
 async def get_transactional(call: Call[None]) -> web.Response:
     row = await transactionals.get(call.state.pool, call.org_id, call.path_uuid("id"))

@@ -12,8 +12,9 @@ import uuid
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-from shared import logs, preflight
+from shared import logs
 from shared.config import Settings
+from tidings import preflight
 
 
 def _run(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -23,7 +24,7 @@ def _run(coro: Coroutine[Any, Any, Any]) -> Any:
 
 
 def _need_database(settings: Settings) -> None:
-    # One line naming the variable, never a traceback (shared/preflight.py).
+    # One line naming the variable, never a traceback (tidings/preflight.py).
     preflight.require(settings, redis=False)
 
 
@@ -40,52 +41,17 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
-    import structlog
-    import uvloop
-
-    from api import processes as api_processes
-    from api import server
-    from api.app import create_app
+    from api.main import run
 
     _need_services(settings)
-    warning = settings.public_base_warning()
-    if warning:  # once, before the processes fork
-        structlog.get_logger("tidings.api").warning("public_base_url_not_https", detail=warning)
-    processes = args.processes or settings.api_processes
-    # Before any event loop or connection exists: each process builds its own.
-    children = api_processes.fork(processes)
-    _tune_gc()
-    uvloop.install()
-    app = create_app(settings)
-    api_processes.stop_children_on_shutdown(app, children)
-    try:
-        server.run(app, settings, args.host or settings.host, args.port or settings.port, reuse_port=processes > 1)
-    finally:
-        api_processes.reap(children)
-
-
-def _tune_gc() -> None:
-    """A server allocates many short-lived objects per request: collect the young generation
-    less often, and keep what start-up made (modules, caches) out of every collection."""
-    import gc
-
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
-
-
-# Python's default is 700 allocations; a request allocates hundreds.
-GC_GEN0_THRESHOLD = 20_000
+    run(settings, host=args.host, port=args.port, processes=args.processes)
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
-    import uvloop
-
-    from worker.main import serve_until_signalled
+    from worker.main import run
 
     _need_services(settings)
-    _tune_gc()
-    uvloop.run(serve_until_signalled(settings))
+    run(settings)
 
 
 def cmd_org_create(settings: Settings, args: argparse.Namespace) -> None:
@@ -129,7 +95,7 @@ def cmd_key_create(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_send(settings: Settings, args: argparse.Namespace) -> None:
-    from shared.manual_send import manual_send
+    from tidings.send import manual_send
 
     _need_services(settings)
     variables: dict[str, str] = {}
@@ -157,7 +123,10 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> None:
-    from shared.dev import run_dev
+    try:
+        from tidings.dev.stack import run_dev
+    except ImportError as exc:  # the embedded servers and the inbox are an extra
+        sys.exit(f"`tidings dev` needs the dev-stack extra (pip install 'tidings[dev-stack]'): {exc}")
 
     sys.exit(_run(run_dev()))
 

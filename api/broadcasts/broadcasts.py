@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from api import schemas
+from api.broadcasts import schemas
 from api.jsonio import json_response, validation_error
 from api.routing import Call, route
 from shared import broadcasts, cursors, errors

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from api import schemas
+from api.broadcasts import schemas
 from api.jsonio import json_response
 from api.routing import Call, route
 from shared import cursors, errors
