@@ -1,4 +1,4 @@
-"""Double opt-in through the Transactionals API: the seed's example and behaviour table,
+"""Double opt-in through the Transactionals API: the documented example and behaviour table,
 the Liquid variables, and the public confirmation page fetched over HTTP."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from tests.test_transactionals_helpers import (
     send,
 )
 
-SEED_BODY = (
+DOCUMENTED_BODY = (
     '<p>Hi {{ first_name }},</p><p>Thanks for signing up! Please <a href="{{ confirmation_url }}">confirm your '
     "subscription</a> to start receiving our newsletter.</p><p>If you did not sign up, you can ignore this email.</p>"
 )
@@ -41,7 +41,7 @@ async def open_page(client, url: str) -> tuple[int, str]:
     return r.status, await r.text()
 
 
-async def test_seed_double_opt_in_example_end_to_end(client, org, pool, worker, smtp_server) -> None:
+async def test_documented_double_opt_in_example_end_to_end(client, org, pool, worker, smtp_server) -> None:
     to = unique_email("john")
     out = await send(
         client,
@@ -49,7 +49,7 @@ async def test_seed_double_opt_in_example_end_to_end(client, org, pool, worker, 
         {
             "to": to,
             "subject": "Confirm your subscription to Acme Newsletter",
-            "body": SEED_BODY,
+            "body": DOCUMENTED_BODY,
             "double_opt_in": True,
             "subscriber": {"first_name": "John", "last_name": "Doe"},
         },
@@ -96,7 +96,7 @@ async def test_behaviour_by_subscriber_state(client, org, pool, worker, smtp_ser
     # Exists, unconfirmed: a new confirmation, a fresh URL; stored names are not overwritten.
     to = unique_email("pending")
     await make_subscriber(client, org, email=to, first_name="Ada")
-    body = {"to": to, "subject": "Confirm", "body": SEED_BODY, "double_opt_in": True}
+    body = {"to": to, "subject": "Confirm", "body": DOCUMENTED_BODY, "double_opt_in": True}
     first = await send(client, org, {**body, "subscriber": {"first_name": "Someone", "last_name": "Else"}})
     second = await send(client, org, body)
     assert first["confirmation_status"] == second["confirmation_status"] == "pending"
@@ -126,7 +126,7 @@ async def test_behaviour_by_subscriber_state(client, org, pool, worker, smtp_ser
     assert await pool.fetchval("SELECT count(*) FROM confirmations WHERE contact_id = $1", contact_id) == 0
 
 
-async def test_liquid_variables_of_the_seed(client, org, worker, smtp_server) -> None:
+async def test_documented_liquid_variables(client, org, worker, smtp_server) -> None:
     to = unique_email("vars")
     body = (
         "<p>c=[{{ confirmation_url }}] e=[{{ email }}] f=[{{ first_name }}] l=[{{ last_name }}] "

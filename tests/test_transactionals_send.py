@@ -1,4 +1,4 @@
-"""POST and GET /api/v1/transactionals: the seed's examples and every parameter, end to end
+"""POST and GET /api/v1/transactionals: the documented examples and every parameter, end to end
 through Postgres, Redis, the worker and the SMTP server."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def parse_time(value: str) -> dt.datetime:
     return dt.datetime.fromisoformat(value)
 
 
-async def test_seed_example_send_then_get(client, org, worker, smtp_server) -> None:
+async def test_documented_example_send_then_get(client, org, worker, smtp_server) -> None:
     to = unique_email("john")
     out = await send(
         client,
@@ -125,7 +125,7 @@ async def test_template_defaults_and_explicit_overrides(client, org, worker, smt
     )
     first, second = unique_email("tpl"), unique_email("tpl")
     await make_subscriber(client, org, email=first, first_name="Ada")
-    # The seed's example: only `to` and `template_id`.
+    # The documented example: only `to` and `template_id`.
     out = await send(client, org, {"to": first, "template_id": template["id"]})
     assert out["subject"] == "Welcome, {{ first_name }}"
     assert out["body"] == template["body"] and out["preheader"] == "Template preview"
@@ -134,7 +134,7 @@ async def test_template_defaults_and_explicit_overrides(client, org, worker, smt
     assert mail.subject == "Welcome, Ada"
     assert "Hello Ada from the template" in mail.html and "Template preview" in mail.html
 
-    # The seed's override example: an explicit subject wins, the rest comes from the template.
+    # The documented override example: an explicit subject wins, the rest comes from the template.
     out = await send(client, org, {"to": second, "template_id": template["id"], "subject": "Custom subject override"})
     assert out["subject"] == "Custom subject override" and out["body"] == template["body"]
     mail = await one_mail(smtp_server, second)
@@ -152,7 +152,7 @@ async def test_template_of_another_org_or_unknown_is_422(client, org, pool) -> N
     assert await pool.fetchval("SELECT count(*) FROM messages WHERE org_id = $1", org.id) == 0
 
 
-async def test_seed_error_shape_lists_every_problem(client, org, pool) -> None:
+async def test_documented_error_shape_lists_every_problem(client, org, pool) -> None:
     out = await send(client, org, {}, expect=422)
     assert out == {
         "errors": {
