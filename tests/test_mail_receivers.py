@@ -19,7 +19,7 @@ import pytest
 from shared import addresses, errors
 from shared.config import Settings
 from tests.helpers import EMAIL_TEMPLATE, make_broadcast, unique_email
-from tests.test_transactionals_helpers import PUBLIC_BASE, path_of
+from tests.transactionals_helpers import PUBLIC_BASE, path_of
 from worker.render import render_email
 
 ONE_CLICK = {"Content-Type": "application/x-www-form-urlencoded"}

@@ -13,7 +13,7 @@ import msgspec
 from api.transactionals import schemas as v1_schemas
 from shared import orgs, subscribers
 from tests.helpers import unique_email
-from tests.test_transactionals_helpers import (
+from tests.transactionals_helpers import (
     V1,
     fetch,
     heading,

@@ -7,7 +7,7 @@ import re
 
 from shared import confirmations, orgs
 from tests.helpers import unique_email
-from tests.test_transactionals_helpers import (
+from tests.transactionals_helpers import (
     PUBLIC_BASE,
     fetch,
     heading,

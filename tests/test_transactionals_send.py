@@ -12,7 +12,7 @@ import orjson
 from shared import orgs
 from shared.sql import Q
 from tests.helpers import make_broadcast, unique_email
-from tests.test_transactionals_helpers import (
+from tests.transactionals_helpers import (
     PUBLIC_BASE,
     V1,
     fetch,

@@ -6,7 +6,7 @@ import msgspec
 
 from api.transactionals import schemas as v1_schemas
 from shared import orgs
-from tests.test_transactionals_helpers import V1, make_template, post_json
+from tests.transactionals_helpers import V1, make_template, post_json
 
 
 async def test_create_read_and_list(client, org) -> None:

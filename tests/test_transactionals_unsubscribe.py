@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from shared import orgs
 from tests.helpers import make_broadcast, unique_email
-from tests.test_transactionals_helpers import (
+from tests.transactionals_helpers import (
     PUBLIC_BASE,
     heading,
     inbox,

@@ -1,4 +1,4 @@
-"""Builders shared by the Transactionals API tests (this module holds no tests)."""
+"""Builders shared by the Transactionals API tests."""
 
 from __future__ import annotations
 
