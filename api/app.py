@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -17,7 +18,7 @@ from api.send_pipeline import SendPipeline
 from api.send_waiter import SendWaiter
 from api.state import STATE, State
 from api.transactionals import pages, subscribers, templates, transactionals  # noqa: F401
-from shared import db, redis_clients
+from shared import db, redis_clients, templating
 from shared.broadcast_cache import BroadcastCache
 from shared.config import Settings
 from shared.contact_cache import ContactCache
@@ -52,6 +53,8 @@ def create_app(settings: Settings) -> web.Application:
         keys = RedisKeys(settings.redis_prefix)
         waiter = SendWaiter(subscriber, keys)
         await waiter.start()
+        # Large Liquid sources are checked in a process of their own (never on this loop).
+        await asyncio.to_thread(templating.start_checker)
         app[STATE] = State(
             settings=settings,
             pool=pool,
@@ -71,6 +74,7 @@ def create_app(settings: Settings) -> web.Application:
         await redis.aclose()
         await send_pool.close()
         await pool.close()
+        await asyncio.to_thread(templating.stop_checker)
 
     app.cleanup_ctx.append(resources)
     return app

@@ -10,8 +10,8 @@ to the end of the source from every delimiter that is never closed, and backtrac
 whitespace-only markup: `"{{" * 8000` took 15 s, and 256 KiB about half an hour. Before a
 source reaches it, `_precheck` refuses, in one linear pass, exactly what makes it
 superlinear (see there); what is left lexes and parses in time linear in its length.
-Large sources are then parsed on a thread of their own (`check_syntax_async`), so that a
-request's check never holds an event loop for more than a slice of the GIL.
+Large sources are then parsed in a checker process (`check_syntax_async`), so that a
+request's check never holds the api's event loop.
 
 Rendering is bounded by the environment (loop, output, namespace and range limits, below)
 and, since a filter can still be handed work far beyond them, by the worker running it in
@@ -24,9 +24,8 @@ import asyncio
 import bisect
 import concurrent.futures
 import functools
-import gc
+import multiprocessing
 import re
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -51,10 +50,9 @@ MAX_MARKUP_WHITESPACE = 16
 MAX_MARKUP_LENGTH = 10_000
 # A run of blanks in a `{% liquid %}` tag costs its line splitter the square of its length.
 MAX_LIQUID_TAG_BLANKS = 64
-# Sources up to this long are parsed inline (well under a millisecond); longer ones on
-# a thread of their own.
+# Sources up to this long are parsed inline (well under a millisecond); longer ones in a
+# checker process (`check_syntax_async`).
 INLINE_PARSE_MAX = 4_000
-CHECK_SWITCH_INTERVAL_S = 0.0005
 
 
 class TemplateTooLarge(LiquidError):
@@ -252,41 +250,62 @@ def check_syntax(fields: Mapping[str, str | None]) -> dict[str, list[str]]:
     return problems
 
 
-_checker: concurrent.futures.ThreadPoolExecutor | None = None
+_checker: concurrent.futures.ProcessPoolExecutor | None = None
+# Variables of sources a checker process parsed, so that the send path's `variables_used`
+# (on the event loop) finds them without parsing again. Bounded like the parse cache.
+_KNOWN_GLOBALS: dict[str, frozenset[str]] = {}
+_KNOWN_GLOBALS_MAX = 4096
+
+
+def start_checker() -> None:
+    """Start the process that checks large sources (a lifecycle hook of the api: once per
+    process, before serving). Spawned, not forked: the api process has threads and a loop."""
+    global _checker
+    if _checker is None:
+        _checker = concurrent.futures.ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context("spawn")
+        )
+        _checker.submit(check_syntax, {}).result()  # imported and ready before the first request
+
+
+def stop_checker() -> None:
+    global _checker
+    checker, _checker = _checker, None
+    if checker is not None:
+        checker.shutdown(wait=True, cancel_futures=True)
 
 
 async def check_syntax_async(fields: Mapping[str, str | None]) -> dict[str, list[str]]:
-    """`check_syntax` for a request handler: large sources are parsed off the event loop.
+    """`check_syntax` for a request handler: large sources are parsed in another process.
 
-    One thread for every check of the process: parsing is Python code, which gives the
-    GIL back every few milliseconds, so the loop keeps serving meanwhile; and concurrent
-    checks of large sources queue there instead of sharing the loop's core between them.
+    Parsing 200 KB of tags holds a core for up to a second; on a thread of this process it
+    would still take the GIL from the event loop for much of that (measured: /healthz waited
+    50-215 ms). In a process of its own it takes nothing from the loop, and concurrent checks
+    of large sources queue there instead of sharing the loop's core. Small sources, the
+    common case, are parsed inline (well under a millisecond).
     """
-    global _checker
     if sum(len(source) for source in fields.values() if source) <= INLINE_PARSE_MAX:
         return check_syntax(fields)
     if _checker is None:
-        _checker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="liquid-check")
-    return await asyncio.get_running_loop().run_in_executor(_checker, _check_syntax_yielding, dict(fields))
-
-
-def _check_syntax_yielding(fields: Mapping[str, str | None]) -> dict[str, list[str]]:
-    # While this thread parses, the GIL changes hands every CHECK_SWITCH_INTERVAL_S rather than
-    # every 5 ms: the loop needs it a few times per request it serves, and would otherwise
-    # wait 5 ms each time. The api runs no other threads that could mind.
-    # And no garbage collection meanwhile: a parse allocates a node per tag, and the full
-    # collections it would set off stop every thread (50-90 ms each for 190 KB of tags).
-    # Little of it is cyclic; it is freed as the parse drops it, and collected after.
-    before = sys.getswitchinterval()
-    collecting = gc.isenabled()
-    sys.setswitchinterval(CHECK_SWITCH_INTERVAL_S)
-    gc.disable()
+        start_checker()  # outside the api (a CLI, a test): started on first use
+    assert _checker is not None
     try:
-        return check_syntax(fields)
-    finally:
-        if collecting:
-            gc.enable()
-        sys.setswitchinterval(before)
+        problems, known = await asyncio.get_running_loop().run_in_executor(_checker, _check_in_child, dict(fields))
+    except concurrent.futures.process.BrokenProcessPool:
+        # The checker died (killed, out of memory): a new one for the next request; this one
+        # is answered as unparseable rather than parsed on the loop.
+        stop_checker()
+        return {name: ["Liquid syntax error: the template could not be checked"] for name, src in fields.items() if src}
+    if len(_KNOWN_GLOBALS) + len(known) > _KNOWN_GLOBALS_MAX:
+        _KNOWN_GLOBALS.clear()
+    _KNOWN_GLOBALS.update(known)
+    return problems
+
+
+def _check_in_child(fields: Mapping[str, str | None]) -> tuple[dict[str, list[str]], dict[str, frozenset[str]]]:
+    problems = check_syntax(fields)
+    known = {source: _globals_of(source) for name, source in fields.items() if source and name not in problems}
+    return problems, known
 
 
 def variables_used(sources: Iterable[str | None]) -> frozenset[str]:
@@ -306,6 +325,9 @@ def _globals_of(source: str) -> frozenset[str]:
     # Static analysis walks the whole template; the send path asks on every trigger. A stored
     # source that does not parse (saved before a check refused it) reads no variables: it
     # fails at rendering, with the reason, rather than failing every read of its broadcast.
+    known = _KNOWN_GLOBALS.get(source)
+    if known is not None:
+        return known
     try:
         return frozenset(_parse(source, False).global_variables())
     except LiquidError:
