@@ -36,7 +36,7 @@ format: $(STAMP)
 clean:
 	rm -rf $(VENV) .data .mypy_cache .ruff_cache
 
-# The benchmark (tests/perf/README.md): P1-P6 beside ceilings measured in the same run. Not
+# The benchmark (tests/perf/README.md): P1-P7 beside ceilings measured in the same run. Not
 # part of `make test` (a smoke version is). Knobs: BENCH_* in the environment, BENCH_ARGS=--soak.
 BENCH_STAMP := $(VENV)/.bench-installed
 

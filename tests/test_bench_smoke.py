@@ -4,7 +4,8 @@
 workers, the SMTP sink, the WhatsApp sandbox) on the suite's Postgres and Redis (embedded, or
 TEST_DATABASE_URL / TEST_REDIS_URL), where it makes a database of its own and picks a free
 Redis db index, and must print the full JSON result. The figures of such a run mean nothing; that
-every one of them is there, and positive, is what is checked.
+every one of them is there, and positive, is what is checked. And the bench installs nothing
+(no apt-get, no sudo) unless asked with BENCH_INSTALL=1.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import json
 import math
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-BENCH = REPO / "tests" / "perf" / "bench.py"
+PERF = REPO / "tests" / "perf"
+BENCH = PERF / "bench.py"
 TIMEOUT_S = 300  # the run is bounded itself; this only guards against a hang
 
 
@@ -104,3 +107,44 @@ async def test_bench_smoke(tmp_path: Path, admin_dsn: str, redis_url: str) -> No
     if importlib.util.find_spec("matplotlib") is not None:
         png = tmp_path / "bench.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# Run in a child so the bench's modules (imported by name from tests/perf) stay out of the suite.
+_NO_INSTALL = """
+import os, shutil, subprocess
+import bench, tools
+
+class Ran(Exception):
+    pass
+
+def refuse(*args, **kwargs):
+    raise Ran(args)
+
+subprocess.run = subprocess.call = subprocess.check_call = subprocess.check_output = subprocess.Popen = refuse
+# apt-get and sudo are there, smtp-sink and wrk are missing: only `install` stands in the way.
+shutil.which = lambda name, *args, **kwargs: None if name in ("smtp-sink", "wrk") else f"/usr/bin/{name}"
+os.access = lambda *args, **kwargs: False
+os.geteuid = lambda: 1000
+assert tools.find_tools(python_tools=False, install=False) == (None, None)
+try:
+    tools.find_tools(python_tools=False, install=True)
+except Ran:
+    pass  # asked: it does try
+else:
+    raise AssertionError("with install=True the bench did not try apt-get")
+
+os.environ.pop("BENCH_INSTALL", None)
+assert not bench.parse_args([]).install
+os.environ["BENCH_INSTALL"] = "1"
+assert bench.parse_args([]).install
+assert not bench.parse_args(["--smoke"]).install
+print("ok")
+"""
+
+
+def test_bench_installs_nothing_unless_asked() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BENCH_")}
+    done = subprocess.run(
+        [sys.executable, "-c", _NO_INSTALL], cwd=PERF, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]

@@ -1,5 +1,5 @@
 """What the benchmark's processes share: the bench templates and bodies, loopback checks,
-child processes that die with the driver, and small statistics.
+child processes that die with the driver, small statistics, and the driver's log line.
 
 Every script in this folder is run as `python tests/perf/<script>.py`, so this module is
 imported as `common` (the folder is the script's `sys.path[0]`).
@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import sys
+import time
 import urllib.parse
 from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
@@ -72,6 +73,11 @@ def otp(i: int) -> str:
 
 def send_body(i: int, *, background: bool) -> dict[str, Any]:
     return {"email": recipient_email(i), "variables": {"otp": otp(i)}, "background": background}
+
+
+def log(message: str) -> None:
+    """The driver's progress line, on stderr (stdout ends with the result)."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------

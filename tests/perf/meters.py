@@ -1,0 +1,135 @@
+"""What the bench measures beside the rates: the RSS of some processes over time, and the
+CPU each role (api, worker, Postgres, sink, load generator, everyone else) used in a window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+
+import common
+
+
+class RssSampler:
+    """Samples the RSS (MB) of some processes every `interval_s`, in the background."""
+
+    def __init__(self, pids: Sequence[int], interval_s: float = 0.5) -> None:
+        import psutil
+
+        self._procs = {pid: psutil.Process(pid) for pid in pids}
+        self.samples: dict[int, list[tuple[float, float]]] = {pid: [] for pid in pids}
+        self.interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    def sample(self) -> None:
+        import psutil
+
+        now = time.monotonic()
+        for pid, proc in self._procs.items():
+            with contextlib.suppress(psutil.Error):
+                self.samples[pid].append((now, proc.memory_info().rss / 2**20))
+
+    async def _run(self) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(self.interval_s)
+
+    async def __aenter__(self) -> RssSampler:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self.sample()
+
+    def peak_mb(self) -> float:
+        return max((mb for s in self.samples.values() for _, mb in s), default=0.0)
+
+    def growth_mb_per_min(self, since: float) -> float:
+        """The steepest least-squares RSS slope of any sampled process after `since`."""
+        slopes = [common.slope_per_min([(t, mb) for t, mb in s if t >= since]) for s in self.samples.values()]
+        return max(slopes, default=0.0)
+
+
+class CpuMeter:
+    """CPU used per role between `start()` and `stop()`, in cores (1.0 = one core busy).
+
+    Every process on the machine is read. The bench's own descendants are named by what
+    they run (api, worker, sink, load generator...), Postgres and Redis by name, and the
+    rest is `other`: on a shared machine, someone else's load shows there. Processes that
+    exit within the window are missed, except the bench's own children that it waited for
+    (the load generator, a ceiling client): those count whole, start-up included, as
+    `exited children`. Ones that start within the window count whole.
+    """
+
+    ROLES = (
+        ("tidings.cli api", "api"),
+        ("tidings.cli worker", "worker"),
+        ("loadgen.py", "load generator"),
+        ("ceilings.py", "ceiling client"),
+        ("bare_api.py", "bare api"),
+        ("sinks.py smtp", "sink"),
+        ("sinks.py whatsapp", "sandbox"),
+        ("smtp-sink", "sink"),
+        ("wrk", "load generator"),
+    )
+
+    def __init__(self) -> None:
+        self._start: dict[int, float] = {}
+        self._t0 = 0.0
+        self._reaped0 = 0.0
+
+    def _role(self, name: str, cmdline: list[str] | None, ours: bool) -> str:
+        if name.startswith("postgres") or name == "postmaster":
+            return "postgres"
+        if name.startswith("redis-server"):
+            return "redis"
+        if ours:
+            joined = " ".join(cmdline or [])
+            for needle, role in self.ROLES:
+                if needle in joined:
+                    return role
+            return "bench"
+        return "other"
+
+    def _snapshot(self) -> dict[int, tuple[str, float]]:
+        import psutil
+
+        me = psutil.Process()
+        ours = {me.pid} | {p.pid for p in me.children(recursive=True)}
+        out = {}
+        for proc in psutil.process_iter(["name", "cpu_times", "cmdline"]):
+            times = proc.info["cpu_times"]
+            if times is None:
+                continue
+            role = self._role(proc.info["name"] or "", proc.info["cmdline"], proc.pid in ours)
+            out[proc.pid] = (role, times.user + times.system)
+        return out
+
+    @staticmethod
+    def _reaped() -> float:
+        import resource
+
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    def start(self) -> CpuMeter:
+        self._t0 = time.monotonic()
+        self._start = {pid: cpu for pid, (_, cpu) in self._snapshot().items()}
+        self._reaped0 = self._reaped()
+        return self
+
+    def stop(self) -> dict[str, float]:
+        elapsed = time.monotonic() - self._t0
+        used: dict[str, float] = {"exited children": self._reaped() - self._reaped0}
+        for pid, (role, cpu) in self._snapshot().items():
+            used[role] = used.get(role, 0.0) + cpu - self._start.get(pid, 0.0)
+        if elapsed <= 0:
+            return {}
+        cores = {role: round(seconds / elapsed, 2) for role, seconds in used.items() if seconds / elapsed >= 0.01}
+        return dict(sorted(cores.items(), key=lambda kv: -kv[1]))
