@@ -157,7 +157,7 @@ async def _deliver_one(ctx: WorkerContext, message: Mapping[str, Any]) -> Outcom
         return Outcome(message_id, MessageStatus.failed, error=exc.detail)
     except Exception as exc:
         # A bug, not a provider's answer: fail this message visibly rather than lose its
-        # siblings' outcomes (already sent) by letting the exception end the whole job.
+        # siblings' outcomes (already sent) by letting the exception end the whole group.
         log.exception("deliver_unexpected_error", message_id=str(message_id))
         return Outcome(message_id, MessageStatus.failed, error=f"internal error while sending: {type(exc).__name__}")
     return Outcome(message_id, MessageStatus.sent, external_message_id=result.external_message_id)

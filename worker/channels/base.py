@@ -86,13 +86,13 @@ class PermanentDeliveryError(DeliveryError):
         self.hard_bounce = hard_bounce
 
 
-Message = TypeVar("Message", contravariant=True)
+RenderedT = TypeVar("RenderedT", contravariant=True)
 
 
-class DeliveryChannel(Protocol[Message]):
+class DeliveryChannel(Protocol[RenderedT]):
     """One kind of channel (email, WhatsApp): sends what the renderer made of a `Draft`."""
 
-    async def send(self, message: Message) -> DeliveryResult:
+    async def send(self, message: RenderedT) -> DeliveryResult:
         """Deliver one message; raise `TransientDeliveryError` or `PermanentDeliveryError`."""
         ...
 
