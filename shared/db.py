@@ -90,3 +90,41 @@ def translate_errors() -> Any:
 async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
     async with pool.acquire() as conn, conn.transaction():
         yield conn
+
+
+# ---- The worker's failures, sorted (its statements run through shared/delivery.py) ----
+
+# Failures that pass: Postgres unreachable, restarting or failing over, or a conflict with a
+# concurrent transaction. The same statement may well succeed when tried again.
+PASSING: tuple[type[BaseException], ...] = (
+    *UNREACHABLE,
+    asyncpg.OperatorInterventionError,  # class 57: shutting down, starting up, statement cancelled
+    asyncpg.InsufficientResourcesError,  # class 53: too many connections, disk full
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+    asyncpg.ReadOnlySQLTransactionError,  # a failover under way: the old primary turned standby
+)
+
+
+class TryAgain(errors.Unavailable):
+    """Postgres could not run the statement now (a `PASSING` failure): try it again later."""
+
+    default_message = "the database cannot run this now; try again"
+
+
+class Refused(errors.TidingsError):
+    """Postgres refused the statement itself (a bug or a broken invariant, not an outage):
+    trying it again cannot help."""
+
+    default_message = "the database refused the statement"
+
+
+@contextlib.contextmanager
+def passing_or_refused() -> Any:
+    """Turn asyncpg's errors into `TryAgain` or `Refused`: the worker handles only these."""
+    try:
+        yield
+    except PASSING as exc:
+        raise TryAgain(f"{type(exc).__name__}: {exc}") from exc
+    except asyncpg.PostgresError as exc:
+        raise Refused(f"{type(exc).__name__}: {exc}") from exc

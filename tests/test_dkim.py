@@ -30,8 +30,8 @@ from hypothesis import strategies as st
 
 from shared.config import Settings
 from worker.channels.base import RenderedEmail
+from worker.channels.dkim import DkimConfigError, DkimSigner
 from worker.channels.email import EmailChannel, message_bytes
-from worker.dkim import DkimConfigError, DkimSigner
 from worker.render import render_email
 
 SELECTOR = "tidings2026"

@@ -517,7 +517,7 @@ async def test_sigterm_drains_the_worker(stack: Stack, capsys: Any) -> None:
     first = await stack.worker()
     ids = await stack.burst()
     await wait_delivered(stack, BURST // 5)
-    code = await first.stop(timeout_s=40)  # stops taking jobs, finishes the ones in hand
+    code = await first.stop(timeout_s=40)  # stops claiming, finishes the messages in hand (the drain)
     assert code == 0
     mid = await stack.statuses(ids)
     assert mid["sending"] == 0  # nothing left claimed by the stopped worker

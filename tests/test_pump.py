@@ -18,8 +18,6 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
-from arq import create_pool as create_arq_pool
-from arq.connections import RedisSettings
 from redis.asyncio import Redis
 
 from api.send_waiter import SendWaiter
@@ -30,9 +28,7 @@ from shared.redis_keys import RedisKeys
 from shared.sql import Q
 from tests.helpers import EMAIL_TEMPLATE, eventually, make_broadcast, unique_email
 from tidings.dev.embedded import create_database, database_dsn, drop_database
-from worker.channels.email import EmailChannel
-from worker.channels.whatsapp import WhatsAppChannel
-from worker.context import WorkerContext
+from worker.context import WorkerContext, open_channels
 from worker.pump import Pump
 
 LEASE_S = 60.0
@@ -381,14 +377,13 @@ async def test_a_send_settled_in_two_batches_reaches_its_waiter_in_two_pieces(
         queue_name=f"tidings-test-pump:{run}:queue",
     )
     keys = RedisKeys(own_settings.redis_prefix)
-    redis = await create_arq_pool(RedisSettings.from_dsn(settings.redis_url))
+    redis = Redis.from_url(settings.redis_url)
     ctx = WorkerContext(
         settings=own_settings,
         pool=own_pool,
         redis=redis,
         keys=keys,
-        email=EmailChannel(own_settings),
-        whatsapp=WhatsAppChannel(own_settings),
+        channels=open_channels(own_settings),
     )
     w = SendWaiter(redis, keys)
     await w.start()
@@ -420,8 +415,6 @@ async def test_a_send_settled_in_two_batches_reaches_its_waiter_in_two_pieces(
     finally:
         await pump.stop(5.0)
         await ctx.close()
-        await ctx.email.close()
-        await ctx.whatsapp.close()
         with contextlib.suppress(Exception):
             await pubsub.aclose()  # type: ignore[no-untyped-call]
         await w.close()
@@ -552,8 +545,7 @@ async def proxied_pump(settings: Settings, own_pool: asyncpg.Pool, admin_dsn: st
         pool=pump_pool,
         redis=redis,
         keys=RedisKeys(own_settings.redis_prefix),
-        email=EmailChannel(own_settings),
-        whatsapp=WhatsAppChannel(own_settings),
+        channels=open_channels(own_settings),
     )
     pump = Pump(ctx, capacity=20, batch_size=20)
     try:
@@ -562,8 +554,6 @@ async def proxied_pump(settings: Settings, own_pool: asyncpg.Pool, admin_dsn: st
         await proxy.resume()  # whatever the test left cut, so that the stop below is quick
         await pump.stop(5.0)
         await ctx.close()
-        await ctx.email.close()
-        await ctx.whatsapp.close()
         await pump_pool.close()
         await redis.aclose()
         await proxy.close()

@@ -1,53 +1,52 @@
-"""What every job needs, made once in the worker's on_startup and closed in on_shutdown."""
+"""What a worker's pump, deliveries and reconciler share: made once when the worker starts
+(worker/main.py `serve`), closed once when it stops, after the pump's drain."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import uuid
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import Any
 
-import asyncpg
 from redis.asyncio import Redis
 
-from shared.batching import Batcher
+from shared import db
 from shared.config import Settings
+from shared.domain import Channel
 from shared.redis_keys import RedisKeys
+from worker.channels.base import DeliveryChannel
 from worker.channels.email import EmailChannel
 from worker.channels.whatsapp import WhatsAppChannel
+from worker.outcomes import OutcomeWriter
 from worker.render_sandbox import RenderPool
 
-if TYPE_CHECKING:
-    from worker.deliver import Outcome
+
+def open_channels(settings: Settings) -> dict[Channel, DeliveryChannel[Any]]:
+    """One channel of each kind; they connect on first use and are closed by `close`."""
+    return {Channel.email: EmailChannel(settings), Channel.whatsapp: WhatsAppChannel(settings)}
 
 
 @dataclasses.dataclass(slots=True)
 class WorkerContext:
     settings: Settings
-    pool: asyncpg.Pool
+    pool: db.Pool
+    # The doorbell's subscription (worker/pump.py) and the outcome notices to waiting callers.
     redis: Redis
     keys: RedisKeys
-    email: EmailChannel
-    whatsapp: WhatsAppChannel
-    # Concurrent deliveries share their outcome writes (one statement and commit per batch).
-    outcomes: Batcher[tuple[uuid.UUID, list[Outcome]], None] = dataclasses.field(init=False)
+    # Each kind of message is sent through its own channel; the pipeline knows no other.
+    channels: Mapping[Channel, DeliveryChannel[Any]]
+    # Concurrent deliveries share their outcome writes (one statement and commit per batch),
+    # retried until written (worker/outcomes.py).
+    outcomes: OutcomeWriter = dataclasses.field(init=False)
     # Templates render in child processes bounded in CPU and memory (started on first use).
     renderer: RenderPool = dataclasses.field(default_factory=RenderPool)
-    # Failed tries at writing outcomes so far (they are retried until written): the pump
-    # claims nothing new after one until what it owes is written (worker/pump.py).
-    outcome_write_failures: int = 0
-    # When set (a loop time), outcome writes still failing past it give up: a stopping worker's
-    # drain is over. Unset, they are retried for as long as the process lives.
-    outcomes_deadline: float | None = None
 
     def __post_init__(self) -> None:
-        from worker.deliver import record_batch
-
-        self.outcomes = Batcher(lambda batch: record_batch(self, batch), max_size=500)
+        self.outcomes = OutcomeWriter(self.pool)
 
     async def close(self) -> None:
-        if self.outcomes_deadline is None:
-            # Closed without a drain (Pump.stop sets one): writes still failing end at their next try.
-            self.outcomes_deadline = asyncio.get_running_loop().time()
+        """After the pump has stopped: the outcome writes still under way end (at their next
+        try if still failing), then the render processes and the channels' connections."""
         await self.outcomes.close()
         await self.renderer.close()
+        for channel in self.channels.values():
+            await channel.close()

@@ -24,9 +24,7 @@ from shared import db, redis_clients
 from shared.config import Settings
 from shared.redis_keys import RedisKeys
 from shared.runtime import tune_gc
-from worker.channels.email import EmailChannel
-from worker.channels.whatsapp import WhatsAppChannel
-from worker.context import WorkerContext
+from worker.context import WorkerContext, open_channels
 from worker.pump import Pump
 from worker.reconcile import reconcile
 
@@ -112,8 +110,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         pool=pool,
         redis=redis,
         keys=RedisKeys(settings.redis_prefix),
-        email=EmailChannel(settings),
-        whatsapp=WhatsAppChannel(settings),
+        channels=open_channels(settings),
     )
     pump = Pump(ctx, capacity=settings.worker_concurrency)
     await pump.start()
@@ -126,8 +123,6 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             await arq_task
         await pump.stop(settings.worker_drain_s)
         await ctx.close()
-        await ctx.email.close()
-        await ctx.whatsapp.close()
         await pool.close()
         await redis.aclose()
 

@@ -4,8 +4,10 @@ Postgres is the queue. A pump claims up to `batch_size` due messages in one stat
 (`claim_due`: queued or scheduled -> sending, with a lease; SKIP LOCKED, so pumps of many
 workers never take the same row nor wait for each other), and hands each send's messages
 to `worker.deliver.deliver_group`, keeping at most `capacity` messages in flight. Outcomes
-are written by shared statements (`WorkerContext.outcomes`). While it holds messages it
-renews their leases, so that only a dead worker's messages are ever taken back.
+are written together (worker/outcomes.py). While it holds messages it renews their leases,
+so that only a dead worker's messages are ever taken back. Its statements are
+shared/delivery.py's; a database failure reaches it as `db.TryAgain` (it waits and tries
+again) or `db.Refused`.
 
 When Postgres goes away (stopped, restarting, unreachable), sends already under way finish,
 and their outcomes are kept and retried until written, for as long as the process lives;
@@ -40,9 +42,9 @@ from typing import Any
 
 import structlog
 
-from shared.sql import Q
+from shared import db, delivery
 from worker.context import WorkerContext
-from worker.deliver import PASSING_DB_ERRORS, deliver_group
+from worker.deliver import deliver_group
 
 log = structlog.get_logger("tidings.pump")
 
@@ -123,7 +125,7 @@ class Pump:
             # Groups finish when their outcomes are written: this also waits for the writes.
             await asyncio.wait(list(self._tasks), timeout=max(0.0, deadline - loop.time()))
         # Writes still failing give up past this (the process is about to end).
-        self.ctx.outcomes_deadline = max(deadline, loop.time() + STOP_WRITE_MIN_S)
+        self.ctx.outcomes.deadline = max(deadline, loop.time() + STOP_WRITE_MIN_S)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -138,10 +140,10 @@ class Pump:
         unsent = {m: attempt for m, attempt in self._held.items() if m not in self._unrecorded}
         if unsent:
             try:
-                released = await self.ctx.pool.fetchval(Q.release_claims, list(unsent), list(unsent.values()))
+                released = await delivery.release_claims(self.ctx.pool, unsent)
                 log.warning("pump_released_claims", released=released)
-            except PASSING_DB_ERRORS as exc:
-                log.warning("pump_release_failed", messages=len(unsent), error=repr(exc))
+            except db.TryAgain as exc:
+                log.warning("pump_release_failed", messages=len(unsent), error=str(exc))
         self._held.clear()
         self._unrecorded.clear()
 
@@ -165,19 +167,19 @@ class Pump:
                 self._room.clear()
                 await self._room.wait()
                 continue
-            if self._trouble or self.ctx.outcome_write_failures != self._seen_write_failures:
+            if self._trouble or self.ctx.outcomes.write_failures != self._seen_write_failures:
                 await self._catch_up()
                 continue
             # Cleared before claiming: a ring that arrives during the claim is not lost.
             self._bell.clear()
             try:
-                rows = await self.ctx.pool.fetch(Q.claim_due, min(room, self.batch_size), self.ctx.settings.lease_s)
+                rows = await delivery.claim_due(self.ctx.pool, min(room, self.batch_size), self.ctx.settings.lease_s)
                 if rows:
                     self._locked_streak = 0
                     self._dispatch(rows)
                     continue
-                wait_s = await self.ctx.pool.fetchval(Q.select_next_due)
-            except PASSING_DB_ERRORS as exc:
+                wait_s = await delivery.seconds_to_next_due(self.ctx.pool)
+            except db.TryAgain as exc:
                 log.warning("pump_claim_failed", error=str(exc))
                 self._trouble = True
                 await asyncio.sleep(ERROR_BACKOFF_S)
@@ -200,10 +202,10 @@ class Pump:
         messages, had a reconciler requeued them, and send them again."""
         delay_s = RENEW_RETRY_MIN_S
         while not self._stopping:
-            failures = self.ctx.outcome_write_failures
+            failures = self.ctx.outcomes.write_failures
             try:
                 await self._renew()
-            except PASSING_DB_ERRORS as exc:
+            except db.TryAgain as exc:
                 self._renewal_failed(exc)
                 await asyncio.sleep(delay_s)
                 delay_s = min(RENEW_RETRY_MAX_S, delay_s * 2)
@@ -213,9 +215,9 @@ class Pump:
                 # Bounded: a failed write is noticed on the next round, and the leases renewed again.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._written.wait(), RENEW_RETRY_MAX_S)
-                if self.ctx.outcome_write_failures != failures:
+                if self.ctx.outcomes.write_failures != failures:
                     break
-            if not self._unrecorded and self.ctx.outcome_write_failures == failures:
+            if not self._unrecorded and self.ctx.outcomes.write_failures == failures:
                 self._trouble = False
                 self._seen_write_failures = failures
                 log.info("pump_caught_up", held=len(self._held))
@@ -273,9 +275,7 @@ class Pump:
         held = dict(self._held)
         if not held:
             return
-        taken_back = await self.ctx.pool.fetchval(
-            Q.renew_leases, list(held), list(held.values()), self.ctx.settings.lease_s
-        )
+        taken_back = await delivery.renew_leases(self.ctx.pool, held, self.ctx.settings.lease_s)
         self._renewal_failures = 0
         if taken_back:
             log.warning("pump_took_back_reclaimed", messages=taken_back)
@@ -299,7 +299,7 @@ class Pump:
             await asyncio.sleep(delay_s)
             try:
                 await self._renew()
-            except PASSING_DB_ERRORS as exc:
+            except db.TryAgain as exc:
                 self._renewal_failed(exc)
                 delay_s = min(period_s, retry_s)
                 retry_s = min(RENEW_RETRY_MAX_S, retry_s * 2)

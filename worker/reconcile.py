@@ -19,8 +19,7 @@ from typing import Any
 
 import structlog
 
-from shared import doorbell, metrics
-from shared.sql import Q
+from shared import delivery, doorbell, metrics
 from worker.context import WorkerContext
 
 log = structlog.get_logger("tidings.reconcile")
@@ -39,14 +38,14 @@ _last_sweep_s = 0.0
 async def reconcile(arq_ctx: dict[str, Any]) -> dict[str, int]:
     ctx: WorkerContext = arq_ctx["tidings"]
     started = time.perf_counter()
-    reclaimed = await ctx.pool.fetchval(Q.reclaim_expired_leases, ctx.settings.retry_max_attempts, RECLAIM_GRACE_S)
+    reclaimed = await delivery.reclaim_expired(ctx.pool, ctx.settings.retry_max_attempts, RECLAIM_GRACE_S)
     if reclaimed:
         await doorbell.ring(ctx.redis, ctx.keys)
     global _last_sweep_s
     if time.monotonic() - _last_sweep_s > IDEMPOTENCY_SWEEP_EVERY_S:
         _last_sweep_s = time.monotonic()
-        await ctx.pool.execute(Q.delete_expired_idempotency_keys)
-    metrics.QUEUE_DEPTH.set(await ctx.pool.fetchval(Q.count_due, BACKLOG_COUNT_LIMIT))
+        await delivery.sweep_expired_idempotency_keys(ctx.pool)
+    metrics.QUEUE_DEPTH.set(await delivery.count_due(ctx.pool, BACKLOG_COUNT_LIMIT))
     metrics.RECONCILED.labels("reclaimed").inc(reclaimed)
     if reclaimed:
         log.info(

@@ -1,4 +1,8 @@
-"""Turn a stored template and a send's variables into a message a channel can deliver."""
+"""Turn a stored template and a send's variables into a message a channel can deliver.
+
+One renderer per kind of channel (`RENDERERS`); the worker runs them in sandboxed child
+processes (worker/render_sandbox.py), never in its own.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import functools
 import html
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from inscriptis import get_text
@@ -15,7 +19,7 @@ from inscriptis.model.config import ParserConfig
 
 from shared import addresses, broadcasts, errors, templating, unsubscribes
 from shared.domain import Channel
-from worker.channels.base import RenderedEmail, RenderedWhatsApp
+from worker.channels.base import Draft, Rendered, RenderedEmail, RenderedWhatsApp
 
 # Links kept in the text part ("confirm [https://...]"): a text-only reader must still act.
 _TEXT_CONFIG = ParserConfig(css=CSS_PROFILES["strict"], display_links=True, display_anchors=False)
@@ -204,3 +208,18 @@ def render_whatsapp(body: Mapping[str, Any], data: Mapping[str, Any], *, to: str
         ],
         button_indexes=[index for index, _ in slots],
     )
+
+
+# What a draft becomes, by kind: the only place that knows which renderer each channel needs.
+RENDERERS: dict[Channel, Callable[[Draft, str], Rendered]] = {
+    Channel.email: lambda draft, fallback_domain: render_email(
+        draft.message_id, draft.body, draft.variables, to=draft.to, fallback_domain=fallback_domain
+    ),
+    Channel.whatsapp: lambda draft, _fallback_domain: render_whatsapp(draft.body, draft.variables, to=draft.to),
+}
+
+
+def render(kind: Channel, draft: Draft, *, fallback_domain: str) -> Rendered:
+    """The message `kind`'s channel sends; `fallback_domain` names an email's Message-ID when
+    its sender has no domain. Raises `errors.ValidationFailed` when it cannot be rendered."""
+    return RENDERERS[kind](draft, fallback_domain)

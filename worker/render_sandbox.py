@@ -18,8 +18,10 @@ A child that ended is replaced; the message it was rendering fails with the reas
 never sent); the messages queued behind it go to the new child. The worker's event loop
 only writes and reads pipes, so lease renewal and other messages carry on meanwhile.
 
-Protocol: frames of a 4-byte big-endian length and a pickle, in order both ways: a child
-renders one job at a time, so the first job without a reply is the one it was on.
+Protocol: frames of a 4-byte big-endian length and a pickle, in order both ways (a job is
+the channel's kind, the `Draft` and the fallback domain; `worker.render.render` dispatches
+by kind): a child renders one job at a time, so the first job without a reply is the one it
+was on.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import os
 import pickle
 import resource
@@ -41,7 +44,8 @@ from typing import Any, BinaryIO
 import structlog
 
 from shared import errors
-from worker.channels.base import RenderedEmail, RenderedWhatsApp
+from shared.domain import Channel
+from worker.channels.base import Draft, Rendered, RenderedEmail
 
 log = structlog.get_logger("tidings.render")
 
@@ -54,11 +58,12 @@ _HEADER = struct.Struct(">I")
 
 
 class _Job:
-    __slots__ = ("args", "future", "kind", "started")
+    __slots__ = ("draft", "fallback_domain", "future", "kind", "started")
 
-    def __init__(self, kind: str, args: tuple[Any, ...], future: asyncio.Future[Any]) -> None:
+    def __init__(self, kind: Channel, draft: Draft, fallback_domain: str, future: asyncio.Future[Any]) -> None:
         self.kind = kind
-        self.args = args
+        self.draft = draft
+        self.fallback_domain = fallback_domain
         self.future = future
         self.started = 0.0  # when the child began on it (monotonic); 0: not yet
 
@@ -81,30 +86,24 @@ class RenderPool:
         self._watchdog: asyncio.Task[None] | None = None
         self._closed = False
 
-    async def render_email(
-        self,
-        message_id: uuid.UUID,
-        body: Mapping[str, Any],
-        data: Mapping[str, Any],
-        *,
-        to: str,
-        fallback_domain: str,
-        headers: Mapping[str, str] | None = None,
-    ) -> RenderedEmail:
-        result: RenderedEmail = await self._submit(
-            "email", (message_id, dict(body), dict(data), to, fallback_domain, dict(headers or {}))
-        )
-        return result
-
-    async def render_whatsapp(self, body: Mapping[str, Any], data: Mapping[str, Any], *, to: str) -> RenderedWhatsApp:
-        result: RenderedWhatsApp = await self._submit("whatsapp", (dict(body), dict(data), to))
-        return result
-
-    async def _submit(self, kind: str, args: tuple[Any, ...]) -> Any:
+    async def render(self, kind: Channel, draft: Draft, *, fallback_domain: str) -> Rendered:
+        """What `worker.render.render` makes of `draft`, made in a child; raises
+        `errors.ValidationFailed` with the reason when it cannot be (or the child gave up)."""
         await self._ensure_started()
-        job = _Job(kind, args, asyncio.get_running_loop().create_future())
+        # Plain dicts: what the claim handed over may be any mapping, and this one is pickled.
+        draft = dataclasses.replace(draft, body=dict(draft.body), variables=dict(draft.variables))
+        job = _Job(kind, draft, fallback_domain, asyncio.get_running_loop().create_future())
         self._send(job)
-        return await job.future
+        result: Rendered = await job.future
+        return result
+
+    async def render_email(
+        self, message_id: uuid.UUID, body: Mapping[str, Any], data: Mapping[str, Any], *, to: str, fallback_domain: str
+    ) -> RenderedEmail:
+        """An email rendered in a child (`render` for one kind)."""
+        result = await self.render(Channel.email, Draft(message_id, body, data, to), fallback_domain=fallback_domain)
+        assert isinstance(result, RenderedEmail)
+        return result
 
     async def _ensure_started(self) -> None:
         if len(self._children) >= self.processes:
@@ -136,7 +135,7 @@ class RenderPool:
         if not child.jobs:
             job.started = time.monotonic()
         child.jobs.append(job)
-        payload = pickle.dumps((job.kind, job.args), protocol=pickle.HIGHEST_PROTOCOL)
+        payload = pickle.dumps((job.kind, job.draft, job.fallback_domain), protocol=pickle.HIGHEST_PROTOCOL)
         assert child.proc.stdin is not None
         child.proc.stdin.write(_HEADER.pack(len(payload)) + payload)
 
@@ -289,20 +288,12 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
         if len(header) < _HEADER.size:
             return  # the worker closed the pipe, or died
         (size,) = _HEADER.unpack(header)
-        kind, args = pickle.loads(stdin.read(size))
+        kind, draft, fallback_domain = pickle.loads(stdin.read(size))
         fatal = False
         _arm_cpu_backstop()
         signal.setitimer(signal.ITIMER_PROF, CPU_LIMIT_S)
         try:
-            if kind == "email":
-                message_id, body, data, to, fallback_domain, headers = args
-                value: Any = render.render_email(
-                    message_id, body, data, to=to, fallback_domain=fallback_domain, headers=headers
-                )
-            else:
-                body, data, to = args
-                value = render.render_whatsapp(body, data, to=to)
-            reply: tuple[str, Any] = ("ok", value)
+            reply: tuple[str, Any] = ("ok", render.render(kind, draft, fallback_domain=fallback_domain))
         except errors.ValidationFailed as exc:
             reply = ("invalid", exc.message)
         except MemoryError:

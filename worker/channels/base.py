@@ -1,15 +1,29 @@
-"""The protocol every channel implements, and the two failures a channel may report.
+"""The protocol every channel implements, what it is handed, and the failures it may report.
 
-The pipeline (`worker.deliver`) depends on nothing else: a channel turns one rendered
-message into a provider id, or sorts its failure into transient (retry later) or
-permanent (give up now). Channels decide which is which, since only they know what
-their provider's codes mean.
+The pipeline (`worker.deliver`) depends on nothing else. The worker holds its channels by
+kind (`WorkerContext.channels`, a `DeliveryChannel` per `shared.domain.Channel`); a claimed
+message becomes a `Draft`, the renderer turns it into the kind's `Rendered` message (in a
+sandboxed child process, worker/render_sandbox.py), and the channel sends that: it returns
+the provider's id, or sorts its failure into transient (retry later) or permanent (give up
+now). Channels decide which is which, since only they know what their provider's codes mean.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Protocol
+import uuid
+from collections.abc import Mapping
+from typing import Any, Protocol, TypeVar
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Draft:
+    """A claimed message before rendering: what any channel's renderer needs."""
+
+    message_id: uuid.UUID
+    body: Mapping[str, Any]  # the template's body, or the message's own content
+    variables: Mapping[str, Any]
+    to: str  # the address as the channel knows it (an email address, an E.164 number)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -64,14 +78,24 @@ class TransientDeliveryError(DeliveryError):
 
 
 class PermanentDeliveryError(DeliveryError):
-    """Retrying cannot help. `hard_bounce`: the address itself was refused (suppress it)."""
+    """Retrying cannot help. `hard_bounce`: the address itself was refused, and is suppressed
+    in the message's org (suppressions are email addresses: only the email channel sets it)."""
 
     def __init__(self, detail: str, *, hard_bounce: bool = False) -> None:
         super().__init__(detail)
         self.hard_bounce = hard_bounce
 
 
-class Channel(Protocol):
-    async def send(self, message: Any) -> DeliveryResult: ...
+RenderedT = TypeVar("RenderedT", contravariant=True)
 
-    async def close(self) -> None: ...
+
+class DeliveryChannel(Protocol[RenderedT]):
+    """One kind of channel (email, WhatsApp): sends what the renderer made of a `Draft`."""
+
+    async def send(self, message: RenderedT) -> DeliveryResult:
+        """Deliver one message; raise `TransientDeliveryError` or `PermanentDeliveryError`."""
+        ...
+
+    async def close(self) -> None:
+        """Close what the channel holds open (connections, sessions)."""
+        ...

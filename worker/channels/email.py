@@ -36,7 +36,7 @@ from worker.channels.base import (
     RenderedEmail,
     TransientDeliveryError,
 )
-from worker.dkim import DkimSigner
+from worker.channels.dkim import DkimSigner
 
 # CRLF line endings, RFC 2047 encoded words for non-ASCII header text, 7-bit bodies.
 SMTP_POLICY = SMTP.clone(cte_type="7bit")

@@ -133,7 +133,8 @@ class WhatsAppChannel:
                 retry_after = resp.headers.get("Retry-After")
         except TimeoutError as exc:  # aiohttp's own timeouts subclass it too
             # Meta may have accepted the message before the timeout: a retry can duplicate it.
-            # At-least-once is the contract (architecture.md); losing an OTP is worse.
+            # Delivery is at least once (worker/deliver.py lists where a duplicate can happen);
+            # losing an OTP is worse.
             raise TransientDeliveryError(f"whatsapp timeout after {self._timeout.total} s") from exc
         except aiohttp.InvalidURL as exc:
             raise PermanentDeliveryError(f"whatsapp API URL is invalid: {exc}") from exc
