@@ -25,7 +25,10 @@ import bisect
 import concurrent.futures
 import functools
 import multiprocessing
+import os
 import re
+import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -53,6 +56,8 @@ MAX_LIQUID_TAG_BLANKS = 64
 # Sources up to this long are parsed inline (well under a millisecond); longer ones in a
 # checker process (`check_syntax_async`).
 INLINE_PARSE_MAX = 4_000
+# How often the checker process looks whether the api process that made it is still there.
+PARENT_CHECK_S = 1.0
 
 
 class TemplateTooLarge(LiquidError):
@@ -263,9 +268,24 @@ def start_checker() -> None:
     global _checker
     if _checker is None:
         _checker = concurrent.futures.ProcessPoolExecutor(
-            max_workers=1, mp_context=multiprocessing.get_context("spawn")
+            max_workers=1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_exit_with_parent,
+            initargs=(os.getpid(),),
         )
         _checker.submit(check_syntax, {}).result()  # imported and ready before the first request
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """In the checker: end when the api process is gone (killed with no chance to stop us),
+    instead of waiting forever on a queue nobody writes to."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def stop_checker() -> None:
