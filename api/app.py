@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 # Importing the route modules registers their routes (see api.routing.route).
-from api import health, whatsapp_webhooks  # noqa: F401
+from api import docs, health, whatsapp_webhooks  # noqa: F401
 from api.auth import KeyCache
 from api.broadcasts import broadcasts, contacts, messages, send  # noqa: F401
 from api.middleware import request_middleware

@@ -12,7 +12,7 @@ import aiohttp
 import aiosmtplib
 import pytest
 
-from tidings.dev.inbox import Inbox, InboxHandler, start_inbox, start_smtp
+from tidings.dev.inbox import ADDRESS_TRIGGERS, Inbox, InboxHandler, start_inbox, start_smtp
 
 
 @pytest.fixture
@@ -154,6 +154,44 @@ async def test_reject_data_answers_every_time() -> None:
         assert smtp.messages == []
     finally:
         await smtp.close()
+
+
+async def test_trigger_addresses_are_refused_as_their_table_says(inbox: Inbox) -> None:
+    assert {t.stage for t in ADDRESS_TRIGGERS} == {"RCPT", "DATA"}
+    for trigger in ADDRESS_TRIGGERS:
+        code, _, text = trigger.reply.partition(" ")
+        # Any domain and any case; a "+tag" makes another address with the same behaviour.
+        for to in (trigger.example(), trigger.example("mail.test").upper(), f"{trigger.local_part}+1@example.com"):
+            refused_for = trigger.times or 3  # "every time": a few attempts show it
+            for _ in range(refused_for):
+                if trigger.stage == "RCPT":
+                    with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as refused:
+                        await send(inbox.smtp_port, otp_email(to))
+                    (error,) = refused.value.recipients
+                    assert (error.code, error.message) == (int(code), text), to
+                else:
+                    with pytest.raises(aiosmtplib.SMTPDataError) as failed:
+                        await send(inbox.smtp_port, otp_email(to))
+                    assert (failed.value.code, failed.value.message) == (int(code), text), to
+            if trigger.times is not None:
+                await send(inbox.smtp_port, otp_email(to))
+                await inbox.handler.wait_for(1, rcpt=to)
+        assert trigger.transient == code.startswith("4")
+    # Only greylisting lets anything through; a name that merely starts like a trigger is ordinary.
+    greylisted = [t for t in ADDRESS_TRIGGERS if t.times is not None]
+    assert len(inbox.messages) == 3 * len(greylisted)
+    await send(inbox.smtp_port, otp_email("bounce-7@example.com"))
+    await inbox.handler.wait_for(1, rcpt="bounce-7@example.com")
+
+
+async def test_the_page_lists_every_trigger_address(inbox: Inbox) -> None:
+    async with aiohttp.ClientSession(inbox.web_url) as http, http.get("/") as r:
+        page = await r.text()
+    section = page[page.index('id="failures"') :]
+    for trigger in ADDRESS_TRIGGERS:
+        row = section[section.index(f"<td>{trigger.local_part}@") :].split("</tr>", 1)[0]
+        assert trigger.example() in row and trigger.stage in row and trigger.reply in row, row
+        assert ("transient" if trigger.transient else "permanent") in row
 
 
 def eml_files(folder: Path) -> list[str]:

@@ -175,6 +175,42 @@ class _HrefCollector(HTMLParser):
         return collector.hrefs
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class AddressTrigger:
+    """A recipient that the inbox refuses on purpose, at any domain, the way real servers do."""
+
+    local_part: str
+    stage: str  # "RCPT" (the reply to RCPT TO) or "DATA" (the reply to the message)
+    reply: str
+    meaning: str
+    # Attempts refused for each such address before it is accepted (None: every attempt).
+    times: int | None = None
+
+    @property
+    def transient(self) -> bool:
+        return self.reply.startswith("4")
+
+    def example(self, domain: str = "example.com") -> str:
+        return f"{self.local_part}@{domain}"
+
+
+# Refusals anyone can trigger from outside, e.g. from `tidings dev`'s curl: the local part
+# decides (case-insensitive; a "+tag" is ignored, so greylist+2@example.com is a fresh address).
+ADDRESS_TRIGGERS: tuple[AddressTrigger, ...] = (
+    AddressTrigger("bounce", "RCPT", "550 5.1.1 user unknown", "no such mailbox (a hard bounce)"),
+    AddressTrigger("mailbox-full", "RCPT", "452 4.2.2 mailbox full", "over quota, on every attempt"),
+    AddressTrigger("spam", "DATA", "554 5.7.1 message refused as spam", "the message itself is refused"),
+    AddressTrigger(
+        "greylist", "DATA", "451 4.7.1 greylisted, try again later", "greylisting: refused once, then accepted", 1
+    ),
+)
+
+
+def _address_trigger(address: str, stage: str) -> AddressTrigger | None:
+    local = address.rpartition("@")[0].split("+", 1)[0].lower()
+    return next((t for t in ADDRESS_TRIGGERS if t.local_part == local and t.stage == stage), None)
+
+
 def _lookup(replies: dict[str, str], address: str) -> str | None:
     # Addresses are compared case-insensitively: tests write them by hand, clients may change case.
     wanted = address.lower()
@@ -191,8 +227,9 @@ class InboxHandler:
     """aiosmtpd handler that keeps messages in memory (the newest `max_messages`), optionally
     writes each to `eml_dir/<n>.eml`, and can be told to behave like an unhappy server.
 
-    Behaviour hooks, keyed by recipient address (case-insensitive), each value a full SMTP
-    reply such as "550 5.1.1 user unknown":
+    The addresses of `ADDRESS_TRIGGERS` are refused as listed there. Behaviour hooks, keyed by
+    recipient address (case-insensitive), each value a full SMTP reply such as "550 5.1.1 user
+    unknown", come first:
     - `reject_rcpt`: the reply to RCPT TO for that address, every time;
     - `reject_data`: the reply to DATA when that address is among the recipients, every time;
     - `fail_data_once`: the same, but only once (the entry is removed when used), as a
@@ -210,6 +247,7 @@ class InboxHandler:
         self.reject_data: dict[str, str] = {}
         self.fail_data_once: dict[str, str] = {}
         self.temporary_failure: str | None = None
+        self._trigger_attempts: dict[str, int] = {}
         self._messages: dict[int, InboxMessage] = {}
         self._changed = asyncio.Condition()
         self._last_number = 0
@@ -250,7 +288,7 @@ class InboxHandler:
     ) -> str:
         if self.temporary_failure:
             return self.temporary_failure
-        if reply := _lookup(self.reject_rcpt, address):
+        if reply := _lookup(self.reject_rcpt, address) or self._triggered(address, "RCPT"):
             return reply
         # Implementing this hook makes recording the recipient our job, not aiosmtpd's.
         envelope.rcpt_tos.append(address)
@@ -260,6 +298,9 @@ class InboxHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         for rcpt in envelope.rcpt_tos:
             if reply := _lookup(self.reject_data, rcpt) or _pop(self.fail_data_once, rcpt):
+                return reply
+        for rcpt in envelope.rcpt_tos:
+            if reply := self._triggered(rcpt, "DATA"):
                 return reply
         raw = envelope.original_content
         if raw is None:  # only with decode_data=True, which we never set
@@ -273,6 +314,18 @@ class InboxHandler:
             self._changed.notify_all()
         log.info("inbox_received", number=message.number, to=list(message.rcpt_tos), subject=message.subject)
         return f"250 2.0.0 OK: queued as {message.number}"
+
+    def _triggered(self, address: str, stage: str) -> str | None:
+        trigger = _address_trigger(address, stage)
+        if trigger is None:
+            return None
+        if trigger.times is not None:
+            key = address.lower()
+            seen = self._trigger_attempts.get(key, 0)
+            if seen >= trigger.times:
+                return None
+            self._trigger_attempts[key] = seen + 1
+        return trigger.reply
 
     def _keep(self, message: InboxMessage) -> None:
         self._messages[message.number] = message
@@ -467,7 +520,24 @@ async def _index(request: web.Request) -> web.Response:
         if messages
         else '<p class="muted">No messages yet. This page refreshes itself.</p>'
     )
-    return _page("Inbox", f"<h1>Inbox <span class=muted>({len(messages)})</span></h1>{table}", refresh_s=3)
+    return _page(
+        "Inbox", f"<h1>Inbox <span class=muted>({len(messages)})</span></h1>{table}{_triggers_html()}", refresh_s=3
+    )
+
+
+def _triggers_html() -> str:
+    rows = "".join(
+        f"<tr><td>{_e(t.local_part)}@<i>any domain</i></td><td>{_e(t.example())}</td><td>{_e(t.stage)}</td>"
+        f"<td>{_e(t.reply)}</td><td>{_e(t.meaning)}</td>"
+        f"<td>{'transient (retry)' if t.transient else 'permanent'}</td></tr>"
+        for t in ADDRESS_TRIGGERS
+    )
+    return (
+        '<h2 id="failures">Failing on purpose</h2><p class="muted">Mail to these recipients is refused as a real '
+        'server would; any other is accepted. A "+tag" after the name is ignored, e.g. greylist+2@example.com.</p>'
+        "<table><tr><th>recipient</th><th>for example</th><th>refused at</th><th>reply</th><th>meaning</th>"
+        f"<th>kind</th></tr>{rows}</table>"
+    )
 
 
 def _linkify(text: str) -> str:

@@ -3,8 +3,9 @@
 Postgres and Redis come from DATABASE_URL / REDIS_URL, or are embedded servers kept under
 `./.data/` and reused across runs. Email goes to a local inbox with a web page, WhatsApp to
 a local Cloud API sandbox that calls our webhook back. Migrations are applied; a demo org,
-key and active OTP broadcast are made once and remembered in `./.data/dev.json`; then one
-API and one worker process run until Ctrl-C, which stops everything in reverse order.
+key and active one-time-passcode broadcast (an email and a WhatsApp template) are made once
+and remembered in `./.data/dev.json`; then one API and one worker process run until Ctrl-C,
+which stops everything in reverse order. The printed curl sends to both channels at once.
 
 Everything listens on 127.0.0.1. Knobs (environment): PORT (API, 8080), DEV_SMTP_PORT (2525),
 DEV_INBOX_PORT (8025), DEV_WHATSAPP_PORT (8090), DEV_DATA_DIR (./.data), PUBLIC_BASE_URL,
@@ -61,7 +62,20 @@ DEMO_EMAIL_TEMPLATE: dict[str, Any] = {
     "html_body": "<p>Hi {{ name | default: 'there' }},</p><p>Your one-time passcode is <strong>{{ otp }}</strong>.</p>",
     "preheader": "Your code: {{ otp }}",
 }
-DEMO_SEND_BODY: dict[str, Any] = {"email": "you@example.com", "variables": {"otp": "123456"}}
+# The sandbox accepts any template name but two (its failure triggers); an authentication
+# template carries the code in its body and in its copy-code button, as Meta's do.
+DEMO_WHATSAPP_TEMPLATE: dict[str, Any] = {
+    "channel": "whatsapp",
+    "template_name": "otp_code",
+    "language": "en_US",
+    "category": "authentication",
+    "body_parameters": ["{{ otp }}"],
+    "button_parameters": ["{{ otp }}"],
+}
+DEMO_TEMPLATES = (DEMO_EMAIL_TEMPLATE, DEMO_WHATSAPP_TEMPLATE)
+# Both channels at once: the email lands in the inbox, the WhatsApp message in the sandbox.
+# +1 415 555 01xx numbers are reserved for fiction, yet valid to the API's phone check.
+DEMO_SEND_BODY: dict[str, Any] = {"email": "you@example.com", "phone": "+14155550100", "variables": {"otp": "123456"}}
 
 READY_TIMEOUT_S = 60.0
 CHILD_STOP_TIMEOUT_S = 20.0  # the API drains for up to 15 s (its shutdown_timeout)
@@ -244,10 +258,10 @@ async def _start(config: DevConfig, env: dict[str, str], stack: contextlib.Async
     async with aiohttp.ClientSession(
         config.api_url, headers={"Authorization": f"Bearer {state.api_key}"}, raise_for_status=False
     ) as http:
-        state.broadcast_id = await _ensure_broadcast(http, state)
+        state.broadcast_id = await ensure_demo_broadcast(http, state)
     state.save(state_path)
 
-    print(_banner(config, state, inbox.web_url, sandbox_url, database_url, redis_url), flush=True)
+    print(banner(config, state, inbox.web_url, sandbox_url, database_url, redis_url), flush=True)
     return children
 
 
@@ -308,13 +322,16 @@ async def _ensure_org_and_key(database_url: str, state: DevState) -> DevState:
     return DevState(org_id=str(org_id), api_key=key, broadcast_id=None)
 
 
-async def _ensure_broadcast(http: aiohttp.ClientSession, state: DevState) -> str:
+async def ensure_demo_broadcast(http: aiohttp.ClientSession, state: DevState) -> str:
     """The id of an active demo broadcast: the remembered one if it still exists, else a new one."""
     base = f"/orgs/{state.org_id}/broadcasts"
     if state.broadcast_id:
         async with http.get(f"{base}/{state.broadcast_id}") as r:
             if r.status == 200:
-                status = (await r.json())["status"]
+                broadcast = await r.json()
+                # A broadcast made by an older `tidings dev` may lack a channel's template.
+                await _add_missing_templates(http, f"{base}/{state.broadcast_id}", broadcast)
+                status = broadcast["status"]
                 if status == "active":
                     return state.broadcast_id
                 # Someone paused or drafted it from the API; put it back in service.
@@ -329,10 +346,18 @@ async def _ensure_broadcast(http: aiohttp.ClientSession, state: DevState) -> str
                 raise DevError(f"GET {base}/{state.broadcast_id} answered {r.status}: {await r.text()}")
     broadcast = await _call(http, "POST", base, DEMO_BROADCAST, expect=201)
     broadcast_id = str(broadcast["id"])
-    await _call(http, "POST", f"{base}/{broadcast_id}/templates", DEMO_EMAIL_TEMPLATE, expect=201)
+    await _add_missing_templates(http, f"{base}/{broadcast_id}", broadcast)
     await _call(http, "POST", f"{base}/{broadcast_id}/activate", expect=200)
     log.info("dev_demo_broadcast_created", broadcast_id=broadcast_id)
     return broadcast_id
+
+
+async def _add_missing_templates(http: aiohttp.ClientSession, path: str, broadcast: dict[str, Any]) -> None:
+    """Add each demo template whose channel the broadcast has no template for."""
+    present = {t["channel"] for t in broadcast.get("templates", [])}
+    for template in DEMO_TEMPLATES:
+        if template["channel"] not in present:
+            await _call(http, "POST", f"{path}/templates", template, expect=201)
 
 
 async def _call(
@@ -424,33 +449,38 @@ async def _stop_children(children: list[_Child]) -> None:
     await asyncio.gather(*(child.stop() for child in children))
 
 
-def _banner(
+def banner(
     config: DevConfig, state: DevState, inbox_url: str, sandbox_url: str, database_url: str, redis_url: str
 ) -> str:
     assert state.api_key and state.org_id and state.broadcast_id
-    send_url = f"{config.api_url}/orgs/{state.org_id}/broadcasts/{state.broadcast_id}/send"
-    curl = " \\\n    ".join(
-        [
-            f"curl -sS -X POST {shlex.quote(send_url)}",
-            "-H " + shlex.quote(f"Authorization: Bearer {state.api_key}"),
-            "-H 'Content-Type: application/json'",
-            "-d " + shlex.quote(orjson.dumps(DEMO_SEND_BODY).decode()),
-        ]
-    )
     rows = [
-        ("API", f"{config.api_url}  (OpenAPI at /openapi.json)"),
+        ("API", f"{config.api_url}  (reference at {config.api_url}/docs, OpenAPI at /openapi.json)"),
         ("Inbox", f"{inbox_url}  (SMTP on {LOOPBACK}:{config.smtp_port})"),
         ("WhatsApp sandbox", sandbox_url),
         ("Postgres", database_url),
         ("Redis", redis_url),
         ("Org", f"{state.org_id}  ({DEMO_ORG_NAME})"),
         ("API key", f"{state.api_key}  ({', '.join(DEMO_SCOPES)}; kept in {config.data_dir / 'dev.json'})"),
-        ("Broadcast", f"{state.broadcast_id}  (One-time passcode, email)"),
+        ("Broadcast", f"{state.broadcast_id}  (One-time passcode, email and WhatsApp)"),
     ]
     width = max(len(name) for name, _ in rows)
     table = "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
     return (
         f"\ntidings dev is running\n\n{table}\n\n"
-        f"Send a one-time passcode:\n\n  {curl}\n\n"
-        f"then read the email at {inbox_url}\n\nCtrl-C stops everything.\n"
+        f"Send a one-time passcode by email and by WhatsApp:\n\n  {demo_curl(config, state)}\n\n"
+        f"then read the email at {inbox_url} and the WhatsApp message at {sandbox_url}\n"
+        f"(each page also lists the addresses and numbers that fail on purpose).\n\nCtrl-C stops everything.\n"
+    )
+
+
+def demo_curl(config: DevConfig, state: DevState) -> str:
+    """The shell command the banner prints: the demo broadcast's send, to both channels."""
+    send_url = f"{config.api_url}/orgs/{state.org_id}/broadcasts/{state.broadcast_id}/send"
+    return " \\\n    ".join(
+        [
+            f"curl -sS -X POST {shlex.quote(send_url)}",
+            "-H " + shlex.quote(f"Authorization: Bearer {state.api_key}"),
+            "-H 'Content-Type: application/json'",
+            "-d " + shlex.quote(orjson.dumps(DEMO_SEND_BODY).decode()),
+        ]
     )

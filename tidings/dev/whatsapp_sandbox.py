@@ -13,28 +13,10 @@ Checks, in order:
   is allowed), `type: "template"` with `template.name`, `template.language.code` and
   well-formed `components` (or `type: "text"` with `text.body`); else 400, code 100.
 
-Deterministic error triggers, on the digits of `to` or the template name (and how the
-client should sort them):
-
-- `to` ends `0000131026`: 400, code 131026 "Message Undeliverable." (permanent)
-- `to` ends `0000131047`: 400, code 131047 "Re-engagement message" (permanent)
-- `to` ends `0000130429`: 400, code 130429 "Rate limit hit" (transient). Meta answers
-  throughput errors with HTTP 400, not 429, so only the code says "retry".
-- `to` ends `0000131056`: 400, code 131056 pair rate limit (transient)
-- `to` ends `0000000429`: 429, code 4 "Application request limit reached" with
-  `Retry-After: 2` (transient, retry after 2 s)
-- `to` ends `0000000500`: 500, code 131000 "Something went wrong" (transient)
-- `to` ends `00000503`: the first call for that number answers 503, code 2 "Service
-  temporarily unavailable" (transient); later calls succeed.
-- `to` ends `0000503N` (N = 1-9): the first N calls for that number fail as above.
-- `to` ends `9999131026`: accepted (200 and a wamid), then, with webhooks on, `sent` and
-  `failed` with error 131026 - how Meta reports most undeliverable numbers.
-- template `missing_template`: 404, code 132001 "Template name does not exist in the
-  translation" (permanent)
-- template `param_mismatch`: 400, code 132000 "Number of parameters does not match the
-  expected number of params" (permanent)
-- a text parameter with a line break, a tab or more than four spaces in a row: 400, code
-  132018 (permanent); an empty one: 400, code 131008 "Required parameter is missing", as Meta
+Deterministic error triggers, on the digits of `to`, the template name or a parameter's text,
+are listed by `triggers()`, built from the tables the checks use (`TEMPLATE_ERRORS`,
+`SUFFIX_ERRORS`, the fail-first suffixes, `ASYNC_FAILURE_SUFFIX`); the sandbox's page shows
+that list, each with a number tidings' API accepts, and whether a client should retry.
 
 `Sandbox.fail_next(to, times)` arms the same 503 failure for any number from a test.
 
@@ -79,8 +61,16 @@ DEFAULT_KEEP_MAX = 50_000
 HTML_ROWS_MAX = 200
 
 _DIGITS = re.compile(r"^\+?(\d{5,15})$")
-_FAIL_FIRST_N = re.compile(r"0000503([1-9])$")
+# `to` ending FAIL_ONCE_SUFFIX: the first call for that number answers 503 (transient), later
+# ones succeed; ending FAIL_FIRST_N_PREFIX + N (N = 1-9): the first N calls do.
+FAIL_ONCE_SUFFIX = "00000503"
+FAIL_FIRST_N_PREFIX = "0000503"
+_FAIL_FIRST_N = re.compile(FAIL_FIRST_N_PREFIX + r"([1-9])$")
 _GRAPH_DOCS = "https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes/"
+
+
+# Codes Meta sends with `is_transient: true`: throughput, temporary unavailability, unknown errors.
+TRANSIENT_CODES = frozenset({1, 2, 4, 130429, 131000, 131056})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -94,6 +84,14 @@ class MetaError:
     subcode: int | None = None
     headers: dict[str, str] | None = None
 
+    @property
+    def transient(self) -> bool:
+        """Meta marks the error `is_transient`: the client should retry it later."""
+        return self.code in TRANSIENT_CODES
+
+    def summary(self) -> str:
+        return f"HTTP {self.http_status}, code {self.code} {self.title}"
+
     def body(self) -> dict[str, Any]:
         error: dict[str, Any] = {
             "message": f"(#{self.code}) {self.title}",
@@ -103,7 +101,7 @@ class MetaError:
         }
         if self.subcode is not None:
             error["error_subcode"] = self.subcode
-        if self.code in (1, 2, 4, 130429, 131000, 131056):
+        if self.transient:
             error["is_transient"] = True
         error["fbtrace_id"] = _fbtrace_id()
         return {"error": error}
@@ -173,7 +171,8 @@ PARAM_FORMAT = MetaError(
 PARAM_MISSING = MetaError(400, 131008, "Required parameter is missing", "Parameter text is empty")
 _BAD_PARAM_TEXT = re.compile(r"[\n\t]| {5,}")
 
-# Suffix of the recipient's digits -> the synchronous error for it. Checked longest-first.
+# Suffix of the recipient's digits -> the synchronous error for it. Meta answers throughput
+# errors (130429, 131056) with HTTP 400, not 429: only the code says "retry".
 SUFFIX_ERRORS: dict[str, MetaError] = {
     "0000131026": UNDELIVERABLE,
     "0000131047": REENGAGEMENT,
@@ -188,6 +187,78 @@ TEMPLATE_ERRORS: dict[str, MetaError] = {
 }
 # Accepted, then failed by webhook: Meta reports most undeliverable numbers this way.
 ASYNC_FAILURE_SUFFIX = "9999131026"
+
+# The page's example numbers put each trigger after an Austrian mobile prefix: its national
+# numbers are long enough for a 10-digit suffix to still make a valid number, which tidings'
+# API checks before anything reaches the sandbox.
+EXAMPLE_PREFIX = "+4366"
+EXAMPLE_TEMPLATE = "otp_code"
+EXAMPLE_PARAMETER = "123456"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Trigger:
+    """One way to make the sandbox fail on purpose, with a request that does it."""
+
+    when: str
+    to: str
+    error: MetaError
+    template: str = EXAMPLE_TEMPLATE
+    parameter: str = EXAMPLE_PARAMETER
+    # Calls that fail before the number succeeds (0: every call fails).
+    fails_first: int = 0
+    # The call succeeds; the failure comes later, as a `failed` status webhook.
+    by_webhook: bool = False
+
+    @property
+    def example(self) -> str:
+        if self.template != EXAMPLE_TEMPLATE:
+            return self.template
+        if self.parameter != EXAMPLE_PARAMETER:
+            return orjson.dumps(self.parameter).decode()
+        return self.to
+
+    @property
+    def answer(self) -> str:
+        if self.by_webhook:
+            return f"HTTP 200, then a failed status webhook: code {self.error.code} {self.error.title}"
+        if self.fails_first:
+            calls = "the first call" if self.fails_first == 1 else f"the first {self.fails_first} calls"
+            return f"{self.error.summary()} on {calls} for that number, then HTTP 200"
+        return self.error.summary()
+
+
+def triggers() -> list[Trigger]:
+    """Every deterministic failure, in the order the checks run (the first that matches wins)."""
+    plain = f"{EXAMPLE_PREFIX}0123456789"
+    found = [
+        Trigger(f"the template is named {name}", plain, error, template=name) for name, error in TEMPLATE_ERRORS.items()
+    ]
+    found += [
+        Trigger(
+            "a text parameter with a line break, a tab or more than four spaces in a row",
+            plain,
+            PARAM_FORMAT,
+            parameter="12\n34",
+        ),
+        Trigger("an empty text parameter", plain, PARAM_MISSING, parameter=""),
+    ]
+    found += [Trigger(f"to ends {suffix}", EXAMPLE_PREFIX + suffix, e) for suffix, e in SUFFIX_ERRORS.items()]
+    found.append(Trigger(f"to ends {FAIL_ONCE_SUFFIX}", EXAMPLE_PREFIX + FAIL_ONCE_SUFFIX, UNAVAILABLE, fails_first=1))
+    found.append(
+        Trigger(
+            f"to ends {FAIL_FIRST_N_PREFIX}N (N = 1-9)",
+            f"{EXAMPLE_PREFIX}{FAIL_FIRST_N_PREFIX}3",
+            UNAVAILABLE,
+            fails_first=3,
+        )
+    )
+    found.append(
+        Trigger(
+            f"to ends {ASYNC_FAILURE_SUFFIX}", EXAMPLE_PREFIX + ASYNC_FAILURE_SUFFIX, UNDELIVERABLE, by_webhook=True
+        )
+    )
+    return found
 
 
 class _Invalid(Exception):
@@ -282,7 +353,7 @@ class Sandbox:
         if armed:
             self._armed_failures[digits] = armed - 1
             return UNAVAILABLE
-        if digits.endswith("00000503"):
+        if digits.endswith(FAIL_ONCE_SUFFIX):
             limit = 1
         else:
             match = _FAIL_FIRST_N.search(digits)
@@ -671,11 +742,21 @@ async def _index(request: web.Request) -> web.Response:
         if sandbox.webhooks_enabled
         else "webhooks off (no webhook_url / app_secret)"
     )
+    failures = "".join(
+        "<tr>"
+        + "".join(
+            f"<td>{html.escape(c)}</td>"
+            for c in (t.when, t.example, t.answer, "transient (retry)" if t.error.transient else "permanent")
+        )
+        + "</tr>"
+        for t in triggers()
+    )
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>WhatsApp sandbox</title>
 <meta http-equiv="refresh" content="5">
 <style>body{{font:14px system-ui,sans-serif;margin:2em}}table{{border-collapse:collapse}}
-td,th{{border-bottom:1px solid #ddd;padding:4px 10px;text-align:left}}td:last-child{{color:#888;font-size:12px}}</style>
+td,th{{border-bottom:1px solid #ddd;padding:4px 10px;text-align:left}}td:last-child{{color:#888;font-size:12px}}
+h2{{font-size:1.1em;margin-top:2em}}</style>
 </head><body>
 <h1>WhatsApp sandbox</h1>
 <p>{sandbox.accepted_count} message(s) accepted, {sandbox.request_count} request(s); {webhooks}.
@@ -683,6 +764,12 @@ Newest first; this page refreshes every 5 s.</p>
 <table><tr><th>received</th><th>to</th><th>template</th><th>language</th><th>parameters</th>
 <th>status</th><th>wamid</th></tr>
 {"".join(rows) or '<tr><td colspan="7">nothing yet</td></tr>'}
+</table>
+<h2 id="failures">Failing on purpose</h2>
+<p>These requests fail the way Meta's Cloud API does; any other well-formed one is accepted.
+Checked in this order, the first that matches wins.</p>
+<table class="failures"><tr><th>when</th><th>for example</th><th>the sandbox answers</th><th>kind</th></tr>
+{failures}
 </table></body></html>"""
     return web.Response(text=page, content_type="text/html")
 
