@@ -828,7 +828,7 @@ class Bench:
         broadcast_id = self.broadcasts[broadcast]
         prepared = []
         for i in range(min(common.RECIPIENTS, max(1, n // 20))):
-            trigger = sending.Trigger(variables={"otp": common.otp(i)}, source="api")
+            trigger = sending.Trigger(variables={"otp": common.otp(i)})
             if channel == "email":
                 trigger.email = common.recipient_email(i)
             else:
