@@ -14,18 +14,19 @@ from api.broadcasts import broadcasts, contacts, messages, send  # noqa: F401
 from api.middleware import request_middleware
 from api.ratelimit import RateLimiter
 from api.routing import WEBHOOK_MAX_BODY_BYTES, add_routes
-from api.send_pipeline import SendPipeline
-from api.send_waiter import SendWaiter
 from api.state import STATE, State
 from api.transactionals import pages, subscribers, templates, transactionals  # noqa: F401
 from shared import db, redis_clients, templating
+from shared.accept import Acceptor
 from shared.broadcast_cache import BroadcastCache
 from shared.config import Settings
 from shared.contact_cache import ContactCache
 from shared.redis_keys import RedisKeys
+from shared.send_waiter import SendWaiter
 
-# The send pipeline writes one batch at a time; a second connection covers a broken one.
-SEND_POOL_SIZE = 2
+# The accept service commits one batch at a time (its two kinds of send side by side); a
+# connection beyond those covers a broken one.
+SEND_POOL_SIZE = 3
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -36,7 +37,7 @@ def create_app(settings: Settings) -> web.Application:
         pool = await db.create_pool(
             settings.database_url, min_size=settings.db_pool_min_size, max_size=settings.db_pool_max_size
         )
-        # The batched insert of accepted sends (one batch at a time) on sessions of its own that
+        # The batched commits of accepted sends (one batch at a time) on sessions of their own that
         # use a generic plan: with custom plans Postgres re-plans that large statement for every
         # batch (measured: ~10 % less Postgres CPU per trigger). Only there: generic
         # plans could be worse for the listing queries' optional filters.
@@ -55,6 +56,8 @@ def create_app(settings: Settings) -> web.Application:
         await waiter.start()
         # Large Liquid sources are checked in a process of their own (never on this loop).
         await asyncio.to_thread(templating.start_checker)
+        broadcast_cache = BroadcastCache(settings.broadcast_cache_ttl_s)
+        contact_cache = ContactCache(settings.broadcast_cache_ttl_s)
         app[STATE] = State(
             settings=settings,
             pool=pool,
@@ -63,12 +66,21 @@ def create_app(settings: Settings) -> web.Application:
             key_cache=KeyCache(settings.key_cache_ttl_s),
             rate_limiter=RateLimiter(redis, keys),
             waiter=waiter,
-            send_pipeline=SendPipeline(send_pool, redis, keys),
-            broadcast_cache=BroadcastCache(settings.broadcast_cache_ttl_s),
-            contact_cache=ContactCache(settings.broadcast_cache_ttl_s),
+            acceptor=Acceptor(
+                pool,
+                redis,
+                keys,
+                settings,
+                waiter,
+                commit_pool=send_pool,
+                broadcast_cache=broadcast_cache,
+                contact_cache=contact_cache,
+            ),
+            broadcast_cache=broadcast_cache,
+            contact_cache=contact_cache,
         )
         yield
-        await app[STATE].send_pipeline.close()
+        await app[STATE].acceptor.close()
         await waiter.close()
         await subscriber.aclose()
         await redis.aclose()

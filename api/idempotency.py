@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hashlib
 import math
 import uuid
@@ -27,12 +26,12 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from api.errors import body_for, status_for
+from api import errors as http_errors
 from api.state import STATE
 from shared import db as shared_db
 from shared import errors
 from shared.jsonutil import dumps
-from shared.sending import KeyFence
+from shared.sending import KeyClaim, KeyFence
 from shared.sql import Q
 
 log = structlog.get_logger("tidings.api.idempotency")
@@ -45,16 +44,8 @@ STORE_RETRY_S = 1.0
 STORE_RETRY_PAUSE_S = 0.2
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Claim:
-    """This request holds its Idempotency-Key."""
-
-    fence: KeyFence
-    # A send that an earlier request holding the key committed (this one took the key over
-    # when that request died): the answer is that send, not a new one.
-    committed_send_id: uuid.UUID | None
-
-
+# What this request holds: its key's fence, and a send an earlier holder committed (if any).
+Claim = KeyClaim
 CLAIM = web.RequestKey("idempotency_claim", Claim)
 
 
@@ -97,10 +88,10 @@ async def run_once(
         raise
     except errors.TidingsError as exc:
         await _stop(renewal)
-        status = status_for(exc)
+        status, answer = http_errors.answer(exc, http_errors.surface_of(request.path))
         if status < 500:
             # A refusal is an answer too: the same request repeated is refused the same way.
-            await _store(db, fence, status, dumps(body_for(exc)))
+            await _store(db, fence, status, dumps(answer))
         else:
             await _release(db, fence)
         raise

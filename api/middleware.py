@@ -1,4 +1,4 @@
-"""Request id, one log line per request with its duration, and the error mapping."""
+"""Request id, one log line per request with its duration; errors answered through `api.errors`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from aiohttp import web
 
 from api import errors as http_errors
 from api import routing
-from api.jsonio import json_response
 from shared import db, errors, ids, logs, metrics
 
 log = structlog.get_logger("tidings.api")
@@ -41,32 +40,20 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         try:
             response = await handler(request)
         except errors.TidingsError as exc:
-            response = json_response(
-                http_errors.body_for(exc, request.path), status=http_errors.status_for(exc), headers=exc.headers
-            )
+            response = http_errors.response_for(exc, request)
         except UNREACHABLE as exc:
             # Nothing was acknowledged: the client may retry. (A send is only acknowledged after
             # its commit, so an outage never loses an accepted message.)
             log.warning("backing_service_unavailable", error=repr(exc), path=loggable_path(request))
-            unavailable = errors.Unavailable("a backing service (Postgres or Redis) is unreachable; retry later")
-            response = json_response(
-                http_errors.body_for(unavailable, request.path), status=503, headers={"Retry-After": "1"}
+            unavailable = errors.Unavailable(
+                "a backing service (Postgres or Redis) is unreachable; retry later", headers={"Retry-After": "1"}
             )
+            response = http_errors.response_for(unavailable, request)
         except web.HTTPException as exc:
-            code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
-            # A 405 names the methods the path has (RFC 9110: Allow is required on a 405).
-            allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-            if request.path.startswith(http_errors.V1_PREFIX):
-                response = json_response(http_errors.v1_body(exc.reason), status=exc.status, headers=allow)
-            else:
-                response = json_response(
-                    {"error": {"code": code, "message": exc.reason}}, status=exc.status, headers=allow
-                )
+            response = http_errors.response_for(http_errors.from_http(exc), request)
         except Exception:
             log.exception("unhandled_error", path=loggable_path(request))
-            internal = errors.TidingsError("internal error")
-            internal.code = "internal_error"
-            response = json_response(http_errors.body_for(internal, request.path), status=500)
+            response = http_errors.response_for(http_errors.InternalError(), request)
         response.headers["X-Request-Id"] = request_id
         return response
     finally:

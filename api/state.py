@@ -10,12 +10,12 @@ from redis.asyncio import Redis
 
 from api.auth import KeyCache
 from api.ratelimit import RateLimiter
-from api.send_pipeline import SendPipeline
-from api.send_waiter import SendWaiter
+from shared.accept import Acceptor
 from shared.broadcast_cache import BroadcastCache
 from shared.config import Settings
 from shared.contact_cache import ContactCache
 from shared.redis_keys import RedisKeys
+from shared.send_waiter import SendWaiter
 
 
 @dataclasses.dataclass(slots=True)
@@ -27,7 +27,7 @@ class State:
     key_cache: KeyCache
     rate_limiter: RateLimiter
     waiter: SendWaiter
-    send_pipeline: SendPipeline
+    acceptor: Acceptor
     broadcast_cache: BroadcastCache
     contact_cache: ContactCache
 

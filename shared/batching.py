@@ -1,9 +1,10 @@
 """Opportunistic batching: many concurrent callers, one round trip.
 
-Under load, committing one row per request costs one fsync per request, and enqueueing
-one job costs a Redis round trip each. A `Batcher` runs at most `max_in_flight` flushes
-at a time; items submitted while those run wait and go together in the next flush. When
-idle, an item is flushed at once, so batching adds no latency to a quiet system.
+Under load, committing each request's send on its own costs one fsync per request, and
+waking the workers for each one a Redis round trip. A `Batcher` runs at most
+`max_in_flight` flushes at a time; items submitted while those run wait and go together
+in the next flush. When idle, an item is flushed at once, so batching adds no latency to
+a quiet system. `shared.accept` batches the sends it accepts this way.
 """
 
 from __future__ import annotations

@@ -23,6 +23,3 @@ class RedisKeys:
     def doorbell_channel(self) -> str:
         """Rung when messages are committed or fall due: wakes the workers' idle pumps."""
         return f"{self.prefix}doorbell"
-
-    def broadcast_changed_channel(self) -> str:
-        return f"{self.prefix}broadcast-changed"

@@ -1,9 +1,11 @@
-"""A trigger, from request to committed send: the rules of the send endpoint.
+"""A Broadcasts trigger, from request to committed send: the rules of the send endpoint.
 
-Used by the api (`POST .../send`, source `api`) and the operator CLI (`tidings send`,
-source `manual`). `prepare` validates and resolves everything and raises on any
-rejection before anything is written; `commit` writes the send and its messages in
-one transaction. Enqueueing is the caller's (the api must register its waiter first).
+Used through `shared.accept` by the api (`POST .../send`, source `api`) and the operator
+CLI (`tidings send`, source `manual`). `prepare` validates and resolves everything and
+raises on any rejection before anything is written; `commit_many` writes a batch of sends
+and their messages in one statement. Postgres is the delivery queue: once committed, a
+`queued` message is claimed by a worker's pump (the accept service rings the doorbell so
+that an idle one looks at once).
 """
 
 from __future__ import annotations
@@ -12,15 +14,25 @@ import asyncio
 import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import asyncpg
+import msgspec
 import structlog
+from msgspec import Meta
 
 from shared import broadcasts, contacts, db, errors, ids, unsubscribes
 from shared.broadcast_cache import NO_CACHE, BroadcastCache
 from shared.contact_cache import NO_CONTACT_CACHE, ContactCache
-from shared.domain import BUILTIN_VARIABLES, BroadcastStatus, BroadcastType, Channel, ContactStatus, MessageStatus
+from shared.domain import (
+    BUILTIN_VARIABLES,
+    SETTLED,
+    BroadcastStatus,
+    BroadcastType,
+    Channel,
+    ContactStatus,
+    MessageStatus,
+)
 from shared.sql import Q
 from shared.subscribers import address_hash
 
@@ -44,17 +56,20 @@ def status_url(public_base: str, org_id: object, message_id: object) -> str:
     return f"{public_base}/orgs/{org_id}/messages/{message_id}"
 
 
-@dataclasses.dataclass(slots=True)
-class Trigger:
+class Trigger(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """What a caller asks of one send: the recipient, the variables, the templates to fire.
+
+    Written once: the Broadcasts API decodes its request body straight into a subclass of
+    this (`api.broadcasts.schemas.SendRequest`, which adds only how to answer), and the CLI
+    builds one from its flags. Unknown fields are refused, so a typo is caught."""
+
     contact_channel_id: str | None = None
     contact_id: str | None = None
-    phone: str | None = None
-    email: str | None = None
-    name: str | None = None
-    variables: dict[str, Any] = dataclasses.field(default_factory=dict)
+    phone: Annotated[str, Meta(max_length=50)] | None = None
+    email: Annotated[str, Meta(max_length=320)] | None = None
+    name: Annotated[str, Meta(max_length=300)] | None = None
+    variables: dict[str, Any] = {}
     template_ids: list[str] | None = None
-    source: str = "api"
-    request_id: str | None = None
 
 
 @dataclasses.dataclass(slots=True)
@@ -80,6 +95,16 @@ class KeyFence:
     holder: uuid.UUID
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeyClaim:
+    """A request holds its Idempotency-Key (`api.idempotency` claims it)."""
+
+    fence: KeyFence
+    # A send that an earlier request holding the key committed (this one took the key over
+    # when that request died): the answer is that send, not a new one.
+    committed_send_id: uuid.UUID | None
+
+
 @dataclasses.dataclass(slots=True)
 class PreparedSend:
     send_id: uuid.UUID
@@ -100,6 +125,40 @@ class PreparedSend:
     def queued(self) -> list[Record]:
         return [r for r in self.records if r.status == MessageStatus.queued]
 
+    @property
+    def settled(self) -> bool:
+        """Every message has its final outcome (sent, failed, skipped, rejected...)."""
+        return all(r.status in SETTLED or r.error for r in self.records)
+
+    def apply_outcome(self, outcome: Mapping[str, Any]) -> None:
+        """Fold the worker's published results (keyed by message id) into the records."""
+        for r in self.records:
+            result = outcome.get(str(r.id))
+            if result is not None:
+                r.status = result["status"]
+                r.external_message_id = result.get("external_message_id")
+                r.error = result.get("error")
+
+
+def record_json(public_base: str, send: PreparedSend, r: Record) -> dict[str, Any]:
+    """One message of a send as the Broadcasts API and the CLI show it."""
+    return {
+        "id": r.id,
+        "template_id": r.template_id,
+        "channel": r.channel,
+        "contact_id": send.contact_id,
+        "contact_channel_id": r.contact_channel_id,
+        "to": r.to,
+        "status": r.status,
+        "external_message_id": r.external_message_id,
+        "error": r.error,
+        "status_url": status_url(public_base, send.org_id, r.id),
+    }
+
+
+def send_json(public_base: str, send: PreparedSend) -> dict[str, Any]:
+    return {"send_id": send.send_id, "recipients": [record_json(public_base, send, r) for r in send.records]}
+
 
 def _uuid_or_none(raw: str) -> uuid.UUID | None:
     try:
@@ -117,8 +176,11 @@ async def prepare(
     contact_cache: ContactCache = NO_CONTACT_CACHE,
     *,
     public_base: str | None = None,
+    source: str = "api",
+    request_id: str | None = None,
 ) -> PreparedSend:
-    """`public_base` (PUBLIC_BASE_URL) makes `{{ unsubscribe_url }}` for templates that use it."""
+    """`public_base` (PUBLIC_BASE_URL) makes `{{ unsubscribe_url }}` for templates that use it;
+    `source` (`api` or `manual`) and `request_id` are written with the send."""
     broadcast, templates = await cache.get(pool, org_id, broadcast_id)
     if broadcast is None:
         raise errors.NotFound("no such broadcast")
@@ -229,8 +291,8 @@ async def prepare(
         org_id=org_id,
         broadcast_id=broadcast_id,
         contact_id=contact["id"],
-        source=trigger.source,
-        request_id=trigger.request_id,
+        source=source,
+        request_id=request_id,
         variables=variables,
         records=records,
         unsubscribe=unsubscribe,

@@ -1,11 +1,12 @@
 """The Transactionals API's send: one email with its own content, to one address.
 
 `validate` checks a submission the way the Rails product does (every problem at once,
-keyed by attribute) and resolves the template; `send` decides the recipient's fate
-(redacted or suppressed: `rejected`; `queue_at` ahead: `scheduled`; else `queued`),
-makes the double opt-in and unsubscribe links, writes the send, its message and the
-links in one transaction, and enqueues delivery. The worker renders the stored content
-with the send's variables, like any other message.
+keyed by attribute) and resolves the template; `prepare` decides the recipient's fate
+(redacted or suppressed: `rejected`; `queue_at` ahead: `scheduled`; else `queued`) and
+makes the double opt-in and unsubscribe links; `commit_many` writes a batch of them (each
+send, its message and its links) in one transaction. Both go through `shared.accept`,
+the one way a send is accepted. The worker renders the stored content with the send's
+variables, like any other message.
 
 Unsubscribed subscribers still get transactional email (the product's rule); redacted
 subscribers and suppressed addresses never do. A blocked contact is not sent to either:
@@ -23,13 +24,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
+import msgspec
 import structlog
-from redis.asyncio import Redis
 
 from shared import (
     confirmations,
     db,
-    doorbell,
     errors,
     field_errors,
     sending,
@@ -41,7 +41,6 @@ from shared import (
 from shared.config import Settings
 from shared.domain import ContactStatus, MessageStatus
 from shared.field_errors import FieldErrors
-from shared.redis_keys import RedisKeys
 from shared.sql import Q
 
 log = structlog.get_logger("tidings.transactionals")
@@ -56,22 +55,30 @@ _TAG = re.compile(r"<[A-Za-z!/][^>]*>")
 _LIQUID_MARKUP = re.compile(r"({{.*?}}|{%.*?%})", re.DOTALL)
 
 
-@dataclasses.dataclass(slots=True)
-class Submission:
-    """The request body as the client sent it (JSON types already checked)."""
+# The request body, written once: `api.transactionals.schemas.TransactionalCreate` is this
+# shape under its wire name. Decoded leniently (every field optional and nullable), so that
+# missing and blank values reach `validate`, which reports all of them at once in the
+# product's words; wrong JSON types and unknown fields are refused by the decoder.
 
+
+class SubscriberAttributes(msgspec.Struct, forbid_unknown_fields=True):
+    first_name: str | None = None
+    last_name: str | None = None
+
+
+class Submission(msgspec.Struct, forbid_unknown_fields=True):
     to: str | None = None
     subject: str | None = None
     body: str | None = None
     preheader: str | None = None
     reply_to: str | None = None
+    # The product's ids are integers; ours are UUID strings. Either is accepted (and looked up).
     template_id: str | int | None = None
     include_unsubscribe_link: bool | None = None
     queue_at: str | None = None
     double_opt_in: bool | None = None
     confirmation_template_id: str | int | None = None
-    first_name: str | None = None
-    last_name: str | None = None
+    subscriber: SubscriberAttributes | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -151,8 +158,9 @@ async def validate(pool: asyncpg.Pool, org_id: uuid.UUID, s: Submission) -> Requ
             problems.add("confirmation_template_id", field_errors.NOT_FOUND)
 
     # Nested attributes are named the Rails way: `subscriber.first_name`.
-    first_name = problems.text("subscriber.first_name", s.first_name, maximum=MAX_NAME, header=True)
-    last_name = problems.text("subscriber.last_name", s.last_name, maximum=MAX_NAME, header=True)
+    named = s.subscriber or SubscriberAttributes()
+    first_name = problems.text("subscriber.first_name", named.first_name, maximum=MAX_NAME, header=True)
+    last_name = problems.text("subscriber.last_name", named.last_name, maximum=MAX_NAME, header=True)
     await problems.check_liquid()
     problems.raise_if_any()
     assert email is not None and subject is not None and body is not None
@@ -254,20 +262,50 @@ def _variables(req: Request, recipient: _Recipient, confirmation_url: str, unsub
     }
 
 
-async def send(
+@dataclasses.dataclass(slots=True)
+class PreparedTransactional:
+    """One transactional, resolved and ready to write: everything `commit_many` stores."""
+
+    send_id: uuid.UUID
+    message_id: uuid.UUID
+    org_id: uuid.UUID
+    request_id: str | None
+    req: Request
+    contact_id: uuid.UUID | None
+    contact_channel_id: uuid.UUID | None
+    # None for a redacted address: nothing about it is stored again, not even in the record.
+    address: str | None
+    recipient_name: str | None
+    status: MessageStatus
+    rejection: str | None
+    content: dict[str, Any]
+    variables: dict[str, Any]
+    confirmation_token: str | None
+    unsubscribe_token: str | None
+    fence: sending.KeyFence | None = None
+    # The transactional as accepted (read back in the commit's transaction).
+    row: asyncpg.Record | None = None
+
+    @property
+    def wakes_workers(self) -> bool:
+        # A scheduled one too: an idle worker then sleeps only until its queue_at.
+        return self.status != MessageStatus.rejected
+
+
+async def prepare(
     pool: asyncpg.Pool,
-    redis: Redis,
     settings: Settings,
     org_id: uuid.UUID,
     req: Request,
     *,
     request_id: str | None,
     fence: sending.KeyFence | None = None,
-) -> asyncpg.Record:
-    """Accept one transactional; returns it as `get` would (its id is the message id).
+) -> PreparedTransactional:
+    """Decide the recipient's fate and make the links; nothing of the send is written yet
+    (a double opt-in may create its subscriber, as a Broadcasts trigger may create its contact).
 
-    Made under an Idempotency-Key (`fence`), the send is bound to the key in its own
-    transaction, and refused if a retry took the key over."""
+    Made under an Idempotency-Key (`fence`), the send is bound to the key in its commit,
+    and refused if a retry took the key over meanwhile."""
     now = dt.datetime.now(dt.UTC)
     base = settings.public_base
     recipient = await _resolve_recipient(pool, org_id, req)
@@ -290,72 +328,134 @@ async def send(
 
     scheduled = rejection is None and req.queue_at > now
     status = MessageStatus.rejected if rejection else MessageStatus.scheduled if scheduled else MessageStatus.queued
-    send_id, message_id = uuid.uuid4(), uuid.uuid4()
-    contact_id = subscriber["id"] if subscriber else None
+    return PreparedTransactional(
+        send_id=uuid.uuid4(),
+        message_id=uuid.uuid4(),
+        org_id=org_id,
+        request_id=request_id,
+        req=req,
+        contact_id=subscriber["id"] if subscriber else None,
+        contact_channel_id=subscriber["channel_id"] if subscriber else None,
+        address=address,
+        recipient_name=recipient_name,
+        status=status,
+        rejection=rejection,
+        content=content,
+        variables=variables,
+        confirmation_token=confirmation_token,
+        unsubscribe_token=unsubscribe_token,
+        fence=fence,
+    )
+
+
+async def commit_many(pool: asyncpg.Pool, sends: list[PreparedTransactional]) -> list[BaseException | None]:
+    """Write many transactionals in one transaction; per send, None (its `row` is set) or the
+    error to raise to its request (a retry took its Idempotency-Key over).
+
+    Should a statement fail for one of them, each is written again in a transaction of its
+    own, so that one send's fault is answered to its own request only."""
+    try:
+        return list(await _commit(pool, sends))
+    except db.UNREACHABLE:
+        raise
+    except asyncpg.PostgresError:
+        if len(sends) == 1:
+            raise
+        log.warning("transactional_batch_failed", sends=len(sends), exc_info=True)
+    results: list[BaseException | None] = []
+    for send in sends:
+        try:
+            (result,) = await _commit(pool, [send])
+        except db.UNREACHABLE:
+            raise
+        except asyncpg.PostgresError as exc:
+            results.append(exc)
+        else:
+            results.append(result)
+    return results
+
+
+async def _commit(pool: asyncpg.Pool, sends: list[PreparedTransactional]) -> list[errors.TidingsError | None]:
+    refused: dict[uuid.UUID, errors.TidingsError] = {}
     written = False
     try:
         async with pool.acquire() as conn, conn.transaction():
-            if fence is not None and (
-                await conn.fetchval(Q.bind_idempotency_key, fence.org_id, fence.key, fence.holder, send_id) is None
-            ):
-                # A retry took the key over while this request ran: it answers for the key.
-                raise errors.IdempotencyKeyInFlight(sending.KEY_TAKEN_OVER)
-            if confirmation_token is not None:
-                assert contact_id is not None
-                expires_at = confirmations.expiry_for(req.queue_at)
-                await confirmations.create(
-                    conn, org_id, contact_id, req.confirmation_template_id, confirmation_token, expires_at
-                )
-            if unsubscribe_token is not None:
-                await unsubscribes.create(conn, org_id, req.email, contact_id, unsubscribe_token)
-            await conn.execute(Q.insert_send, send_id, org_id, None, contact_id, "api", request_id, variables)
-            await conn.execute(
-                Q.insert_transactional_message,
-                message_id,
-                send_id,
-                org_id,
-                contact_id,
-                subscriber["channel_id"] if subscriber else None,
-                address,
-                status,
-                rejection,
-                content,
-                req.queue_at if scheduled else None,
-            )
-            await conn.execute(Q.insert_events, [message_id], [status], [rejection])
-            await conn.execute(
-                Q.insert_transactional,
-                message_id,
-                org_id,
-                address,
-                recipient_name,
-                req.subject if address else None,
-                req.body if address else None,
-                req.preheader if address else None,
-                req.reply_to,
-                req.template_id,
-                req.include_unsubscribe_link,
-                req.double_opt_in,
-                confirmation_token,
-                req.queue_at,
-            )
-            # Read back inside the transaction: the answer is the transactional as accepted
-            # (queued, scheduled or rejected), known as soon as the commit is, and not
-            # whichever step a fast worker has reached meanwhile.
-            row = await conn.fetchrow(Q.select_transactional, message_id, org_id)
+            for p in sends:
+                if not await _write(conn, p):
+                    # A retry took the key over while this request ran: it answers for the key.
+                    refused[p.send_id] = errors.IdempotencyKeyInFlight(sending.KEY_TAKEN_OVER)
             written = True
     except db.UNREACHABLE:
-        if not written:
+        kept = [p for p in sends if p.send_id not in refused]
+        if not written or not kept:
             raise  # lost before the commit: nothing was written
-        # Lost in the commit itself: it may have committed. A committed send is answered as accepted.
-        row = await sending.after_lost_commit(lambda: get(pool, org_id, message_id))
-        if row is None:
+        # Lost in the commit itself: it may have committed. A committed send is answered as
+        # accepted. The transaction is atomic: all of `kept` were written, or none.
+        rows = await sending.after_lost_commit(lambda: pool.fetch(Q.select_sends_messages, [kept[0].send_id]))
+        if not rows:
             raise
-    assert row is not None
-    if status != MessageStatus.rejected:
-        # A scheduled one too: an idle worker then sleeps only until its queue_at.
-        await doorbell.ring(redis, RedisKeys(settings.redis_prefix))
-    return row
+        for p in kept:
+            p.row = await _read_back(pool, p)
+    return [refused.get(p.send_id) for p in sends]
+
+
+async def _read_back(pool: asyncpg.Pool, p: PreparedTransactional) -> asyncpg.Record | None:
+    return await sending.after_lost_commit(lambda: get(pool, p.org_id, p.message_id))
+
+
+async def _write(conn: asyncpg.Connection, p: PreparedTransactional) -> bool:
+    """Write one transactional in the caller's transaction; False (and nothing written) when
+    its Idempotency-Key is no longer held by its request."""
+    req, fence = p.req, p.fence
+    p.row = None
+    if fence is not None and (
+        await conn.fetchval(Q.bind_idempotency_key, fence.org_id, fence.key, fence.holder, p.send_id) is None
+    ):
+        return False
+    if p.confirmation_token is not None:
+        assert p.contact_id is not None
+        expires_at = confirmations.expiry_for(req.queue_at)
+        await confirmations.create(
+            conn, p.org_id, p.contact_id, req.confirmation_template_id, p.confirmation_token, expires_at
+        )
+    if p.unsubscribe_token is not None:
+        await unsubscribes.create(conn, p.org_id, req.email, p.contact_id, p.unsubscribe_token)
+    await conn.execute(Q.insert_send, p.send_id, p.org_id, None, p.contact_id, "api", p.request_id, p.variables)
+    await conn.execute(
+        Q.insert_transactional_message,
+        p.message_id,
+        p.send_id,
+        p.org_id,
+        p.contact_id,
+        p.contact_channel_id,
+        p.address,
+        p.status,
+        p.rejection,
+        p.content,
+        req.queue_at if p.status == MessageStatus.scheduled else None,
+    )
+    await conn.execute(Q.insert_events, [p.message_id], [p.status], [p.rejection])
+    await conn.execute(
+        Q.insert_transactional,
+        p.message_id,
+        p.org_id,
+        p.address,
+        p.recipient_name,
+        req.subject if p.address else None,
+        req.body if p.address else None,
+        req.preheader if p.address else None,
+        req.reply_to,
+        req.template_id,
+        req.include_unsubscribe_link,
+        req.double_opt_in,
+        p.confirmation_token,
+        req.queue_at,
+    )
+    # Read back inside the transaction: the answer is the transactional as accepted
+    # (queued, scheduled or rejected), known as soon as the commit is, and not
+    # whichever step a fast worker has reached meanwhile.
+    p.row = await conn.fetchrow(Q.select_transactional, p.message_id, p.org_id)
+    return True
 
 
 async def get_by_send(pool: asyncpg.Pool, org_id: uuid.UUID, send_id: uuid.UUID) -> asyncpg.Record | None:

@@ -20,11 +20,11 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from api.send_waiter import SendWaiter
 from shared import db, orgs, sending
 from shared.config import Settings
 from shared.migrate import migrate
 from shared.redis_keys import RedisKeys
+from shared.send_waiter import SendWaiter
 from shared.sql import Q
 from tests.helpers import EMAIL_TEMPLATE, eventually, make_broadcast, unique_email
 from tidings.dev.embedded import create_database, database_dsn, drop_database
@@ -275,7 +275,9 @@ async def test_send_committed_without_a_ring_is_delivered(
         pool,
         org.id,
         uuid.UUID(b["id"]),
-        sending.Trigger(email=to, variables={"otp": "424242"}, source="manual", request_id="test-no-doorbell"),
+        sending.Trigger(email=to, variables={"otp": "424242"}),
+        source="manual",
+        request_id="test-no-doorbell",
     )
     await sending.commit(pool, prepared)  # and no doorbell.ring: only the idle check can find it
     (record,) = prepared.records

@@ -1,4 +1,4 @@
-"""The first real send, end to end: API -> Postgres -> the worker's pump -> SMTP -> status."""
+"""The first real send, end to end: API -> Postgres (the queue) -> a worker's pump -> SMTP -> status."""
 
 from __future__ import annotations
 

@@ -164,7 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--name")
     send.add_argument("--var", action="append", metavar="NAME=VALUE")
     send.add_argument("--template-id", action="append")
-    send.add_argument("--background", action="store_true", help="enqueue and return at once")
+    send.add_argument(
+        "--background", action="store_true", help="return once the send is committed, without waiting for its outcome"
+    )
     send.set_defaults(fn=cmd_send)
     return parser
 

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
+from shared.sending import Trigger
+
 NonEmpty = Annotated[str, Meta(min_length=1, max_length=1000)]
 Name = Annotated[str, Meta(min_length=1, max_length=200)]
 VariableName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=100)]
@@ -90,14 +92,9 @@ class EmailTemplatePatch(Strict):
 TemplatePatch = EmailTemplatePatch
 
 
-class SendRequest(Strict):
-    contact_channel_id: str | None = None
-    contact_id: str | None = None
-    phone: Annotated[str, Meta(max_length=50)] | None = None
-    email: Annotated[str, Meta(max_length=320)] | None = None
-    name: Annotated[str, Meta(max_length=300)] | None = None
-    variables: dict[str, Any] = {}
-    template_ids: list[str] | None = None
+class SendRequest(Trigger):
+    # The trigger's fields are the domain's (`shared.sending.Trigger`), written there once;
+    # the request adds only how to answer: at once (202) or when the messages settle.
     background: bool = False
 
 

@@ -1,7 +1,7 @@
 """Request and response shapes of the Transactionals API (`/api/v1`).
 
 Requests are decoded leniently: every field optional and nullable, so that missing
-and blank values reach the handler's own validation, which reports all of them at
+and blank values reach the domain's own validation, which reports all of them at
 once in the product's words (`{"errors": {"subject": ["can't be blank"]}}`). Wrong JSON
 types and unknown fields are still refused by the decoder (422, that field named).
 Responses are built as plain dicts; these types document them in OpenAPI and tests
@@ -17,29 +17,17 @@ from typing import Literal
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from shared import transactionals
+
 
 class Lenient(msgspec.Struct, forbid_unknown_fields=True):
     pass
 
 
-class SubscriberAttributes(Lenient):
-    first_name: str | None = None
-    last_name: str | None = None
-
-
-class TransactionalCreate(Lenient):
-    to: str | None = None
-    subject: str | None = None
-    body: str | None = None
-    preheader: str | None = None
-    reply_to: str | None = None
-    # The product's ids are integers; ours are UUID strings. Either is accepted (and looked up).
-    template_id: str | int | None = None
-    include_unsubscribe_link: bool | None = None
-    queue_at: str | None = None
-    double_opt_in: bool | None = None
-    confirmation_template_id: str | int | None = None
-    subscriber: SubscriberAttributes | None = None
+class TransactionalCreate(transactionals.Submission):
+    # The fields are the domain's (`shared.transactionals.Submission`), written there once;
+    # this is their name on the wire (and in OpenAPI).
+    pass
 
 
 class TemplateCreate(Lenient):

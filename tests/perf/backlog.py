@@ -41,7 +41,7 @@ async def build_backlog(h: Harness, broadcast: str, channel: str) -> float:
     broadcast_id = h.broadcasts[broadcast]
     prepared = []
     for i in range(min(common.RECIPIENTS, max(1, n // 20))):
-        trigger = sending.Trigger(variables={"otp": common.otp(i)}, source="api")
+        trigger = sending.Trigger(variables={"otp": common.otp(i)})
         if channel == "email":
             trigger.email = common.recipient_email(i)
         else:

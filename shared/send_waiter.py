@@ -1,9 +1,9 @@
-"""Low-latency wake-up for `background: false` sends.
+"""Waiting for a send's outcome (`background: false`, `tidings send` without `--background`).
 
-Polling Postgres (or arq's `Job.result()`, every 0.5 s) would put its interval on every
-answer; instead each API process holds one Redis pattern subscription, and the worker
-publishes the outcomes of a send's messages as soon as they are written. A waiter is
-registered before the send is committed, so no publish can be missed. A send's messages
+Polling Postgres would put its interval on every answer; instead each process that waits
+(an api, the CLI) holds one Redis pattern subscription, and the worker publishes the
+outcomes of a send's messages as soon as it has recorded them. A wait is registered
+before the send is committed (`shared.accept`), so no publish can be missed. A send's messages
 may be settled in more than one piece (claimed in different batches): the waiter merges
 them and resolves when every message it expects has been reported.
 """
@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 
 from shared.redis_keys import RedisKeys
 
-log = structlog.get_logger("tidings.api.waiter")
+log = structlog.get_logger("tidings.waiter")
 
 # How long start-up waits for the outcome subscription before going on without it.
 READY_WAIT_S = 2.0
@@ -53,6 +53,11 @@ class SendWaiter:
             await asyncio.wait_for(asyncio.shield(self._ready.wait()), timeout=READY_WAIT_S)
         except TimeoutError:
             log.warning("send_waiter_not_subscribed", waited_s=READY_WAIT_S)
+
+    @property
+    def subscribed(self) -> bool:
+        """Whether the subscription was ever made (a publish can then reach this process)."""
+        return self._ready.is_set()
 
     async def close(self) -> None:
         if self._task is not None:

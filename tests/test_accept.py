@@ -1,0 +1,107 @@
+"""The accept service (`shared.accept`): both kinds of send in one batch, one ring per batch,
+and a transactional whose statement fails answered to its own request only."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import re
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+
+from shared import doorbell, sending, transactionals
+from shared.accept import Acceptor
+from shared.config import Settings
+from shared.redis_keys import RedisKeys
+from tests.helpers import make_broadcast, unique_email
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def rings(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Each doorbell ring, counted (and not sent)."""
+    rung: list[int] = []
+
+    async def ring(_redis: Any, _keys: Any) -> bool:
+        rung.append(1)
+        return True
+
+    monkeypatch.setattr(doorbell, "ring", ring)
+    return rung
+
+
+async def _transactional(pool: asyncpg.Pool, settings: Settings, org_id: uuid.UUID) -> Any:
+    submission = transactionals.Submission(to=unique_email("accept"), subject="Hi", body="Code {{ email }}")
+    request = await transactionals.validate(pool, org_id, submission)
+    return await transactionals.prepare(pool, settings, org_id, request, request_id="test-accept")
+
+
+async def test_a_batch_of_both_kinds_commits_both_and_rings_once(
+    client: Any, org: Any, pool: asyncpg.Pool, settings: Settings, rings: list[int]
+) -> None:
+    b = await make_broadcast(client, org)
+    send = await sending.prepare(
+        pool, org.id, uuid.UUID(b["id"]), sending.Trigger(email=unique_email(), variables={"otp": "1"})
+    )
+    email = await _transactional(pool, settings, org.id)
+    acceptor = Acceptor(pool, None, RedisKeys(settings.redis_prefix), settings, None)  # type: ignore[arg-type]
+    try:
+        outcomes = await acceptor._flush([send, email])
+        assert not any(isinstance(o, BaseException) for o in outcomes), outcomes
+        assert outcomes[0] is outcomes[1], "one ring for the whole batch"
+        assert await outcomes[0] is True
+    finally:
+        await acceptor.close()
+    assert rings == [1]
+    written = await pool.fetch(
+        "SELECT send_id FROM messages WHERE send_id = ANY($1::uuid[])", [send.send_id, email.send_id]
+    )
+    assert {r["send_id"] for r in written} == {send.send_id, email.send_id}
+    assert email.row is not None and email.row["status"] == "queued"
+
+
+async def test_a_transactional_whose_statement_fails_refuses_only_itself(
+    org: Any, pool: asyncpg.Pool, settings: Settings
+) -> None:
+    good = await _transactional(pool, settings, org.id)
+    bad = await _transactional(pool, settings, org.id)
+    bad.contact_id = uuid.uuid4()  # no such contact: its send's insert fails
+    results = await transactionals.commit_many(pool, [bad, good])
+    assert isinstance(results[0], asyncpg.ForeignKeyViolationError)
+    assert results[1] is None and good.row is not None
+    assert await transactionals.get(pool, org.id, good.message_id) is not None
+    assert await transactionals.get(pool, org.id, bad.message_id) is None
+
+
+async def test_sends_are_committed_concurrently_through_the_app(client: Any, org: Any, rings: list[int]) -> None:
+    """Broadcasts triggers and /api/v1 emails at once: every one answered, fewer rings than sends."""
+    b = await make_broadcast(client, org)
+    write = org.auth("write")
+
+    async def trigger() -> int:
+        body = {"email": unique_email(), "variables": {"otp": "7"}, "background": True}
+        r = await client.post(org.path(f"/broadcasts/{b['id']}/send"), headers=write, json=body)
+        return int(r.status)
+
+    async def email() -> int:
+        body = {"to": unique_email("v1"), "subject": "Hi", "body": "Your code is 7"}
+        r = await client.post("/api/v1/transactionals.json", headers=write, json=body)
+        return int(r.status)
+
+    statuses = await asyncio.gather(*(trigger() for _ in range(10)), *(email() for _ in range(10)))
+    assert statuses == [202] * 10 + [201] * 10
+    assert 1 <= len(rings) <= 20
+
+
+def test_the_doorbell_is_rung_for_accepted_sends_in_one_place() -> None:
+    ringing = [
+        path.relative_to(REPO).as_posix()
+        for folder in ("api", "shared", "tidings")
+        for path in (REPO / folder).rglob("*.py")
+        if re.search(r"doorbell\.ring\(", path.read_text())
+    ]
+    assert ringing == ["shared/accept.py"]
