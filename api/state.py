@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import asyncpg
 from aiohttp import web
 from redis.asyncio import Redis
 
@@ -12,6 +11,7 @@ from api.auth import KeyCache
 from api.ratelimit import RateLimiter
 from api.send_pipeline import SendPipeline
 from api.send_waiter import SendWaiter
+from shared import db
 from shared.broadcast_cache import BroadcastCache
 from shared.config import Settings
 from shared.contact_cache import ContactCache
@@ -21,7 +21,7 @@ from shared.redis_keys import RedisKeys
 @dataclasses.dataclass(slots=True)
 class State:
     settings: Settings
-    pool: asyncpg.Pool
+    pool: db.Pool
     redis: Redis
     keys: RedisKeys
     key_cache: KeyCache
