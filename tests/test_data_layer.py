@@ -161,3 +161,41 @@ async def test_an_unreachable_database_is_a_retryable_503(settings: Settings) ->
 async def test_domain_errors_pass_through_untouched(pool: asyncpg.Pool) -> None:
     with pytest.raises(errors.NotFound, match="no such broadcast"):
         await broadcasts.get(pool, uuid.uuid4(), uuid.uuid4())
+
+
+# shared/ modules whose statements are not yet behind `db.translated`: the send path, being
+# rebuilt around one accept service (its callers catch db.UNREACHABLE themselves meanwhile).
+NOT_YET_TRANSLATED = {
+    "shared/sending.py",
+    "shared/transactionals.py",
+}
+
+
+def _untranslated_functions() -> dict[str, list[str]]:
+    """Public async functions of shared/ that name a statement (`Q.<name>`) and lack `db.translated`."""
+    found: dict[str, list[str]] = {}
+    for path in _modules("shared"):
+        tree = _tree(path)
+        bare = [
+            node.name
+            for node in tree.body
+            if isinstance(node, ast.AsyncFunctionDef)
+            and not node.name.startswith("_")
+            and _names_a_statement(node)
+            and not any(ast.unparse(d) in ("db.translated", "translated") for d in node.decorator_list)
+        ]
+        if bare:
+            found[str(path.relative_to(ROOT))] = bare
+    return found
+
+
+def _names_a_statement(node: ast.AST) -> bool:
+    return any(
+        isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "Q" for n in ast.walk(node)
+    )
+
+
+def test_data_layer_functions_translate_driver_errors() -> None:
+    found = _untranslated_functions()
+    assert {path: names for path, names in found.items() if path not in NOT_YET_TRANSLATED} == {}
+    assert NOT_YET_TRANSLATED - set(found) == set()
