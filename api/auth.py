@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from shared import errors, keys
-from shared.sql import Q
+from shared import errors, keys, orgs
 
 if TYPE_CHECKING:
     from api.state import State
@@ -60,7 +59,7 @@ async def authenticate(request: web.Request, state: State) -> AuthKey:
         if cached is None:
             raise errors.Unauthorized("this API key is not valid")
         return cached
-    row = await state.pool.fetchrow(Q.select_key_by_hash, key_hash)
+    row = await orgs.find_key(state.pool, key_hash)
     value = (
         None
         if row is None

@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from api import openapi
 from api.jsonio import json_response
 from api.routing import Call, route
+from shared import db, errors
 
 
 @route("GET", "/healthz", summary="The process is up", scope=None, tag="service", services=False)
@@ -31,11 +32,11 @@ async def readyz(call: Call[None]) -> web.Response:
             await asyncio.wait_for(probe, timeout=2)
             checks[name] = "ok"
         except Exception as exc:
-            checks[name] = f"unreachable: {type(exc).__name__}"
+            # Named by its root cause: the driver's error under the data layer's DatabaseUnavailable.
+            cause = exc.__cause__ if isinstance(exc, errors.DatabaseUnavailable) and exc.__cause__ else exc
+            checks[name] = f"unreachable: {type(cause).__name__}"
 
-    await asyncio.gather(
-        check("postgres", call.state.pool.fetchval("SELECT 1")), check("redis", call.state.redis.ping())
-    )
+    await asyncio.gather(check("postgres", db.ping(call.state.pool)), check("redis", call.state.redis.ping()))
     ready = all(v == "ok" for v in checks.values())
     return json_response({"status": "ready" if ready else "not_ready", "checks": checks}, status=200 if ready else 503)
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import asyncpg
 from aiohttp import web
 from redis.asyncio import Redis
 
 from api.auth import KeyCache
 from api.ratelimit import RateLimiter
+from shared import db
 from shared.accept import Acceptor
 from shared.broadcast_cache import BroadcastCache
 from shared.config import Settings
@@ -21,7 +21,7 @@ from shared.send_waiter import SendWaiter
 @dataclasses.dataclass(slots=True)
 class State:
     settings: Settings
-    pool: asyncpg.Pool
+    pool: db.Pool
     redis: Redis
     keys: RedisKeys
     key_cache: KeyCache

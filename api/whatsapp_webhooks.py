@@ -1,13 +1,12 @@
 """Channel webhooks: Meta's verification handshake and WhatsApp status updates.
 
 No bearer key here: Meta proves itself with the verify token (handshake) and an HMAC of the
-raw body under the app secret (updates). Statuses are applied to the message whose
-`external_message_id` is the wamid, in one statement per webhook call.
+raw body under the app secret (updates). The payload is read here; `shared.whatsapp_statuses`
+applies its statuses to the messages, in one statement per webhook call.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import hashlib
 import hmac
@@ -20,9 +19,9 @@ from aiohttp import web
 
 from api.jsonio import json_response
 from api.routing import Call, route
-from shared import db, errors
-from shared.domain import STATUS_RANK, MessageStatus
-from shared.sql import Q
+from shared import errors, whatsapp_statuses
+from shared.domain import MessageStatus
+from shared.whatsapp_statuses import StatusUpdate
 
 TAG = "webhooks"
 log = structlog.get_logger("tidings.api.webhooks")
@@ -37,23 +36,11 @@ _APPLIED = {
     "read": MessageStatus.read,
     "failed": MessageStatus.failed,
 }
-# The order statuses may only move along, lowest first, handed to the SQL (one source of truth).
-_PROGRESS_ORDER = [str(s) for s, _ in sorted(STATUS_RANK.items(), key=lambda item: item[1])]
-# Within one batch, `failed` wins over any progress status for the same message.
-_FAILED_PRECEDENCE = max(STATUS_RANK.values()) + 1
 
 
 class WebhookReceipt(msgspec.Struct):
     received: int  # status updates in the payload that tidings tracks
     applied: int  # messages whose status changed
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class StatusUpdate:
-    wamid: str
-    status: MessageStatus
-    at: datetime.datetime
-    detail: str | None
 
 
 @route(
@@ -105,19 +92,7 @@ async def receive_whatsapp_webhook(call: Call[None]) -> web.Response:
         raise errors.InvalidJson(f"the webhook body is not valid JSON: {exc}") from exc
 
     updates = parse_statuses(payload)
-    applied = 0
-    if updates:
-        with db.translate_errors():
-            row = await call.state.pool.fetchrow(
-                Q.apply_whatsapp_statuses,
-                [u.wamid for u in updates],
-                [str(u.status) for u in updates],
-                [u.at for u in updates],
-                [u.detail for u in updates],
-                [_precedence(u.status) for u in updates],
-                _PROGRESS_ORDER,
-            )
-        applied = int(row["messages_updated"]) if row is not None else 0
+    applied = await whatsapp_statuses.apply(call.state.pool, updates)
     return json_response({"received": len(updates), "applied": applied})
 
 
@@ -182,10 +157,6 @@ def _timestamp(raw: Any) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(int(raw), tz=datetime.UTC)
     except (TypeError, ValueError, OverflowError, OSError):
         return datetime.datetime.now(datetime.UTC)
-
-
-def _precedence(status: MessageStatus) -> int:
-    return _FAILED_PRECEDENCE if status is MessageStatus.failed else STATUS_RANK[status]
 
 
 def _dicts(value: Any) -> list[dict[str, Any]]:

@@ -1,14 +1,16 @@
-"""Broadcast configuration: templates, readiness, summary, and their JSON shapes."""
+"""Broadcast configuration: templates, readiness, summary, and their JSON shapes; and the
+broadcast aggregate's data layer (create, read, page, change, templates, status), through
+which every statement about a broadcast runs."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
 
-from shared import addresses, errors, templating
+from shared import addresses, cursors, db, errors, templating
 from shared.domain import BUILTIN_VARIABLES, BroadcastStatus, Channel, MessageStatus
 from shared.sql import Q
 
@@ -130,7 +132,7 @@ def summary_json(status: str, activated_at: Any, counts: Iterable[Mapping[str, A
     }
 
 
-async def load_full(conn: asyncpg.Connection | asyncpg.Pool, rows: Sequence[asyncpg.Record]) -> list[dict[str, Any]]:
+async def _load_full(conn: asyncpg.Connection | asyncpg.Pool, rows: Sequence[asyncpg.Record]) -> list[dict[str, Any]]:
     """Broadcast rows -> full JSON objects (templates, readiness, summary) in two more queries."""
     if not rows:
         return []
@@ -170,3 +172,142 @@ def check_variables(variables: Sequence[Mapping[str, Any]]) -> None:
                 f"variable {v['name']} is declared twice", fields={"variables": [f"{v['name']} is declared twice"]}
             )
         seen.add(v["name"])
+
+
+# The data layer: one function per thing the api does to a broadcast. A change runs in one
+# transaction holding the broadcast's row lock, so that two changes of one broadcast queue.
+
+
+@db.translated
+async def get(pool: asyncpg.Pool, org_id: uuid.UUID, broadcast_id: uuid.UUID) -> dict[str, Any]:
+    """One broadcast of the org as JSON, with templates, readiness and summary."""
+    row = await pool.fetchrow(Q.select_broadcast, broadcast_id, org_id)
+    if row is None:
+        raise errors.NotFound("no such broadcast")
+    (full,) = await _load_full(pool, [row])
+    return full
+
+
+@db.translated
+async def ensure_exists(pool: asyncpg.Pool, org_id: uuid.UUID, broadcast_id: uuid.UUID) -> None:
+    if await pool.fetchrow(Q.select_broadcast, broadcast_id, org_id) is None:
+        raise errors.NotFound("no such broadcast")
+
+
+@db.translated
+async def create(
+    pool: asyncpg.Pool, org_id: uuid.UUID, *, name: str, type_: str, variables: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """A new draft broadcast, as JSON."""
+    check_variables(variables)
+    row = await pool.fetchrow(Q.insert_broadcast, uuid.uuid4(), org_id, name, type_, variables)
+    assert row is not None
+    (full,) = await _load_full(pool, [row])
+    return full
+
+
+@db.translated
+async def page(
+    pool: asyncpg.Pool, org_id: uuid.UUID, *, cursor: str | None, limit: int
+) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of the org's broadcasts as JSON, newest first, and the next page's cursor."""
+    after_at, after_id = cursors.decode(cursor)
+    rows = await pool.fetch(Q.select_broadcasts_page, org_id, after_at, after_id, limit + 1)
+    chosen, next_cursor = cursors.split_page(rows, limit)
+    return await _load_full(pool, chosen), next_cursor
+
+
+@db.translated
+async def update(
+    pool: asyncpg.Pool,
+    org_id: uuid.UUID,
+    broadcast_id: uuid.UUID,
+    *,
+    type_: str | None,
+    name: str | None,
+    variables: list[dict[str, Any]] | None,
+) -> None:
+    """Change name and/or variables (None: unchanged). `type_` given must be the one it has."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await _lock(conn, org_id, broadcast_id)
+        if type_ is not None and type_ != row["type"]:
+            raise errors.TypeImmutable(fields={"type": ["cannot change after creation"]})
+        if variables is not None:
+            check_variables(variables)
+        await conn.execute(Q.update_broadcast, broadcast_id, org_id, name, variables)
+
+
+@db.translated
+async def add_template(
+    pool: asyncpg.Pool, org_id: uuid.UUID, broadcast_id: uuid.UUID, channel: str, body: dict[str, Any]
+) -> asyncpg.Record:
+    await check_template(channel, body)
+    async with pool.acquire() as conn, conn.transaction():
+        await _lock(conn, org_id, broadcast_id)
+        row = await conn.fetchrow(Q.insert_template, uuid.uuid4(), broadcast_id, org_id, channel, body)
+        await conn.execute(Q.touch_broadcast, broadcast_id)
+    assert row is not None
+    return row
+
+
+@db.translated
+async def update_template(
+    pool: asyncpg.Pool,
+    org_id: uuid.UUID,
+    broadcast_id: uuid.UUID,
+    template_id: uuid.UUID,
+    changes: Mapping[str, Any],
+    complete: Callable[[dict[str, Any]], dict[str, Any]],
+) -> asyncpg.Record:
+    """Apply `changes` to a template's body. `complete` turns the merged body into the stored
+    one (the api's schema validates it and fills defaults) or raises ValidationFailed."""
+    async with pool.acquire() as conn, conn.transaction():
+        await _lock(conn, org_id, broadcast_id)
+        row = await conn.fetchrow(Q.select_template, template_id, broadcast_id, org_id)
+        if row is None:
+            raise errors.NotFound("no such template")
+        if changes.get("channel", row["channel"]) != row["channel"]:
+            raise errors.ValidationFailed(
+                "a template's channel cannot change; add a new template", fields={"channel": ["cannot change"]}
+            )
+        body = complete({**row["body"], **changes, "channel": row["channel"]})
+        await check_template(row["channel"], body)
+        updated = await conn.fetchrow(Q.update_template, template_id, broadcast_id, org_id, body)
+        await conn.execute(Q.touch_broadcast, broadcast_id)
+    assert updated is not None
+    return updated
+
+
+@db.translated
+async def delete_template(
+    pool: asyncpg.Pool, org_id: uuid.UUID, broadcast_id: uuid.UUID, template_id: uuid.UUID
+) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await _lock(conn, org_id, broadcast_id)
+        if await conn.fetchval(Q.delete_template, template_id, broadcast_id, org_id) is None:
+            raise errors.NotFound("no such template")
+        await conn.execute(Q.touch_broadcast, broadcast_id)
+
+
+@db.translated
+async def set_status(
+    pool: asyncpg.Pool, org_id: uuid.UUID, broadcast_id: uuid.UUID, allowed_from: Collection[str], to: BroadcastStatus
+) -> None:
+    """Move a broadcast to `to` from one of `allowed_from`; becoming active needs readiness."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await _lock(conn, org_id, broadcast_id)
+        if row["status"] not in allowed_from:
+            raise errors.Conflict(f"a {row['status']} broadcast cannot become {to}", extra={"status": row["status"]})
+        if to == BroadcastStatus.active:
+            templates = await conn.fetch(Q.select_templates, [broadcast_id])
+            ready = readiness(row["variables"], templates)
+            if not ready["ready"]:
+                raise errors.NotReady(extra={"missing": ready["missing"]}, fields={"readiness": ready["missing"]})
+        await conn.execute(Q.update_broadcast_status, broadcast_id, org_id, to.value)
+
+
+async def _lock(conn: asyncpg.Connection, org_id: uuid.UUID, broadcast_id: uuid.UUID) -> asyncpg.Record:
+    row = await conn.fetchrow(Q.select_broadcast_for_update, broadcast_id, org_id)
+    if row is None:
+        raise errors.NotFound("no such broadcast")
+    return row

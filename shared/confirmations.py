@@ -72,6 +72,7 @@ def expiry_for(queue_at: dt.datetime) -> dt.datetime:
     return max(queue_at, dt.datetime.now(dt.UTC)) + CONFIRMATION_TTL
 
 
+@db.translated
 async def create(
     conn: asyncpg.Connection,
     org_id: uuid.UUID,
@@ -97,6 +98,7 @@ def page_copy(state: PageState, *candidates: Mapping[str, Any] | None) -> Page:
     return Page(state=state, heading=values["heading"], body=values["body"])
 
 
+@db.translated
 async def follow(pool: asyncpg.Pool, token: str) -> Page:
     """Follow a confirmation link: confirm when it is due, and say what happened."""
     if not token or len(token) > MAX_TOKEN_LENGTH:
@@ -130,18 +132,20 @@ def template_json(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+@db.translated
 async def create_template(
     pool: asyncpg.Pool, org_id: uuid.UUID, *, name: str, pages: dict[str, dict[str, str]], is_default: bool
 ) -> asyncpg.Record:
     async with pool.acquire() as conn, conn.transaction():
         if is_default:
             await conn.execute(Q.clear_default_confirmation_template, org_id)
-        with db.translate_errors():  # two defaults made at once: one of them is told to retry
-            row = await conn.fetchrow(Q.insert_confirmation_template, uuid.uuid4(), org_id, name, pages, is_default)
+        # Two defaults made at once: the unique index refuses one, which is told (409) to retry.
+        row = await conn.fetchrow(Q.insert_confirmation_template, uuid.uuid4(), org_id, name, pages, is_default)
     assert row is not None
     return row
 
 
+@db.translated
 async def get_template(pool: asyncpg.Pool, org_id: uuid.UUID, template_id: uuid.UUID) -> asyncpg.Record:
     row = await pool.fetchrow(Q.select_confirmation_template, template_id, org_id)
     if row is None:

@@ -1,4 +1,5 @@
-"""Contacts and their channels: create, read, change, and race-safe find-or-create."""
+"""Contacts and their channels: create, read, change, and race-safe find-or-create. The
+contact aggregate's data layer: every statement about a contact runs here."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import asyncpg
 
-from shared import addresses, errors
+from shared import addresses, db, errors
 from shared.domain import Channel
 from shared.sql import Q
 
@@ -50,10 +51,39 @@ def first_addresses(channels: Sequence[Mapping[str, Any]]) -> dict[str, str]:
     return out
 
 
+@db.translated
 async def channels_of(conn: asyncpg.Connection | asyncpg.Pool, contact_id: uuid.UUID) -> list[asyncpg.Record]:
     return list(await conn.fetch(Q.select_contact_channels, [contact_id]))
 
 
+@db.translated
+async def get(pool: asyncpg.Pool, org_id: uuid.UUID, contact_id: uuid.UUID) -> dict[str, Any]:
+    """One contact of the org, with its channels, as JSON."""
+    row = await pool.fetchrow(Q.select_contact, contact_id, org_id)
+    if row is None:
+        raise errors.ContactNotFound()
+    return contact_json(row, await channels_of(pool, row["id"]))
+
+
+@db.translated
+async def update(
+    pool: asyncpg.Pool,
+    org_id: uuid.UUID,
+    contact_id: uuid.UUID,
+    *,
+    name: str | None,
+    name_given: bool,
+    status: str | None,
+    properties: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Change what is given (None: unchanged; `name_given` with None clears the name)."""
+    row = await pool.fetchrow(Q.update_contact, contact_id, org_id, name, status, properties, name_given)
+    if row is None:
+        raise errors.ContactNotFound()
+    return contact_json(row, await channels_of(pool, row["id"]))
+
+
+@db.translated
 async def create(
     pool: asyncpg.Pool,
     org_id: uuid.UUID,
@@ -81,6 +111,7 @@ async def create(
     return contact_json(row, channels)
 
 
+@db.translated
 async def add_channel(
     pool: asyncpg.Pool, org_id: uuid.UUID, contact_id: uuid.UUID, channel_type: str, address: str
 ) -> dict[str, Any]:
@@ -96,6 +127,7 @@ async def add_channel(
     return {"id": ch["id"], "type": ch["type"], "address": ch["address"]}
 
 
+@db.translated
 async def find_or_create(
     pool: asyncpg.Pool, org_id: uuid.UUID, *, email: str | None, phone: str | None, name: str | None
 ) -> tuple[asyncpg.Record, list[Any]]:

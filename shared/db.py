@@ -1,21 +1,33 @@
-"""The one database boundary: pool creation, codecs, and asyncpg errors -> domain errors."""
+"""The one database boundary: pool creation, codecs, and asyncpg errors -> domain errors.
+
+Every statement runs in a data-layer function of an aggregate's module (`shared/broadcasts.py`,
+`shared/contacts.py`, `shared/messages.py`, ...), decorated with `translated`: callers above
+(the api's handlers) see only `shared.errors`, never a driver exception.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
-from typing import Any
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
 import orjson
+import structlog
 
 from shared import errors
+from shared.sql import Q
 
 CONNECT_TIMEOUT_S = 5.0
 COMMAND_TIMEOUT_S = 30.0
 
-# Failures that mean "Postgres cannot be reached now", not "this request is wrong".
-UNREACHABLE: tuple[type[BaseException], ...] = (
+log = structlog.get_logger("tidings.db")
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# The driver's failures that mean "Postgres cannot be reached now", not "this request is wrong".
+DRIVER_UNREACHABLE: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
     asyncpg.PostgresConnectionError,
@@ -23,6 +35,8 @@ UNREACHABLE: tuple[type[BaseException], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
 )
+# The same, raw or already translated: what code that retries on an outage catches.
+UNREACHABLE: tuple[type[BaseException], ...] = (*DRIVER_UNREACHABLE, errors.DatabaseUnavailable)
 
 Pool = asyncpg.Pool
 Connection = asyncpg.Connection
@@ -73,8 +87,10 @@ _CONFLICTS = {
 
 
 @contextlib.contextmanager
-def translate_errors() -> Any:
-    """Turn asyncpg's errors into the domain's; used around every statement that can conflict."""
+def translate_errors() -> Iterator[None]:
+    """Turn asyncpg's errors into the domain's: a unique key -> Conflict, a missing referenced
+    row -> NotFound, an unreachable Postgres -> DatabaseUnavailable (503, retry). Anything else
+    is a bug and stays what it is (the api answers 500 and logs it)."""
     try:
         yield
     except asyncpg.UniqueViolationError as exc:
@@ -82,8 +98,26 @@ def translate_errors() -> Any:
         raise errors.Conflict(_CONFLICTS.get(constraint, "this already exists")) from exc
     except asyncpg.ForeignKeyViolationError as exc:
         raise errors.NotFound("a referenced object does not exist") from exc
-    except UNREACHABLE as exc:
-        raise errors.Unavailable("the database is unavailable") from exc
+    except DRIVER_UNREACHABLE as exc:
+        log.warning("backing_service_unavailable", error=repr(exc))
+        raise errors.DatabaseUnavailable() from exc
+
+
+def translated(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """A data-layer function whose driver errors arrive as domain errors (`translate_errors`)."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        with translate_errors():
+            return await fn(*args, **kwargs)
+
+    return wrapper
+
+
+@translated
+async def ping(pool: asyncpg.Pool) -> None:
+    """Readiness: one statement on a pooled connection."""
+    await pool.fetchval(Q.ping)
 
 
 @contextlib.asynccontextmanager

@@ -132,3 +132,15 @@ class RateLimited(TidingsError):
 class Unavailable(TidingsError):
     code = "unavailable"
     default_message = "a backing service is unavailable"
+
+
+class DatabaseUnavailable(Unavailable):
+    """Postgres could not be reached or stopped answering: nothing was acknowledged, so the
+    client may retry. The data layer (`shared.db.translate_errors`) raises it in place of the
+    driver's connection errors, and it counts as one of them (`shared.db.UNREACHABLE`) for code
+    that retries on those."""
+
+    default_message = "a backing service (Postgres or Redis) is unreachable; retry later"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message, headers={"Retry-After": "1"})

@@ -1,8 +1,13 @@
 """Named SQL statements, kept in `shared/sql/*.sql` and loaded once.
 
 Each statement is headed `-- name: some_name` followed by a one-line purpose comment.
-`Queries` exposes them as attributes; asking for a name that no file defines fails at
-start-up (`Queries.load`), not on the first request that needs it.
+`Queries` exposes them as attributes (`Q.some_name`). A malformed file, an empty statement or
+a name defined twice stops the process at import. A `Q.<name>` that no file defines is found
+by tests/test_data_layer.py, which reads every module for them (and finds statements no code
+uses), and tests/test_schema.py prepares every statement against the schema: neither waits for
+the first request that reaches the line.
+
+Statements run in shared/'s data-layer functions (`shared.db.translated`), not in handlers.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ def load_all() -> dict[str, str]:
 
 
 class Queries:
-    """Attribute access to every named statement; declared names are checked at load."""
+    """Attribute access to every named statement; an unknown name is an AttributeError."""
 
     def __init__(self, statements: dict[str, str]) -> None:
         self._by_name = statements

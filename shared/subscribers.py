@@ -17,7 +17,7 @@ from typing import Any
 
 import asyncpg
 
-from shared import contacts, errors, field_errors
+from shared import contacts, db, errors, field_errors
 from shared.domain import Channel, ContactStatus
 from shared.sql import Q
 
@@ -54,16 +54,19 @@ def address_hash(org_id: uuid.UUID, channel: str, address: str) -> bytes:
     return hashlib.sha256(org_id.bytes + b"\0" + channel.encode() + b"\0" + address.lower().encode()).digest()
 
 
+@db.translated
 async def is_redacted(db: asyncpg.Pool | asyncpg.Connection, org_id: uuid.UUID, email: str) -> bool:
     """Whether `email` belonged to a subscriber of this org who was redacted."""
     found = await db.fetchval(Q.select_address_redacted, org_id, Channel.email, address_hash(org_id, "email", email))
     return found is not None
 
 
+@db.translated
 async def find_by_email(db: asyncpg.Pool | asyncpg.Connection, org_id: uuid.UUID, email: str) -> asyncpg.Record | None:
     return await db.fetchrow(Q.select_subscriber_by_email, org_id, email)
 
 
+@db.translated
 async def get(pool: asyncpg.Pool, org_id: uuid.UUID, subscriber_id: uuid.UUID) -> asyncpg.Record:
     row = await pool.fetchrow(Q.select_subscriber, subscriber_id, org_id)
     if row is None:
@@ -71,6 +74,7 @@ async def get(pool: asyncpg.Pool, org_id: uuid.UUID, subscriber_id: uuid.UUID) -
     return row
 
 
+@db.translated
 async def create(
     pool: asyncpg.Pool,
     org_id: uuid.UUID,
@@ -107,6 +111,7 @@ async def create(
     return created
 
 
+@db.translated
 async def find_or_create(
     pool: asyncpg.Pool, org_id: uuid.UUID, email: str, *, first_name: str | None, last_name: str | None
 ) -> asyncpg.Record:
@@ -121,6 +126,7 @@ async def find_or_create(
     return row
 
 
+@db.translated
 async def redact(pool: asyncpg.Pool, org_id: uuid.UUID, subscriber_id: uuid.UUID) -> asyncpg.Record:
     """GDPR erasure, in one transaction: names, properties and addresses erased; every
     message to the subscriber or its addresses loses its address, content and variables

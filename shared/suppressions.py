@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from shared import errors
+from shared import db, errors
 from shared.sql import Q
 
 
@@ -39,11 +39,13 @@ def key(email: str) -> str:
     return email.strip().lower()
 
 
+@db.translated
 async def reason_for(db: asyncpg.Pool | asyncpg.Connection, org_id: uuid.UUID, email: str) -> str | None:
     reason: str | None = await db.fetchval(Q.select_suppression, org_id, key(email))
     return reason
 
 
+@db.translated
 async def add(pool: asyncpg.Pool, org_id: uuid.UUID, email: str, reason: str) -> tuple[asyncpg.Record, bool]:
     """Suppress an address; returns the entry and whether it is new. Messages to it that have
     not reached a worker yet (scheduled sends above all) are rejected in the same transaction."""
@@ -57,11 +59,13 @@ async def add(pool: asyncpg.Pool, org_id: uuid.UUID, email: str, reason: str) ->
     return row, created
 
 
+@db.translated
 async def remove(pool: asyncpg.Pool, org_id: uuid.UUID, email: str) -> None:
     if await pool.fetchval(Q.remove_suppression, org_id, key(email)) is None:
         raise errors.NotFound("this address is not on the suppression list")
 
 
+@db.translated
 async def page(
     pool: asyncpg.Pool, org_id: uuid.UUID, *, reason: str | None, cursor: str | None, limit: int
 ) -> tuple[list[asyncpg.Record], str | None]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 
-from shared import cursors, errors
+from shared import cursors, db, errors
 from shared.sql import Q
 
 
@@ -25,6 +25,7 @@ def template_json(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+@db.translated
 async def create(
     pool: asyncpg.Pool,
     org_id: uuid.UUID,
@@ -39,6 +40,7 @@ async def create(
     return row
 
 
+@db.translated
 async def find(
     db: asyncpg.Pool | asyncpg.Connection, org_id: uuid.UUID, template_id: str | int | None
 ) -> asyncpg.Record | None:
@@ -50,6 +52,7 @@ async def find(
     return await db.fetchrow(Q.select_transactional_template, parsed, org_id)
 
 
+@db.translated
 async def get(pool: asyncpg.Pool, org_id: uuid.UUID, template_id: uuid.UUID) -> asyncpg.Record:
     row = await find(pool, org_id, str(template_id))
     if row is None:
@@ -57,6 +60,7 @@ async def get(pool: asyncpg.Pool, org_id: uuid.UUID, template_id: uuid.UUID) -> 
     return row
 
 
+@db.translated
 async def page(
     pool: asyncpg.Pool, org_id: uuid.UUID, *, cursor: str | None, limit: int
 ) -> tuple[list[asyncpg.Record], str | None]:

@@ -20,7 +20,7 @@ from typing import Any
 
 import asyncpg
 
-from shared import contacts
+from shared import contacts, db
 from shared.domain import ContactStatus
 from shared.sql import Q
 
@@ -56,12 +56,14 @@ def headers_for_template(sources: frozenset[str], data: Mapping[str, Any]) -> di
     return headers_for(url) if url and isinstance(url, str) and "unsubscribe_url" in sources else {}
 
 
+@db.translated
 async def create(
     conn: asyncpg.Connection, org_id: uuid.UUID, email: str, contact_id: uuid.UUID | None, token: str
 ) -> None:
     await conn.execute(Q.insert_unsubscribe_token, token, org_id, email, contact_id)
 
 
+@db.translated
 async def create_many(pool: asyncpg.Pool, links: Sequence[tuple[uuid.UUID, uuid.UUID | None, str, str]]) -> None:
     """Many links in one statement: (org id, contact id, token, email address or "")."""
     await pool.execute(
@@ -73,6 +75,7 @@ async def create_many(pool: asyncpg.Pool, links: Sequence[tuple[uuid.UUID, uuid.
     )
 
 
+@db.translated
 async def look_up(pool: asyncpg.Pool, token: str) -> Link | None:
     if not token or len(token) > MAX_TOKEN_LENGTH:
         return None
@@ -82,6 +85,7 @@ async def look_up(pool: asyncpg.Pool, token: str) -> Link | None:
     return Link(org_name=row["org_name"], already_unsubscribed=row["contact_status"] == ContactStatus.unsubscribed)
 
 
+@db.translated
 async def follow(pool: asyncpg.Pool, token: str) -> Link | None:
     """Unsubscribe the link's address; None when the token is unknown. Repeating is harmless."""
     if not token or len(token) > MAX_TOKEN_LENGTH:

@@ -71,7 +71,6 @@ def cmd_org_create(settings: Settings, args: argparse.Namespace) -> None:
 
 def cmd_key_create(settings: Settings, args: argparse.Namespace) -> None:
     from shared import db, keys, orgs
-    from shared.sql import Q
 
     _need_database(settings)
     try:
@@ -83,7 +82,7 @@ def cmd_key_create(settings: Settings, args: argparse.Namespace) -> None:
     async def go() -> str:
         pool = await db.create_pool(settings.database_url, min_size=1, max_size=2)
         try:
-            if await pool.fetchrow(Q.select_org, org_id) is None:
+            if not await orgs.exists(pool, org_id):
                 sys.exit(f"no org {org_id}")
             return await orgs.create_key(pool, org_id, scopes)
         finally:

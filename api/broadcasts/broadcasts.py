@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import msgspec
@@ -11,19 +10,17 @@ from aiohttp import web
 from api.broadcasts import schemas
 from api.jsonio import json_response, validation_error
 from api.routing import Call, route
-from shared import broadcasts, cursors, errors
+from shared import broadcasts, cursors
 from shared.domain import BroadcastStatus
-from shared.sql import Q
 
 TAG = "broadcasts"
 
 
-async def _one(call: Call[Any], broadcast_id: uuid.UUID) -> web.Response:
-    row = await call.state.pool.fetchrow(Q.select_broadcast, broadcast_id, call.org_id)
-    if row is None:
-        raise errors.NotFound("no such broadcast")
-    (full,) = await broadcasts.load_full(call.state.pool, [row])
-    return json_response(full)
+def _variables(given: Any) -> list[dict[str, Any]]:
+    variables: list[dict[str, Any]] = msgspec.to_builtins(given)
+    for v in variables:
+        v.setdefault("default", None)
+    return variables
 
 
 @route(
@@ -37,15 +34,13 @@ async def _one(call: Call[Any], broadcast_id: uuid.UUID) -> web.Response:
     status=201,
 )
 async def create_broadcast(call: Call[schemas.BroadcastCreate]) -> web.Response:
-    variables = msgspec.to_builtins(call.body.variables)
-    for v in variables:
-        v.setdefault("default", None)
-    broadcasts.check_variables(variables)
-    row = await call.state.pool.fetchrow(
-        Q.insert_broadcast, uuid.uuid4(), call.org_id, call.body.name, call.body.type, variables
+    full = await broadcasts.create(
+        call.state.pool,
+        call.org_id,
+        name=call.body.name,
+        type_=call.body.type,
+        variables=_variables(call.body.variables),
     )
-    assert row is not None
-    (full,) = await broadcasts.load_full(call.state.pool, [row])
     return json_response(full, status=201)
 
 
@@ -60,10 +55,10 @@ async def create_broadcast(call: Call[schemas.BroadcastCreate]) -> web.Response:
 )
 async def list_broadcasts(call: Call[None]) -> web.Response:
     limit = cursors.parse_limit(call.request.query.get("limit"))
-    after_at, after_id = cursors.decode(call.request.query.get("cursor"))
-    rows = await call.state.pool.fetch(Q.select_broadcasts_page, call.org_id, after_at, after_id, limit + 1)
-    page, next_cursor = cursors.split_page(rows, limit)
-    return json_response({"data": await broadcasts.load_full(call.state.pool, page), "next_cursor": next_cursor})
+    page, next_cursor = await broadcasts.page(
+        call.state.pool, call.org_id, cursor=call.request.query.get("cursor"), limit=limit
+    )
+    return json_response({"data": page, "next_cursor": next_cursor})
 
 
 @route(
@@ -75,7 +70,7 @@ async def list_broadcasts(call: Call[None]) -> web.Response:
     response=schemas.BroadcastOut,
 )
 async def get_broadcast(call: Call[None]) -> web.Response:
-    return await _one(call, call.path_uuid("broadcast_id"))
+    return json_response(await broadcasts.get(call.state.pool, call.org_id, call.path_uuid("broadcast_id")))
 
 
 @route(
@@ -90,22 +85,16 @@ async def get_broadcast(call: Call[None]) -> web.Response:
 async def update_broadcast(call: Call[schemas.BroadcastUpdate]) -> web.Response:
     broadcast_id = call.path_uuid("broadcast_id")
     body = call.body
-    async with call.state.pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(Q.select_broadcast_for_update, broadcast_id, call.org_id)
-        if row is None:
-            raise errors.NotFound("no such broadcast")
-        if body.type is not msgspec.UNSET and body.type != row["type"]:
-            raise errors.TypeImmutable(fields={"type": ["cannot change after creation"]})
-        variables = None
-        if body.variables is not msgspec.UNSET:
-            variables = msgspec.to_builtins(body.variables)
-            for v in variables:
-                v.setdefault("default", None)
-            broadcasts.check_variables(variables)
-        name = None if body.name is msgspec.UNSET else body.name
-        await conn.execute(Q.update_broadcast, broadcast_id, call.org_id, name, variables)
+    await broadcasts.update(
+        call.state.pool,
+        call.org_id,
+        broadcast_id,
+        type_=None if body.type is msgspec.UNSET else body.type,
+        name=None if body.name is msgspec.UNSET else body.name,
+        variables=None if body.variables is msgspec.UNSET else _variables(body.variables),
+    )
     call.state.broadcast_cache.invalidate(call.org_id, broadcast_id)
-    return await _one(call, broadcast_id)
+    return json_response(await broadcasts.get(call.state.pool, call.org_id, broadcast_id))
 
 
 @route(
@@ -121,15 +110,8 @@ async def update_broadcast(call: Call[schemas.BroadcastUpdate]) -> web.Response:
 async def create_template(call: Call[schemas.TemplateIn]) -> web.Response:
     broadcast_id = call.path_uuid("broadcast_id")
     channel = "email" if isinstance(call.body, schemas.EmailTemplateIn) else "whatsapp"
-    body = _template_body(call.body)
-    await broadcasts.check_template(channel, body)
-    async with call.state.pool.acquire() as conn, conn.transaction():
-        if await conn.fetchrow(Q.select_broadcast_for_update, broadcast_id, call.org_id) is None:
-            raise errors.NotFound("no such broadcast")
-        row = await conn.fetchrow(Q.insert_template, uuid.uuid4(), broadcast_id, call.org_id, channel, body)
-        await conn.execute(Q.touch_broadcast, broadcast_id)
+    row = await broadcasts.add_template(call.state.pool, call.org_id, broadcast_id, channel, _template_body(call.body))
     call.state.broadcast_cache.invalidate(call.org_id, broadcast_id)
-    assert row is not None
     return json_response(broadcasts.template_json(row), status=201)
 
 
@@ -147,27 +129,10 @@ async def update_template(call: Call[schemas.TemplatePatch]) -> web.Response:
     changes = {
         k: msgspec.to_builtins(v) for k, v in msgspec.structs.asdict(call.body).items() if v is not msgspec.UNSET
     }
-    async with call.state.pool.acquire() as conn, conn.transaction():
-        if await conn.fetchrow(Q.select_broadcast_for_update, broadcast_id, call.org_id) is None:
-            raise errors.NotFound("no such broadcast")
-        row = await conn.fetchrow(Q.select_template, template_id, broadcast_id, call.org_id)
-        if row is None:
-            raise errors.NotFound("no such template")
-        if changes.get("channel", row["channel"]) != row["channel"]:
-            raise errors.ValidationFailed(
-                "a template's channel cannot change; add a new template", fields={"channel": ["cannot change"]}
-            )
-        merged = {**row["body"], **changes, "channel": row["channel"]}
-        try:
-            validated = msgspec.convert(merged, schemas.TemplateIn)
-        except msgspec.ValidationError as exc:
-            raise validation_error(str(exc)) from exc
-        body = _template_body(validated)
-        await broadcasts.check_template(row["channel"], body)
-        updated = await conn.fetchrow(Q.update_template, template_id, broadcast_id, call.org_id, body)
-        await conn.execute(Q.touch_broadcast, broadcast_id)
+    updated = await broadcasts.update_template(
+        call.state.pool, call.org_id, broadcast_id, template_id, changes, _complete_template
+    )
     call.state.broadcast_cache.invalidate(call.org_id, broadcast_id)
-    assert updated is not None
     return json_response(broadcasts.template_json(updated))
 
 
@@ -181,32 +146,16 @@ async def update_template(call: Call[schemas.TemplatePatch]) -> web.Response:
 )
 async def delete_template(call: Call[None]) -> web.Response:
     broadcast_id, template_id = call.path_uuid("broadcast_id"), call.path_uuid("template_id")
-    async with call.state.pool.acquire() as conn, conn.transaction():
-        if await conn.fetchrow(Q.select_broadcast_for_update, broadcast_id, call.org_id) is None:
-            raise errors.NotFound("no such broadcast")
-        if await conn.fetchval(Q.delete_template, template_id, broadcast_id, call.org_id) is None:
-            raise errors.NotFound("no such template")
-        await conn.execute(Q.touch_broadcast, broadcast_id)
+    await broadcasts.delete_template(call.state.pool, call.org_id, broadcast_id, template_id)
     call.state.broadcast_cache.invalidate(call.org_id, broadcast_id)
     return web.Response(status=204)
 
 
 async def _set_status(call: Call[None], allowed_from: set[str], to: BroadcastStatus) -> web.Response:
     broadcast_id = call.path_uuid("broadcast_id")
-    async with call.state.pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(Q.select_broadcast_for_update, broadcast_id, call.org_id)
-        if row is None:
-            raise errors.NotFound("no such broadcast")
-        if row["status"] not in allowed_from:
-            raise errors.Conflict(f"a {row['status']} broadcast cannot become {to}", extra={"status": row["status"]})
-        if to == BroadcastStatus.active:
-            templates = await conn.fetch(Q.select_templates, [broadcast_id])
-            ready = broadcasts.readiness(row["variables"], templates)
-            if not ready["ready"]:
-                raise errors.NotReady(extra={"missing": ready["missing"]}, fields={"readiness": ready["missing"]})
-        await conn.execute(Q.update_broadcast_status, broadcast_id, call.org_id, to.value)
+    await broadcasts.set_status(call.state.pool, call.org_id, broadcast_id, allowed_from, to)
     call.state.broadcast_cache.invalidate(call.org_id, broadcast_id)
-    return await _one(call, broadcast_id)
+    return json_response(await broadcasts.get(call.state.pool, call.org_id, broadcast_id))
 
 
 @route(
@@ -246,6 +195,15 @@ async def pause(call: Call[None]) -> web.Response:
 )
 async def resume(call: Call[None]) -> web.Response:
     return await _set_status(call, {BroadcastStatus.paused, BroadcastStatus.active}, BroadcastStatus.active)
+
+
+def _complete_template(merged: dict[str, Any]) -> dict[str, Any]:
+    """A stored template body with changes merged in -> validated, defaults filled, as stored."""
+    try:
+        validated = msgspec.convert(merged, schemas.TemplateIn)
+    except msgspec.ValidationError as exc:
+        raise validation_error(str(exc)) from exc
+    return _template_body(validated)
 
 
 def _template_body(template: schemas.TemplateIn) -> dict[str, Any]:

@@ -8,9 +8,8 @@ from aiohttp import web
 from api.broadcasts import schemas
 from api.jsonio import json_response
 from api.routing import Call, route
-from shared import contacts, errors
+from shared import contacts
 from shared.domain import Channel
-from shared.sql import Q
 
 TAG = "contacts"
 
@@ -51,10 +50,7 @@ async def create_contact(call: Call[schemas.ContactCreate]) -> web.Response:
     response=schemas.ContactOut,
 )
 async def get_contact(call: Call[None]) -> web.Response:
-    row = await call.state.pool.fetchrow(Q.select_contact, call.path_uuid("contact_id"), call.org_id)
-    if row is None:
-        raise errors.ContactNotFound()
-    return json_response(contacts.contact_json(row, await contacts.channels_of(call.state.pool, row["id"])))
+    return json_response(await contacts.get(call.state.pool, call.org_id, call.path_uuid("contact_id")))
 
 
 @route(
@@ -69,18 +65,16 @@ async def get_contact(call: Call[None]) -> web.Response:
 async def update_contact(call: Call[schemas.ContactUpdate]) -> web.Response:
     body = call.body
     name_given = body.name is not msgspec.UNSET
-    row = await call.state.pool.fetchrow(
-        Q.update_contact,
-        call.path_uuid("contact_id"),
+    out = await contacts.update(
+        call.state.pool,
         call.org_id,
-        body.name if name_given else None,
-        None if body.status is msgspec.UNSET else body.status,
-        None if body.properties is msgspec.UNSET else body.properties,
-        name_given,
+        call.path_uuid("contact_id"),
+        name=None if body.name is msgspec.UNSET else body.name,
+        name_given=name_given,
+        status=None if body.status is msgspec.UNSET else body.status,
+        properties=None if body.properties is msgspec.UNSET else body.properties,
     )
-    if row is None:
-        raise errors.ContactNotFound()
-    return json_response(contacts.contact_json(row, await contacts.channels_of(call.state.pool, row["id"])))
+    return json_response(out)
 
 
 @route(

@@ -6,10 +6,6 @@ SELECT * FROM messages WHERE id = $1 AND org_id = $2;
 -- A message's timeline, oldest first.
 SELECT status, at, detail FROM message_events WHERE message_id = $1 ORDER BY id;
 
--- name: select_send_messages
--- Every message of one send.
-SELECT * FROM messages WHERE send_id = $1 ORDER BY created_at, id;
-
 -- name: select_recipients_page
 -- A broadcast's messages newest first, filtered, after the cursor (created_at, id).
 SELECT * FROM messages

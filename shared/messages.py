@@ -1,0 +1,67 @@
+"""Messages as the Broadcasts API shows them: one with its timeline, and a broadcast's
+recipients page. The message aggregate's read side; the send path writes messages and the
+worker moves them along."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import asyncpg
+
+from shared import cursors, db, errors
+from shared.sql import Q
+
+
+def message_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "send_id": row["send_id"],
+        "broadcast_id": row["broadcast_id"],
+        "template_id": row["template_id"],
+        "contact_id": row["contact_id"],
+        "contact_channel_id": row["contact_channel_id"],
+        "channel": row["channel"],
+        "to": row["to_address"],
+        "status": row["status"],
+        "source": row["source"],
+        "external_message_id": row["external_message_id"],
+        "error": row["error"],
+        "attempts": row["attempts"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+        "sent_at": row["sent_at"],
+    }
+
+
+@db.translated
+async def get(pool: asyncpg.Pool, org_id: uuid.UUID, message_id: uuid.UUID) -> dict[str, Any]:
+    """One message of the org as JSON, with its events oldest first."""
+    row = await pool.fetchrow(Q.select_message, message_id, org_id)
+    if row is None:
+        raise errors.NotFound("no such message")
+    out = message_json(row)
+    out["events"] = [dict(e) for e in await pool.fetch(Q.select_message_events, row["id"])]
+    return out
+
+
+@db.translated
+async def recipients_page(
+    pool: asyncpg.Pool,
+    org_id: uuid.UUID,
+    broadcast_id: uuid.UUID,
+    *,
+    status: str | None,
+    channel: str | None,
+    contact_id: uuid.UUID | None,
+    cursor: str | None,
+    limit: int,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """A broadcast's messages as JSON, newest first, filtered (None: any), and the next cursor."""
+    after_at, after_id = cursors.decode(cursor)
+    rows = await pool.fetch(
+        Q.select_recipients_page, broadcast_id, org_id, status, channel, contact_id, after_at, after_id, limit + 1
+    )
+    chosen, next_cursor = cursors.split_page(rows, limit)
+    return [message_json(r) for r in chosen], next_cursor

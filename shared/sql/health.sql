@@ -1,0 +1,3 @@
+-- name: ping
+-- Readiness: Postgres answers a statement on a pooled connection.
+SELECT 1;
