@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from api import openapi
 from api.jsonio import json_response
 from api.routing import Call, route
-from shared import db, errors
+from shared import db, deadlines, errors
 
 
 @route("GET", "/healthz", summary="The process is up", scope=None, tag="service", services=False)
@@ -29,7 +29,7 @@ async def readyz(call: Call[None]) -> web.Response:
 
     async def check(name: str, probe: Any) -> None:
         try:
-            await asyncio.wait_for(probe, timeout=2)
+            await deadlines.within(probe, timeout_s=2)
             checks[name] = "ok"
         except Exception as exc:
             # Named by its root cause: the driver's error under the data layer's DatabaseUnavailable.

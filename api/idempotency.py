@@ -16,7 +16,6 @@ or, if none was committed, runs the request afresh: never two sends for one key.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import math
 import uuid
@@ -29,7 +28,7 @@ from aiohttp import web
 from api import errors as http_errors
 from api.state import STATE
 from shared import db as shared_db
-from shared import errors
+from shared import deadlines, errors
 from shared.jsonutil import dumps
 from shared.sending import KeyClaim, KeyFence
 from shared.sql import Q
@@ -149,7 +148,7 @@ async def _renew(db: asyncpg.Pool, fence: KeyFence, lease_s: float) -> None:
     while True:
         await asyncio.sleep(every_s)
         try:
-            held = await asyncio.wait_for(
+            held = await deadlines.within(
                 db.fetchval(Q.renew_idempotency_lease, fence.org_id, fence.key, fence.holder, lease_s), every_s
             )
         except shared_db.UNREACHABLE as exc:
@@ -160,9 +159,9 @@ async def _renew(db: asyncpg.Pool, fence: KeyFence, lease_s: float) -> None:
 
 
 async def _stop(renewal: asyncio.Task[None]) -> None:
-    renewal.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await renewal
+    # Not awaited: a renewal cancelled mid-statement to a Postgres that stopped answering can
+    # take as long as the outage to end, and the request's answer must not wait for it.
+    deadlines.abandon(renewal)
 
 
 async def _store(db: asyncpg.Pool, fence: KeyFence, status: int, body: bytes) -> None:
@@ -172,7 +171,7 @@ async def _store(db: asyncpg.Pool, fence: KeyFence, status: int, body: bytes) ->
     deadline = loop.time() + STORE_RETRY_S
     while True:
         try:
-            await asyncio.wait_for(
+            await deadlines.within(
                 db.execute(Q.store_idempotent_response, fence.org_id, fence.key, fence.holder, status, body),
                 max(STORE_RETRY_PAUSE_S, deadline - loop.time()),
             )
@@ -188,7 +187,7 @@ async def _release(db: asyncpg.Pool, fence: KeyFence) -> None:
     """Let a repeat run afresh. Not possible while Postgres is unreachable: the lease lapses
     instead, and a key whose send committed is never released (the send is its answer)."""
     try:
-        await asyncio.wait_for(
+        await deadlines.within(
             db.execute(Q.release_idempotency_key, fence.org_id, fence.key, fence.holder), STORE_RETRY_S
         )
     except shared_db.UNREACHABLE as exc:

@@ -21,7 +21,7 @@ import msgspec
 import structlog
 from msgspec import Meta
 
-from shared import broadcasts, contacts, db, errors, ids, unsubscribes
+from shared import broadcasts, contacts, db, deadlines, errors, ids, unsubscribes
 from shared.broadcast_cache import NO_CACHE, BroadcastCache
 from shared.contact_cache import NO_CONTACT_CACHE, ContactCache
 from shared.domain import (
@@ -430,7 +430,7 @@ async def after_lost_commit(probe: Callable[[], Awaitable[T]], wait_s: float = L
     deadline = loop.time() + wait_s
     while True:
         try:
-            return await asyncio.wait_for(probe(), max(LOST_COMMIT_POLL_S, deadline - loop.time()))
+            return await deadlines.within(probe(), max(LOST_COMMIT_POLL_S, deadline - loop.time()))
         except db.UNREACHABLE as exc:
             if loop.time() >= deadline:
                 raise errors.Unavailable(OUTCOME_UNKNOWN, headers={"Retry-After": "1"}) from exc
