@@ -296,7 +296,7 @@ def test_compose_commands_and_ordering(drain_s: float) -> None:
     all_services = compose()["services"]
     assert "8025:8025" in all_services["mailpit"]["ports"]
     assert all_services["mailpit"]["image"].startswith("axllent/mailpit")
-    # SIGTERM drain: longer than the worker's job_completion_wait.
+    # SIGTERM drain: longer than the worker's drain (WORKER_DRAIN_S).
     grace_s = int(services["worker"]["stop_grace_period"].rstrip("s"))
     assert grace_s > drain_s
 
