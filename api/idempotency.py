@@ -21,17 +21,15 @@ import math
 import uuid
 from collections.abc import Awaitable, Callable
 
-import asyncpg
 import structlog
 from aiohttp import web
 
 from api import errors as http_errors
 from api.state import STATE
 from shared import db as shared_db
-from shared import deadlines, errors
+from shared import deadlines, errors, idempotency_keys
 from shared.jsonutil import dumps
 from shared.sending import KeyClaim, KeyFence
-from shared.sql import Q
 
 log = structlog.get_logger("tidings.api.idempotency")
 
@@ -59,7 +57,7 @@ def request_hash(method: str, path: str, body: bytes) -> bytes:
 
 async def run_once(
     request: web.Request,
-    db: asyncpg.Pool,
+    db: shared_db.Pool,
     org_id: uuid.UUID,
     body: bytes,
     handler: Callable[[], Awaitable[web.StreamResponse]],
@@ -107,18 +105,20 @@ async def run_once(
     return response
 
 
-async def _claim(db: asyncpg.Pool, org_id: uuid.UUID, key: str, digest: bytes, lease_s: float) -> Claim | web.Response:
+async def _claim(
+    db: shared_db.Pool, org_id: uuid.UUID, key: str, digest: bytes, lease_s: float
+) -> Claim | web.Response:
     """Hold the key, or the stored answer to replay; raises if it is taken or reused."""
     holder = uuid.uuid4()
     fence = KeyFence(org_id, key, holder)
     for _ in range(3):
-        if await db.fetchval(Q.claim_idempotency_key, org_id, key, digest, holder, lease_s) is not None:
+        if await idempotency_keys.claim(db, org_id, key, digest, holder, lease_s):
             return Claim(fence, None)
-        first = await db.fetchrow(Q.select_idempotency_key, org_id, key)
+        first = await idempotency_keys.find(db, org_id, key)
         if first is None:
             continue  # released meanwhile: try to claim again
         if not first["live"]:
-            await db.execute(Q.delete_expired_idempotency_key, org_id, key)
+            await idempotency_keys.delete_expired(db, org_id, key)
             continue
         if bytes(first["request_hash"]) != digest:
             raise errors.IdempotencyKeyReused()
@@ -133,14 +133,14 @@ async def _claim(db: asyncpg.Pool, org_id: uuid.UUID, key: str, digest: bytes, l
             # Its request is still running (or died less than a lease ago).
             retry_after_s = max(1, math.ceil(first["lease_left_s"]))
             raise errors.IdempotencyKeyInFlight(headers={"Retry-After": str(retry_after_s)})
-        taken = await db.fetchrow(Q.take_over_idempotency_key, org_id, key, holder, lease_s)
+        taken = await idempotency_keys.take_over(db, org_id, key, holder, lease_s)
         if taken is not None:
             log.info("idempotency_key_taken_over", committed_send=taken["send_id"] is not None)
             return Claim(fence, taken["send_id"])
     raise errors.IdempotencyKeyInFlight(headers={"Retry-After": "1"})
 
 
-async def _renew(db: asyncpg.Pool, fence: KeyFence, lease_s: float) -> None:
+async def _renew(db: shared_db.Pool, fence: KeyFence, lease_s: float) -> None:
     """Keep the lease while the request runs. A renewal that fails (Postgres unreachable) is
     tried again; if the lease lapses meanwhile and a retry takes the key, the send's commit
     finds the key no longer held and refuses the send, so the key still makes one send."""
@@ -148,13 +148,11 @@ async def _renew(db: asyncpg.Pool, fence: KeyFence, lease_s: float) -> None:
     while True:
         await asyncio.sleep(every_s)
         try:
-            held = await deadlines.within(
-                db.fetchval(Q.renew_idempotency_lease, fence.org_id, fence.key, fence.holder, lease_s), every_s
-            )
+            held = await deadlines.within(idempotency_keys.renew(db, fence, lease_s), every_s)
         except shared_db.UNREACHABLE as exc:
             log.warning("idempotency_lease_not_renewed", error=repr(exc))
             continue
-        if held is None:
+        if not held:
             return  # taken over by a retry: nothing more to hold
 
 
@@ -164,7 +162,7 @@ async def _stop(renewal: asyncio.Task[None]) -> None:
     deadlines.abandon(renewal)
 
 
-async def _store(db: asyncpg.Pool, fence: KeyFence, status: int, body: bytes) -> None:
+async def _store(db: shared_db.Pool, fence: KeyFence, status: int, body: bytes) -> None:
     """Keep the answer for repeats. If Postgres cannot take it now, the answer still goes
     out: a send is bound to its key already, and a retry after the lease answers from it."""
     loop = asyncio.get_running_loop()
@@ -172,7 +170,7 @@ async def _store(db: asyncpg.Pool, fence: KeyFence, status: int, body: bytes) ->
     while True:
         try:
             await deadlines.within(
-                db.execute(Q.store_idempotent_response, fence.org_id, fence.key, fence.holder, status, body),
+                idempotency_keys.store_answer(db, fence, status, body),
                 max(STORE_RETRY_PAUSE_S, deadline - loop.time()),
             )
             return
@@ -183,12 +181,10 @@ async def _store(db: asyncpg.Pool, fence: KeyFence, status: int, body: bytes) ->
         await asyncio.sleep(STORE_RETRY_PAUSE_S)
 
 
-async def _release(db: asyncpg.Pool, fence: KeyFence) -> None:
+async def _release(db: shared_db.Pool, fence: KeyFence) -> None:
     """Let a repeat run afresh. Not possible while Postgres is unreachable: the lease lapses
     instead, and a key whose send committed is never released (the send is its answer)."""
     try:
-        await deadlines.within(
-            db.execute(Q.release_idempotency_key, fence.org_id, fence.key, fence.holder), STORE_RETRY_S
-        )
+        await deadlines.within(idempotency_keys.release(db, fence), STORE_RETRY_S)
     except shared_db.UNREACHABLE as exc:
         log.warning("idempotency_key_not_released", error=repr(exc))

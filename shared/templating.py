@@ -361,3 +361,31 @@ def render(source: str | None, data: Mapping[str, Any], *, html: bool = False) -
         return parse(source, html=html).render(**data)
     except LiquidError as exc:
         raise errors.ValidationFailed(f"template failed to render: {exc}") from exc
+
+
+# Filters whose output is at most a small multiple of their input, whatever their arguments:
+# a template made only of output tags using these (no tags, no ranges, no indexes) renders in
+# time and memory linear in its own size and its variables' (both bounded by the request body
+# limit), so it cannot spin or fill memory. Everything else (append, replace, join, split,
+# times, loops...) can amplify, and is rendered under the sandbox's limits.
+_LINEAR_FILTERS = (
+    "upcase|downcase|capitalize|strip|lstrip|rstrip|escape|escape_once|url_encode|strip_html"
+    "|strip_newlines|truncate|truncatewords|size|date|default"
+)
+_LITERAL = r"(?:\"[^\"{}]*\"|'[^'{}]*'|-?\d+(?:\.\d+)?|true|false|nil)"
+_LINEAR_OUTPUT = re.compile(
+    r"\{\{-?\s*[A-Za-z_][\w.]*"
+    rf"(?:\s*\|\s*(?:{_LINEAR_FILTERS})(?:\s*:\s*{_LITERAL}(?:\s*,\s*{_LITERAL})*)?)*"
+    r"\s*-?\}\}"
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def is_linear(source: str | None) -> bool:
+    """True when rendering `source` is bounded by construction (see `_LINEAR_FILTERS`)."""
+    if not source:
+        return True
+    if "{%" in source:
+        return False
+    rest = _LINEAR_OUTPUT.sub("", source)
+    return "{{" not in rest and "{%" not in rest

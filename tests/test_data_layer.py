@@ -31,9 +31,7 @@ DELIBERATELY_MISSING = {"no_such_statement"}
 # Modules of api/ that still run SQL themselves. They belong to the send path, which is being
 # rebuilt around one accept service; its statements move into shared/ with it, and this list
 # then empties.
-STILL_RUNNING_SQL = {
-    "api/idempotency.py",
-}
+STILL_RUNNING_SQL: set[str] = set()
 
 DRIVER_MODULES = ("asyncpg", "shared.sql")
 # Pool and connection methods that run a statement or open a transaction, called on something

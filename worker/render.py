@@ -1,7 +1,8 @@
 """Turn a stored template and a send's variables into a message a channel can deliver.
 
-One renderer per kind of channel (`RENDERERS`); the worker runs them in sandboxed child
-processes (worker/render_sandbox.py), never in its own.
+One renderer per kind of channel (`RENDERERS`). The worker runs them in sandboxed child
+processes (worker/render_sandbox.py), except for templates that are bounded by construction
+(`bounded_by_construction`): those render in the worker itself, in well under a millisecond.
 """
 
 from __future__ import annotations
@@ -217,6 +218,14 @@ RENDERERS: dict[Channel, Callable[[Draft, str], Rendered]] = {
     ),
     Channel.whatsapp: lambda draft, _fallback_domain: render_whatsapp(draft.body, draft.variables, to=draft.to),
 }
+
+
+def bounded_by_construction(kind: Channel, body: Mapping[str, Any]) -> bool:
+    """True when every Liquid source of the message is made only of output tags with filters
+    that cannot amplify (`templating.is_linear`): such a message renders in time and memory
+    linear in its template and variables, and needs no sandbox. The usual one-time passcode,
+    receipt or reset email is such a template."""
+    return all(templating.is_linear(source) for source in broadcasts.template_sources(kind, body))
 
 
 def render(kind: Channel, draft: Draft, *, fallback_domain: str) -> Rendered:
