@@ -167,6 +167,7 @@ def _uuid_or_none(raw: str) -> uuid.UUID | None:
         return None
 
 
+@db.translated
 async def prepare(
     pool: asyncpg.Pool,
     org_id: uuid.UUID,
@@ -336,6 +337,7 @@ async def commit(pool: asyncpg.Pool, send: PreparedSend) -> None:
         raise result
 
 
+@db.translated
 async def commit_many(pool: asyncpg.Pool, sends: list[PreparedSend]) -> list[errors.TidingsError | None]:
     """Write many sends in one statement; per send, None or the error that refused it.
 
@@ -437,6 +439,7 @@ async def after_lost_commit(probe: Callable[[], Awaitable[T]], wait_s: float = L
         await asyncio.sleep(LOST_COMMIT_POLL_S)
 
 
+@db.translated
 async def load_committed(pool: asyncpg.Pool, org_id: uuid.UUID, send_id: uuid.UUID) -> PreparedSend | None:
     """A committed send of the org, with its messages as they are now (None: no such send)."""
     rows = [r for r in await pool.fetch(Q.select_sends_messages, [send_id]) if r["org_id"] == org_id]

@@ -110,6 +110,7 @@ def parse_time(raw: str) -> dt.datetime | None:
     return value.astimezone(dt.UTC)
 
 
+@db.translated
 async def validate(pool: asyncpg.Pool, org_id: uuid.UUID, s: Submission) -> Request:
     problems = FieldErrors()
     # The product's model calls the recipient `recipient_email`; its errors use that name.
@@ -348,6 +349,7 @@ async def prepare(
     )
 
 
+@db.translated
 async def commit_many(pool: asyncpg.Pool, sends: list[PreparedTransactional]) -> list[BaseException | None]:
     """Write many transactionals in one transaction; per send, None (its `row` is set) or the
     error to raise to its request (a retry took its Idempotency-Key over).
@@ -458,6 +460,7 @@ async def _write(conn: asyncpg.Connection, p: PreparedTransactional) -> bool:
     return True
 
 
+@db.translated
 async def get_by_send(pool: asyncpg.Pool, org_id: uuid.UUID, send_id: uuid.UUID) -> asyncpg.Record | None:
     """The transactional a committed send made (a retry that took its Idempotency-Key over answers with it)."""
     for message in await pool.fetch(Q.select_sends_messages, [send_id]):
@@ -466,6 +469,7 @@ async def get_by_send(pool: asyncpg.Pool, org_id: uuid.UUID, send_id: uuid.UUID)
     return None
 
 
+@db.translated
 async def get(pool: asyncpg.Pool, org_id: uuid.UUID, transactional_id: uuid.UUID) -> asyncpg.Record | None:
     return await pool.fetchrow(Q.select_transactional, transactional_id, org_id)
 

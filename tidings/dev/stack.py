@@ -34,7 +34,6 @@ import structlog
 
 from shared import keys, logs, orgs
 from shared.migrate import migrate
-from shared.sql import Q
 from tidings.dev.embedded import EmbeddedError, EmbeddedPostgres, EmbeddedRedis, create_database
 from tidings.dev.inbox import start_inbox
 from tidings.dev.whatsapp_sandbox import start_sandbox
@@ -310,7 +309,7 @@ async def _ensure_org_and_key(database_url: str, state: DevState) -> DevState:
     conn = await asyncpg.connect(database_url)
     try:
         if state.org_id and state.api_key:
-            found = await conn.fetchrow(Q.select_key_by_hash, keys.hash_key(state.api_key))
+            found = await orgs.find_key(conn, keys.hash_key(state.api_key))
             if found is not None and str(found["org_id"]) == state.org_id:
                 return state
         org_id = await orgs.create_org(conn, DEMO_ORG_NAME)
