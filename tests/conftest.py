@@ -1,5 +1,6 @@
 """Real services for every test: Postgres, Redis, an SMTP server, the WhatsApp sandbox,
-the API app and a real arq worker, shared by the session; each test makes its own org.
+the API app and a real worker (its pump and its reconciler), shared by the session; each test
+makes its own org.
 
 Postgres and Redis are the ones named by TEST_DATABASE_URL / TEST_REDIS_URL, or embedded
 ones started here. Either way the run gets its own database and Redis db index and
