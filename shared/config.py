@@ -40,6 +40,12 @@ class Settings:
     # Domain used in Message-ID when the sender's domain cannot be parsed.
     message_id_domain: str = "tidings.local"
 
+    # VERP: with a bounce domain, every email's envelope sender is bounces+{token}@{domain}, the
+    # token naming the message and signed with BOUNCE_SECRET, so that a bounce or a complaint
+    # read back finds its message (and cannot be forged for another).
+    bounce_domain: str = ""
+    bounce_secret: str = ""
+
     dkim_selector: str = ""
     dkim_domain: str = ""
     dkim_private_key_path: str = ""
@@ -129,10 +135,21 @@ class Settings:
             raise ValueError(
                 f"PUBLIC_BASE_URL must be an http(s) URL, like https://mail.example.com, not {self.public_base_url!r}"
             )
+        if self.bounce_domain and len(self.bounce_secret) < 16:
+            raise ValueError(
+                "BOUNCE_SECRET must be set (at least 16 characters, random) when BOUNCE_DOMAIN is: "
+                "it signs the tokens of the envelope senders, so that bounces cannot be forged"
+            )
         for name in ("port", "smtp_port", "worker_metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"{name.upper()} must be a port number (0-65535), not {getattr(self, name)}")
-        for name in ("api_processes", "worker_concurrency", "smtp_pool_size", "db_pool_max_size", "max_body_bytes"):
+        for name in (
+            "api_processes",
+            "worker_concurrency",
+            "smtp_pool_size",
+            "db_pool_max_size",
+            "max_body_bytes",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.upper()} must be at least 1, not {getattr(self, name)}")
         for name in (
