@@ -16,11 +16,17 @@ from __future__ import annotations
 import dataclasses
 import email
 import email.message
+import logging
 import re
 from collections.abc import Iterator
 from enum import StrEnum
 
 from flufl.bounce import all_failures
+
+# flufl.bounce logs a detector's exception with its traceback before raising it; parse() turns
+# it into an `unknown` report with the exception's name, so its log would only repeat that
+# as a traceback on hostile input.
+logging.getLogger("flufl.bounce").setLevel(logging.CRITICAL)
 
 # Generous for a report's top-level headers and its parts: this is not where the size limit is
 # enforced (the SMTP server refuses large mail at DATA), only a guard for direct callers.
@@ -225,7 +231,10 @@ def _heuristic(msg: email.message.Message) -> Report:
     """Shapes that are not RFC 3464: flufl.bounce's detectors (qmail, Exim, Postfix text,
     Exchange, Yahoo, AOL, GroupWise, ...). A permanent failure is a hard bounce, a warning a
     soft one, nothing recognised is unknown."""
-    temporary, permanent = all_failures(msg)
+    try:
+        temporary, permanent = all_failures(msg)
+    except Exception:  # one of its heuristics on mail it was not written for (short plain mail)
+        temporary = permanent = frozenset()
     original = _original_message_id(msg)
     if permanent:
         recipient = sorted(permanent)[0].decode("ascii", "replace")

@@ -45,6 +45,12 @@ class Settings:
     # read back finds its message (and cannot be forged for another).
     bounce_domain: str = ""
     bounce_secret: str = ""
+    # `tidings bounces`, the SMTP server the bounce domain's MX points at.
+    bounce_host: str = "0.0.0.0"
+    bounce_port: int = 2525
+    # Mail larger than this is refused at DATA (552): DSNs and ARF reports quote at most the
+    # original's headers or its body, a few hundred kB.
+    bounce_max_message_bytes: int = 1_048_576
 
     dkim_selector: str = ""
     dkim_domain: str = ""
@@ -140,7 +146,7 @@ class Settings:
                 "BOUNCE_SECRET must be set (at least 16 characters, random) when BOUNCE_DOMAIN is: "
                 "it signs the tokens of the envelope senders, so that bounces cannot be forged"
             )
-        for name in ("port", "smtp_port", "worker_metrics_port"):
+        for name in ("port", "smtp_port", "worker_metrics_port", "bounce_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"{name.upper()} must be a port number (0-65535), not {getattr(self, name)}")
         for name in (
@@ -149,6 +155,7 @@ class Settings:
             "smtp_pool_size",
             "db_pool_max_size",
             "max_body_bytes",
+            "bounce_max_message_bytes",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.upper()} must be at least 1, not {getattr(self, name)}")

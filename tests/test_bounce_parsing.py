@@ -85,3 +85,9 @@ def test_a_dsn_that_failed_with_a_temporary_status_is_soft() -> None:
 )
 def test_malformed_mail_is_unknown_without_raising(raw: bytes) -> None:
     assert bounces.parse(raw).kind in (Kind.unknown, Kind.auto_reply)
+
+
+def test_a_short_auto_reply_is_still_an_auto_reply() -> None:
+    # One of flufl.bounce's heuristics raises on short plain mail; the auto-reply is still seen.
+    raw = b"Subject: Out of Office\r\nAuto-Submitted: auto-replied\r\n\r\naway\r\n"
+    assert bounces.parse(raw).kind is Kind.auto_reply
