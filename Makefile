@@ -20,8 +20,8 @@ dev: $(STAMP)
 	$(BIN)/tidings dev
 
 lint: $(STAMP)
-	$(BIN)/ruff check api worker shared tidings tests
-	$(BIN)/ruff format --check api worker shared tidings tests
+	$(BIN)/ruff check api worker bounces shared tidings tests
+	$(BIN)/ruff format --check api worker bounces shared tidings tests
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -30,8 +30,8 @@ test: lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider
 
 format: $(STAMP)
-	$(BIN)/ruff format api worker shared tidings tests
-	$(BIN)/ruff check --fix api worker shared tidings tests
+	$(BIN)/ruff format api worker bounces shared tidings tests
+	$(BIN)/ruff check --fix api worker bounces shared tidings tests
 
 clean:
 	rm -rf $(VENV) .data .mypy_cache .ruff_cache

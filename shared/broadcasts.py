@@ -17,7 +17,9 @@ from shared.sql import Q
 # Fields that become mail headers: a literal CR/LF in them is refused, never folded.
 HEADER_FIELDS = ("from_email", "from_name", "reply_to", "subject")
 EMAIL_LIQUID_FIELDS = ("from_email", "from_name", "reply_to", "subject", "html_body", "text_body", "preheader")
-SENT_STATUSES = frozenset({MessageStatus.sent, MessageStatus.delivered, MessageStatus.read, MessageStatus.bounced})
+SENT_STATUSES = frozenset(
+    {MessageStatus.sent, MessageStatus.delivered, MessageStatus.read, MessageStatus.bounced, MessageStatus.complained}
+)
 
 
 async def check_template(channel: str, body: Mapping[str, Any]) -> None:

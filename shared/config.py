@@ -40,6 +40,18 @@ class Settings:
     # Domain used in Message-ID when the sender's domain cannot be parsed.
     message_id_domain: str = "tidings.local"
 
+    # VERP: with a bounce domain, every email's envelope sender is bounces+{token}@{domain}, the
+    # token naming the message and signed with BOUNCE_SECRET, so that a bounce or a complaint
+    # read back finds its message (and cannot be forged for another).
+    bounce_domain: str = ""
+    bounce_secret: str = ""
+    # `tidings bounces`, the SMTP server the bounce domain's MX points at.
+    bounce_host: str = "0.0.0.0"
+    bounce_port: int = 2525
+    # Mail larger than this is refused at DATA (552): DSNs and ARF reports quote at most the
+    # original's headers or its body, a few hundred kB.
+    bounce_max_message_bytes: int = 1_048_576
+
     dkim_selector: str = ""
     dkim_domain: str = ""
     dkim_private_key_path: str = ""
@@ -129,10 +141,22 @@ class Settings:
             raise ValueError(
                 f"PUBLIC_BASE_URL must be an http(s) URL, like https://mail.example.com, not {self.public_base_url!r}"
             )
-        for name in ("port", "smtp_port", "worker_metrics_port"):
+        if self.bounce_domain and len(self.bounce_secret) < 16:
+            raise ValueError(
+                "BOUNCE_SECRET must be set (at least 16 characters, random) when BOUNCE_DOMAIN is: "
+                "it signs the tokens of the envelope senders, so that bounces cannot be forged"
+            )
+        for name in ("port", "smtp_port", "worker_metrics_port", "bounce_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"{name.upper()} must be a port number (0-65535), not {getattr(self, name)}")
-        for name in ("api_processes", "worker_concurrency", "smtp_pool_size", "db_pool_max_size", "max_body_bytes"):
+        for name in (
+            "api_processes",
+            "worker_concurrency",
+            "smtp_pool_size",
+            "db_pool_max_size",
+            "max_body_bytes",
+            "bounce_max_message_bytes",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.upper()} must be at least 1, not {getattr(self, name)}")
         for name in (

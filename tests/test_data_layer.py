@@ -23,7 +23,7 @@ from shared.config import Settings
 from shared.sql import Q, Queries
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-SCANNED = ("api", "worker", "shared", "tidings", "tests")
+SCANNED = ("api", "worker", "bounces", "shared", "tidings", "tests")
 
 # test_schema.py asks for this name on purpose, to see it fail.
 DELIBERATELY_MISSING = {"no_such_statement"}

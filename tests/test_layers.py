@@ -1,5 +1,5 @@
 """The house has four layers and its arrows point down only: `tidings/` (the command) ->
-`api/`, `worker/` (the processes) -> `shared/` (the library). Read from the imports of every
+`api/`, `worker/`, `bounces/` (the processes) -> `shared/` (the library). Read from the imports of every
 module, lazy imports inside functions included, so that a shortcut cannot hide in a function."""
 
 from __future__ import annotations
@@ -8,12 +8,13 @@ import ast
 import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-PACKAGES = ("tidings", "api", "worker", "shared")
+PACKAGES = ("tidings", "api", "worker", "bounces", "shared")
 # What each package may import of the others.
 ALLOWED = {
-    "tidings": {"tidings", "api", "worker", "shared"},
+    "tidings": {"tidings", "api", "worker", "bounces", "shared"},
     "api": {"api", "shared"},
     "worker": {"worker", "shared"},
+    "bounces": {"bounces", "shared"},
     "shared": {"shared"},
 }
 
@@ -45,7 +46,7 @@ def test_the_layers_exist_and_the_command_is_imported_by_nothing() -> None:
         assert (ROOT / package / "__init__.py").is_file()
     importers = {
         str(path.relative_to(ROOT))
-        for package in ("api", "worker", "shared")
+        for package in ("api", "worker", "bounces", "shared")
         for path in (ROOT / package).rglob("*.py")
         if any(m.split(".")[0] == "tidings" for m in imports_of(path))
     }

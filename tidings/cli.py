@@ -54,6 +54,15 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
     run(settings)
 
 
+def cmd_bounces(settings: Settings, args: argparse.Namespace) -> None:
+    from bounces.server import run
+
+    _need_database(settings)
+    if not settings.bounce_domain:
+        sys.exit("`tidings bounces` needs BOUNCE_DOMAIN (and BOUNCE_SECRET): the domain whose MX points at it")
+    run(settings, host=args.host, port=args.port)
+
+
 def cmd_org_create(settings: Settings, args: argparse.Namespace) -> None:
     from shared import db, orgs
 
@@ -141,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     api.set_defaults(fn=cmd_api)
     sub.add_parser("worker", help="run one worker process").set_defaults(fn=cmd_worker)
     sub.add_parser("dev", help="the whole stack on this machine").set_defaults(fn=cmd_dev)
+    bounce = sub.add_parser("bounces", help="run the SMTP server that reads bounces and complaints back")
+    bounce.add_argument("--host", help="default BOUNCE_HOST")
+    bounce.add_argument("--port", type=int, help="default BOUNCE_PORT")
+    bounce.set_defaults(fn=cmd_bounces)
 
     org = sub.add_parser("org", help="orgs").add_subparsers(dest="org_command", required=True)
     org_create = org.add_parser("create", help="create an org; prints its id")

@@ -26,6 +26,7 @@ and the message is sent again):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import random
 import time
@@ -37,10 +38,16 @@ import orjson
 import structlog
 from redis.exceptions import RedisError
 
-from shared import errors, metrics
+from shared import errors, metrics, verp
 from shared.delivery import Outcome
 from shared.domain import MessageStatus
-from worker.channels.base import DeliveryError, Draft, PermanentDeliveryError, TransientDeliveryError
+from worker.channels.base import (
+    DeliveryError,
+    Draft,
+    PermanentDeliveryError,
+    RenderedEmail,
+    TransientDeliveryError,
+)
 from worker.context import WorkerContext
 
 log = structlog.get_logger("tidings.worker")
@@ -136,6 +143,14 @@ async def _deliver_one(ctx: WorkerContext, message: Mapping[str, Any]) -> Outcom
     draft = Draft(message_id, body, data, message["to_address"])
     try:
         rendered = await ctx.renderer.render(kind, draft, fallback_domain=ctx.settings.message_id_domain)
+        if isinstance(rendered, RenderedEmail) and ctx.settings.bounce_domain:
+            # VERP: bounces and complaints come back to an address naming this message.
+            rendered = dataclasses.replace(
+                rendered,
+                envelope_from=verp.envelope_sender(
+                    message_id, domain=ctx.settings.bounce_domain, secret=ctx.settings.bounce_secret
+                ),
+            )
         result = await ctx.channels[kind].send(rendered)
     except errors.ValidationFailed as exc:
         return Outcome(message_id, MessageStatus.failed, error=exc.message)

@@ -38,6 +38,8 @@ class RenderedEmail:
     html: str | None
     text: str
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    # SMTP MAIL FROM (where bounces go); None: the From address.
+    envelope_from: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -288,7 +288,8 @@ class EmailChannel:
             try:
                 if not client.is_connected:
                     await client.connect()
-                await client.sendmail(message.from_email, [message.to], data, mail_options=mail_options)
+                sender = message.envelope_from or message.from_email
+                await client.sendmail(sender, [message.to], data, mail_options=mail_options)
                 healthy = True
             except aiosmtplib.SMTPRecipientsRefused as exc:
                 refused = exc.recipients[0] if exc.recipients else None
