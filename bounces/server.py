@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from shared import bounce_reports, bounces, db, errors, verp
+from shared import bounce_reports, bounces, db, errors, smtp_server, verp
 from shared.config import Settings
 
 log = structlog.get_logger("tidings.bounces")
@@ -97,48 +97,24 @@ class BounceHandler:
 class BounceServer:
     """A listening bounce server; see `start`."""
 
-    def __init__(self, server: asyncio.Server, connections: set[_TrackedSMTP], host: str, port: int) -> None:
+    def __init__(self, server: asyncio.Server, connections: set[smtp_server.TrackedSMTP], host: str, port: int) -> None:
         self._server = server
         self._connections = connections
         self.host = host
         self.port = port
 
     async def close(self) -> None:
-        self._server.close()
-        sessions = []
-        for connection in list(self._connections):
-            if connection.transport is not None:
-                connection.transport.close()
-            if connection._handler_coroutine is not None:
-                sessions.append(connection._handler_coroutine)
-        await asyncio.gather(*sessions, return_exceptions=True)
-        await self._server.wait_closed()
-
-
-class _TrackedSMTP(SMTP):
-    """aiosmtpd's protocol, remembering open connections so that closing ends them."""
-
-    def __init__(self, handler: BounceHandler, connections: set[_TrackedSMTP], **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
-        self._connections = connections
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self._connections.add(self)
-
-    def connection_lost(self, error: Exception | None) -> None:
-        self._connections.discard(self)
-        super().connection_lost(error)
+        await smtp_server.close(self._server, self._connections)
 
 
 async def start(settings: Settings, pool: Any, *, host: str, port: int) -> BounceServer:
     """Listen on host:port (0: a free port, then read `.port`) on the running loop."""
     handler = BounceHandler(settings, pool)
     loop = asyncio.get_running_loop()
-    connections: set[_TrackedSMTP] = set()
+    connections: set[smtp_server.TrackedSMTP] = set()
 
-    def protocol() -> _TrackedSMTP:
-        return _TrackedSMTP(
+    def protocol() -> smtp_server.TrackedSMTP:
+        return smtp_server.TrackedSMTP(
             handler,
             connections,
             loop=loop,

@@ -32,6 +32,8 @@ import structlog
 from aiohttp import web
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from shared import smtp_server
+
 log = structlog.get_logger("tidings.inbox")
 
 DEFAULT_MAX_MESSAGES = 1000
@@ -349,28 +351,16 @@ def _write_atomically(path: Path, data: bytes) -> None:
     os.replace(partial, path)
 
 
-class _TrackedSMTP(SMTP):
-    """aiosmtpd's protocol, remembering open connections so that closing the server ends them
-    (asyncio's `Server.close()` stops listening but leaves accepted connections open)."""
-
-    def __init__(self, handler: InboxHandler, open_connections: set[_TrackedSMTP], **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
-        self._open_connections = open_connections
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self._open_connections.add(self)
-
-    def connection_lost(self, error: Exception | None) -> None:
-        self._open_connections.discard(self)
-        super().connection_lost(error)
-
-
 class SmtpInbox:
     """A listening SMTP server and its handler; see `start_smtp`."""
 
     def __init__(
-        self, handler: InboxHandler, server: asyncio.Server, host: str, port: int, connections: set[_TrackedSMTP]
+        self,
+        handler: InboxHandler,
+        server: asyncio.Server,
+        host: str,
+        port: int,
+        connections: set[smtp_server.TrackedSMTP],
     ) -> None:
         self.handler = handler
         self.host = host
@@ -401,17 +391,7 @@ class SmtpInbox:
         self.handler.clear()
 
     async def close(self) -> None:
-        self._server.close()
-        sessions = []
-        for connection in list(self._connections):
-            if connection.transport is not None:
-                connection.transport.close()
-            if connection._handler_coroutine is not None:
-                sessions.append(connection._handler_coroutine)
-        # Closing a transport cancels its session task; wait for them to finish unwinding so
-        # nothing is left pending when the loop closes.
-        await asyncio.gather(*sessions, return_exceptions=True)
-        await self._server.wait_closed()
+        await smtp_server.close(self._server, self._connections)
 
 
 async def start_smtp(
@@ -430,10 +410,10 @@ async def start_smtp(
     """
     handler = handler or InboxHandler(eml_dir=eml_dir, max_messages=max_messages)
     loop = asyncio.get_running_loop()
-    connections: set[_TrackedSMTP] = set()
+    connections: set[smtp_server.TrackedSMTP] = set()
 
-    def protocol() -> _TrackedSMTP:
-        return _TrackedSMTP(
+    def protocol() -> smtp_server.TrackedSMTP:
+        return smtp_server.TrackedSMTP(
             handler,
             connections,
             loop=loop,
