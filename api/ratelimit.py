@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import redis.exceptions
 from redis.asyncio import Redis
 
-from shared import errors, metrics
+from shared import deadlines, errors, metrics
 from shared.redis_keys import RedisKeys
 
 if TYPE_CHECKING:
@@ -83,8 +83,6 @@ class RateLimiter:
         self._script = redis.register_script(_SCRIPT)
         self._leases: dict[uuid.UUID, _Lease] = {}
         self._locks: dict[uuid.UUID, asyncio.Lock] = {}
-        # Attempts given up on, still cleaning up (held so that they finish).
-        self._abandoned: set[asyncio.Future[Verdict]] = set()
 
     async def hit(self, org_id: uuid.UUID, limit: int, window_s: int) -> Verdict:
         now_s = time.time()
@@ -114,20 +112,13 @@ class RateLimiter:
         (redis-py may spend its connect timeout closing a connection to a hung server)."""
         if self._usable(org_id, int(time.time() // window_s * window_s)) is not None:
             return await self.hit(org_id, limit, window_s)  # tokens in hand: no Redis, no task
-        attempt = asyncio.ensure_future(self.hit(org_id, limit, window_s))
-        done, _ = await asyncio.wait({attempt}, timeout=timeout_s)
-        if not done:
-            attempt.cancel()  # a cancelled Redis command drops its connection: no late reply is read
-            self._abandoned.add(attempt)
-            attempt.add_done_callback(self._forget)
+        try:
+            # Cancelled at the deadline and left to end on its own: a cancelled Redis command
+            # drops its connection, so no late reply is read.
+            return await deadlines.within(self.hit(org_id, limit, window_s), timeout_s)
+        except TimeoutError as exc:
             # Answered as Redis being unreachable (503, retry later), like any Redis failure.
-            raise redis.exceptions.TimeoutError(f"no rate limit answer from Redis within {timeout_s} s")
-        return attempt.result()
-
-    def _forget(self, attempt: asyncio.Future[Verdict]) -> None:
-        self._abandoned.discard(attempt)
-        if not attempt.cancelled():
-            attempt.exception()  # retrieved: it was answered as unavailable already
+            raise redis.exceptions.TimeoutError(f"no rate limit answer from Redis within {timeout_s} s") from exc
 
     def _usable(self, org_id: uuid.UUID, window_start_s: int) -> _Lease | None:
         lease = self._leases.get(org_id)

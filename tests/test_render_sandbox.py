@@ -28,6 +28,7 @@ from tests.conftest import Org
 from tests.helpers import EMAIL_TEMPLATE, unique_email
 from tests.procs import WorkerProcess
 from worker import render, render_sandbox
+from worker.channels.base import Draft
 
 SETTLE_TIMEOUT_S = 60.0
 HEALTHY = 30
@@ -187,9 +188,8 @@ async def test_render_cost_per_message() -> None:
     try:
 
         async def one(i: int) -> Any:
-            return await pool.render_email(
-                uuid.uuid4(), body, data(i), to="b@tidings.test", fallback_domain="tidings.test"
-            )
+            draft = Draft(uuid.uuid4(), body, data(i), "b@tidings.test")
+            return await pool.render(Channel.email, draft, fallback_domain="tidings.test")
 
         await asyncio.gather(*(one(i) for i in range(200)))  # started, caches warm
         wall, cpu = time.perf_counter(), _cpu_s(resource.RUSAGE_SELF)

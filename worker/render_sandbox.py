@@ -37,8 +37,6 @@ import signal
 import struct
 import sys
 import time
-import uuid
-from collections.abc import Mapping
 from typing import Any, BinaryIO
 
 import structlog
@@ -46,7 +44,7 @@ import structlog
 from shared import errors
 from shared.domain import Channel
 from worker import render
-from worker.channels.base import Draft, Rendered, RenderedEmail
+from worker.channels.base import Draft, Rendered
 
 log = structlog.get_logger("tidings.render")
 
@@ -102,14 +100,6 @@ class RenderPool:
         job = _Job(kind, draft, fallback_domain, asyncio.get_running_loop().create_future())
         self._send(job)
         result: Rendered = await job.future
-        return result
-
-    async def render_email(
-        self, message_id: uuid.UUID, body: Mapping[str, Any], data: Mapping[str, Any], *, to: str, fallback_domain: str
-    ) -> RenderedEmail:
-        """An email rendered in a child (`render` for one kind)."""
-        result = await self.render(Channel.email, Draft(message_id, body, data, to), fallback_domain=fallback_domain)
-        assert isinstance(result, RenderedEmail)
         return result
 
     async def _ensure_started(self) -> None:
