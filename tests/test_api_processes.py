@@ -58,7 +58,9 @@ async def test_processes_share_the_port_and_stop_together(settings: Settings, tm
                 try:
                     # A fresh connection each time: the kernel spreads connections, not requests.
                     async with http.get(f"http://127.0.0.1:{port}/readyz", headers={"Connection": "close"}) as response:
-                        if response.status == 200 and len(children) == 1:
+                        # Each process binds on its own once it has forked: wait for both.
+                        parent_listens = _listens(psutil.Process(proc.pid), port)
+                        if response.status == 200 and len(children) == 1 and parent_listens:
                             pids = {proc.pid, children[0].pid}
                             break
                 except aiohttp.ClientConnectionError:
