@@ -111,8 +111,7 @@ def _build() -> dict[str, Any]:
             {"name": n, "in": "path", "required": True, "schema": _path_schema(n)} for n in _PARAM.findall(spec.path)
         ]
         params += [
-            {"name": n, "in": "query", "required": False, "schema": _QUERY_SCHEMAS.get(n, {"type": "string"})}
-            for n in spec.query
+            {"name": n, "in": "query", "required": False, "schema": _query_schema(spec.path, n)} for n in spec.query
         ]
         if spec.idempotent:
             params.append(
@@ -174,3 +173,17 @@ def _operation_id(method: str, path: str) -> str:
 
 def document(server_url: str) -> dict[str, Any]:
     return {**_build(), "servers": [{"url": server_url}]}
+
+
+# Query parameters whose values differ on one route from the same name's elsewhere.
+_ROUTE_QUERY_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
+    # The webhook delivery log's `status` is a delivery's, not a message's.
+    ("/orgs/{org_id}/webhooks/{webhook_id}/deliveries", "status"): {
+        "type": "string",
+        "enum": ["pending", "succeeded", "failed"],
+    },
+}
+
+
+def _query_schema(path: str, name: str) -> dict[str, Any]:
+    return _ROUTE_QUERY_SCHEMAS.get((path, name)) or _QUERY_SCHEMAS.get(name, {"type": "string"})

@@ -106,6 +106,25 @@ class Settings:
     # (retry later), never a request that hangs. The doorbell is simply skipped.
     redis_timeout_s: float = 2.0
 
+    # ---- Outbound webhooks (Standard Webhooks) ----
+    # An attempt that has not had its answer within this long has failed.
+    webhook_timeout_s: float = 15.0
+    # Delays before each retry after a failed attempt (seconds, comma-separated, each with up
+    # to 10 % jitter); after the last one the delivery is `failed`.
+    webhook_retry_schedule_s: str = "5,300,1800,7200,18000,36000,36000"
+    # An endpoint whose every attempt has failed for this long is disabled.
+    webhook_disable_after_s: float = 432000.0
+    # After a rotation the previous secret signs beside the new one for this long.
+    webhook_secret_overlap_s: float = 86400.0
+    # Allow endpoint URLs on loopback, private, link-local... addresses (a local receiver).
+    webhook_allow_private_urls: bool = False
+    # Webhook requests one worker has in flight at most (0: this worker delivers no webhooks).
+    webhook_max_in_flight: int = 64
+    # Requests in flight to one endpoint at most, across every worker.
+    webhook_endpoint_concurrency: int = 4
+    # A delivery being posted is its worker's this long; a dead worker's is retried after it.
+    webhook_lease_s: float = 60.0
+
     log_level: str = "INFO"
     log_format: LogFormat = "json"
     # Set by `tidings dev` for the processes it starts: a local stack, where http links are fine.
@@ -136,6 +155,7 @@ class Settings:
             raise ValueError(f"LOG_FORMAT must be json or console, not {self.log_format!r}")
         if self.retry_max_attempts < 1:
             raise ValueError("RETRY_MAX_ATTEMPTS must be at least 1")
+        self.validate_webhooks()
         base = urllib.parse.urlsplit(self.public_base_url)
         if base.scheme not in ("http", "https") or not base.netloc:
             raise ValueError(
@@ -174,6 +194,36 @@ class Settings:
                 raise ValueError(f"{name.upper()} must be a positive number of seconds, not {getattr(self, name)}")
 
     @property
+    def webhook_retry_delays_s(self) -> tuple[float, ...]:
+        """WEBHOOK_RETRY_SCHEDULE_S as numbers: the delay before retry 1, 2, ..."""
+        return parse_delays(self.webhook_retry_schedule_s)
+
+    def validate_webhooks(self) -> None:
+        try:
+            parse_delays(self.webhook_retry_schedule_s)
+        except ValueError as exc:
+            raise ValueError(
+                f"WEBHOOK_RETRY_SCHEDULE_S must be comma-separated seconds (>= 0), like 5,300,1800, "
+                f"not {self.webhook_retry_schedule_s!r}"
+            ) from exc
+        for name in ("webhook_timeout_s", "webhook_disable_after_s", "webhook_lease_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name.upper()} must be a positive number of seconds, not {getattr(self, name)}")
+        if self.webhook_secret_overlap_s < 0:
+            raise ValueError(f"WEBHOOK_SECRET_OVERLAP_S must be >= 0, not {self.webhook_secret_overlap_s}")
+        if self.webhook_lease_s <= self.webhook_timeout_s:
+            raise ValueError(
+                f"WEBHOOK_LEASE_S ({self.webhook_lease_s:g}) must be longer than WEBHOOK_TIMEOUT_S "
+                f"({self.webhook_timeout_s:g}): a delivery still being posted would be taken over and sent twice"
+            )
+        if self.webhook_max_in_flight < 0:
+            raise ValueError(f"WEBHOOK_MAX_IN_FLIGHT must be >= 0, not {self.webhook_max_in_flight}")
+        if self.webhook_endpoint_concurrency < 1:
+            raise ValueError(
+                f"WEBHOOK_ENDPOINT_CONCURRENCY must be at least 1, not {self.webhook_endpoint_concurrency}"
+            )
+
+    @property
     def public_base(self) -> str:
         return self.public_base_url.rstrip("/")
 
@@ -202,3 +252,11 @@ def _convert(name: str, type_name: Any, raw: str) -> Any:
     except ValueError as exc:
         raise ValueError(f"{name.upper()}={raw!r} is not a valid {type_name}") from exc
     return raw
+
+
+def parse_delays(raw: str) -> tuple[float, ...]:
+    """ "5,300,1800" -> (5.0, 300.0, 1800.0); empty -> (); a negative or non-number: ValueError."""
+    delays = tuple(float(part) for part in raw.replace(" ", "").split(",") if part)
+    if any(not d >= 0 for d in delays):
+        raise ValueError(raw)
+    return delays

@@ -31,3 +31,29 @@ RETRIES = Counter("tidings_retries_total", "Transient failures scheduled for ano
 QUEUE_DEPTH = Gauge("tidings_queue_depth", "Messages due and not yet claimed (sampled by the reconciler)")
 SMTP_IN_USE = Gauge("tidings_smtp_connections_in_use", "SMTP connections of this worker busy sending")
 RECONCILED = Counter("tidings_reconciled_messages_total", "Messages the reconciler took back", ["reason"])
+
+# ---- outbound webhooks (worker) ----
+WEBHOOK_EVENTS_RECENT = Gauge(
+    "tidings_webhook_events_recent",
+    "Webhook events created in the last five minutes, by type (sampled from Postgres by each worker)",
+    ["type"],
+)
+WEBHOOK_DELIVERIES = Counter(
+    "tidings_webhook_deliveries_total",
+    "Webhook delivery attempts by outcome (succeeded; retry: failed, another attempt is due; failed: no retry left)",
+    ["outcome"],
+)
+WEBHOOK_LATENCY = Histogram(
+    "tidings_webhook_delivery_duration_seconds",
+    "Time of one webhook attempt, from the request to the answer (or the failure)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0),
+)
+WEBHOOK_BACKLOG = Gauge(
+    "tidings_webhook_backlog",
+    "Pending webhook deliveries by the state of their endpoint (healthy, failing, disabled)",
+    ["endpoint_state"],
+)
+WEBHOOK_IN_FLIGHT = Gauge("tidings_webhook_in_flight", "Webhook requests this worker has in flight")
+WEBHOOK_ENDPOINTS_DISABLED = Counter(
+    "tidings_webhook_endpoints_disabled_total", "Endpoints disabled after failing for WEBHOOK_DISABLE_AFTER_S"
+)

@@ -141,6 +141,14 @@ def settings(database_url: str, redis_url: str, smtp_server: Any, wa_sandbox: An
         db_pool_max_size=10,
         log_level="WARNING",
         worker_metrics_port=0,
+        # Outbound webhooks: the session's worker delivers none (tests that want deliveries start
+        # their own deliverer, tests/webhook_support.py, so that none competes with another);
+        # receivers listen on 127.0.0.1, and retries come quickly.
+        webhook_max_in_flight=0,
+        webhook_allow_private_urls=True,
+        webhook_retry_schedule_s="0.2,0.2,0.2",
+        webhook_timeout_s=2.0,
+        webhook_lease_s=4.0,
     )
 
 

@@ -27,6 +27,7 @@ from shared.runtime import tune_gc
 from worker.context import WorkerContext, open_channels
 from worker.pump import Pump
 from worker.reconcile import reconcile
+from worker.webhooks import WebhookDeliverer
 
 log = structlog.get_logger("tidings.worker")
 
@@ -114,6 +115,9 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     )
     pump = Pump(ctx, capacity=settings.worker_concurrency)
     await pump.start()
+    # Outbound webhooks: beside the pump, with their own pool and HTTP client (worker/webhooks.py).
+    webhooks = WebhookDeliverer(settings)
+    await webhooks.start()
     arq_task = asyncio.create_task(_supervise_arq(settings, ctx))
     try:
         await stop.wait()
@@ -121,7 +125,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         arq_task.cancel()  # a reconciler run in hand is cut short: it is idempotent
         with contextlib.suppress(asyncio.CancelledError):
             await arq_task
-        await pump.stop(settings.worker_drain_s)
+        await asyncio.gather(pump.stop(settings.worker_drain_s), webhooks.stop(settings.worker_drain_s))
         await ctx.close()
         await pool.close()
         await redis.aclose()

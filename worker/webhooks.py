@@ -1,0 +1,361 @@
+"""Outbound webhook delivery: each worker posts the org's events to their endpoints.
+
+Events and their deliveries are written by Postgres triggers in the transaction of the change
+they report (shared/migrations/0007_webhooks.sql); this task only sends them. It claims due
+deliveries in batches (`claim_webhook_deliveries`: SKIP LOCKED, each one leased for
+WEBHOOK_LEASE_S and counted as an attempt), posts each one signed the Standard Webhooks way,
+and writes the outcome, fenced by the attempt number. A worker killed mid-request loses
+nothing: its lease runs out and any worker posts the same delivery again, with the same
+`webhook-id` (at-least-once; receivers dedupe on it).
+
+Isolation: the task runs beside the pump with its own small Postgres pool and its own HTTP
+client, so a slow or dead endpoint never holds what message delivery needs. At most
+WEBHOOK_MAX_IN_FLIGHT requests per worker, and WEBHOOK_ENDPOINT_CONCURRENCY per endpoint
+across every worker (the claim counts the leased ones), so one slow endpoint takes a few slots
+and no more; the others' deliveries are claimed around it.
+
+Every attempt is bounded: WEBHOOK_TIMEOUT_S for the whole request, at most
+`MAX_RESPONSE_BYTES` of the answer read (the connection is then closed), redirects never
+followed (a 3xx is a failed attempt). Unless WEBHOOK_ALLOW_PRIVATE_URLS, the URL is checked
+again at each attempt and the client connects only to addresses its resolver checked
+(`GuardedResolver`), so a name re-pointed at a private address (DNS rebinding) gets a failed
+attempt, never a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import random
+import socket
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+import structlog
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+
+from shared import db, metrics, webhook_deliveries, webhook_events, webhook_urls
+from shared.config import Settings
+
+log = structlog.get_logger("tidings.webhooks")
+
+# Of an answer, this much is read (for the log's excerpt) before the connection is closed:
+# a receiver answering 5 MB costs 64 KiB.
+MAX_RESPONSE_BYTES = 64 * 1024
+# What of the answer's body is kept in `last_error`.
+ERROR_EXCERPT_CHARS = 300
+# Each retry's delay is stretched by up to this fraction, so that a burst that failed together
+# does not retry together.
+JITTER = 0.1
+# Claims per statement at most.
+CLAIM_BATCH = 100
+# With nothing due, the task looks at Postgres this often (and whenever a request ends).
+IDLE_POLL_S = 0.25
+ERROR_BACKOFF_S = 1.0
+# The backlog and events gauges are sampled this often.
+SAMPLE_EVERY_S = 15.0
+# The task's own Postgres pool: claims and outcome writes only (never held during a request).
+POOL_MAX_SIZE = 4
+USER_AGENT = "tidings-webhooks/1"
+SESSION = {"synchronous_commit": "off"}  # a lost write re-sends an event: at-least-once anyway
+
+
+class RefusedTarget(OSError):
+    """A webhook host resolved to an address tidings does not post to."""
+
+
+class GuardedResolver(AbstractResolver):
+    """aiohttp's resolver, refusing a name any of whose addresses is not public: the client
+    connects to the addresses returned here, so what was checked is what is connected to."""
+
+    def __init__(self) -> None:
+        self._inner = DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        infos = await self._inner.resolve(host, port, family)
+        for info in infos:
+            kind = webhook_urls.refused_kind(ipaddress.ip_address(info["host"]))
+            if kind is not None:
+                raise RefusedTarget(f"{host} resolves to a {kind} address, {info['host']}")
+        return infos
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+class Attempt:
+    """How one request ended."""
+
+    __slots__ = ("error", "response_status")
+
+    def __init__(self, response_status: int | None, error: str | None) -> None:
+        self.response_status = response_status
+        self.error = error
+
+    @property
+    def succeeded(self) -> bool:
+        return self.error is None
+
+
+async def _read_bounded(content: aiohttp.StreamReader, limit_bytes: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit_bytes:
+        chunk = await content.read(limit_bytes - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def _excerpt(raw: bytes) -> str:
+    text = " ".join(raw[: ERROR_EXCERPT_CHARS * 4].decode("utf-8", "replace").split())
+    return text[:ERROR_EXCERPT_CHARS]
+
+
+def retry_delay_s(schedule: tuple[float, ...], attempt: int) -> float | None:
+    """The delay before the next attempt after failed attempt number `attempt` (1-based), with
+    up to JITTER more; None when the schedule is used up."""
+    if attempt > len(schedule):
+        return None
+    return schedule[attempt - 1] * (1 + random.uniform(0, JITTER))  # jitter, not a secret
+
+
+class WebhookDeliverer:
+    """The worker's webhook task: `start` it once, `stop` it once."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.capacity = settings.webhook_max_in_flight
+        self._pool: db.Pool | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: dict[asyncio.Task[None], tuple[uuid.UUID, int]] = {}
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._sample_task: asyncio.Task[None] | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.capacity > 0
+
+    async def start(self) -> None:
+        if not self.enabled:
+            log.info("webhook_delivery_off", reason="WEBHOOK_MAX_IN_FLIGHT is 0")
+            return
+        s = self.settings
+        self._pool = await db.create_pool(s.database_url, min_size=1, max_size=POOL_MAX_SIZE, server_settings=SESSION)
+        connector = aiohttp.TCPConnector(
+            resolver=None if s.webhook_allow_private_urls else GuardedResolver(),
+            # Resolved (and checked) again for every new connection: DNS may have changed.
+            use_dns_cache=False,
+            limit=self.capacity,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=s.webhook_timeout_s),
+            headers={"User-Agent": USER_AGENT},
+            # The answer is read only for an excerpt: never inflate what the receiver compressed.
+            auto_decompress=False,
+        )
+        self._loop_task = asyncio.create_task(self._run(), name="webhooks")
+        self._sample_task = asyncio.create_task(self._sample(), name="webhooks-metrics")
+
+    async def stop(self, drain_s: float) -> None:
+        """Stop claiming; give the requests in flight `drain_s`, then give the rest back (due
+        again at once, for any worker) and close the client and the pool."""
+        if not self.enabled:
+            return
+        for task in (self._loop_task, self._sample_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=drain_s)
+        unfinished = list(self._tasks.items())
+        for task, _ in unfinished:
+            task.cancel()
+        if unfinished:
+            await asyncio.gather(*(t for t, _ in unfinished), return_exceptions=True)
+            try:
+                assert self._pool is not None
+                await webhook_deliveries.release(self._pool, [held for _, held in unfinished])
+                log.info("webhook_deliveries_released", deliveries=len(unfinished))
+            except (db.TryAgain, db.Refused) as exc:
+                # Their leases run out and they are retried all the same.
+                log.warning("webhook_release_failed", deliveries=len(unfinished), error=str(exc))
+        if self._session is not None:
+            await self._session.close()
+        if self._pool is not None:
+            await self._pool.close()
+
+    # ---- claiming ----
+
+    async def _run(self) -> None:
+        s = self.settings
+        assert self._pool is not None
+        while True:
+            room = min(self.capacity - len(self._tasks), CLAIM_BATCH)
+            if room > 0:
+                try:
+                    rows = await webhook_deliveries.claim(
+                        self._pool, room, s.webhook_lease_s, s.webhook_endpoint_concurrency
+                    )
+                except (db.TryAgain, db.Refused) as exc:
+                    log.warning("webhook_claim_failed", error=str(exc))
+                    await asyncio.sleep(ERROR_BACKOFF_S)
+                    continue
+                for row in rows:
+                    self._dispatch(row)
+                if len(rows) == room:
+                    await asyncio.sleep(0)
+                    continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(IDLE_POLL_S):
+                    await self._wake.wait()
+
+    def _dispatch(self, row: Any) -> None:
+        task = asyncio.create_task(self._deliver(row))
+        self._tasks[task] = (row["id"], row["attempts"])
+        metrics.WEBHOOK_IN_FLIGHT.set(len(self._tasks))
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.pop(t, None)
+            metrics.WEBHOOK_IN_FLIGHT.set(len(self._tasks))
+            self._wake.set()
+            if not t.cancelled() and t.exception() is not None:
+                log.error("webhook_delivery_crashed", delivery_id=str(row["id"]), error=repr(t.exception()))
+
+        task.add_done_callback(done)
+
+    # ---- one delivery ----
+
+    async def _deliver(self, row: Any) -> None:
+        started = time.monotonic()
+        attempt = await self.post(row)
+        elapsed_s = time.monotonic() - started
+        metrics.WEBHOOK_LATENCY.observe(elapsed_s)
+        await self._record(row, attempt, elapsed_s, deadline=started + self.settings.webhook_lease_s)
+
+    async def post(self, row: Any) -> Attempt:
+        """One signed POST of the claimed delivery `row`; never raises for the receiver's sake."""
+        s = self.settings
+        assert self._session is not None
+        url: str = row["url"]
+        try:
+            parts = webhook_urls.parse(url)
+            literal = webhook_urls.literal_address(parts.hostname or "")
+            if literal is not None and not s.webhook_allow_private_urls:
+                webhook_urls.refuse_address(parts.hostname or "", literal)
+        except webhook_urls.UrlRefused as exc:
+            return Attempt(None, f"refused: url {exc.problem}")
+        body = webhook_events.body(row["type"], row["data"], row["occurred_at"])
+        secrets = [row["secret"]] + ([row["previous_secret"]] if row["previous_secret"] else [])
+        headers = webhook_events.headers(secrets, row["event_id"], int(time.time()), body)
+        try:
+            # The client's total timeout covers connecting and the answer's head; this one the
+            # body read too, whatever the receiver trickles.
+            async with asyncio.timeout(s.webhook_timeout_s):
+                async with self._session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
+                    excerpt = await _read_bounded(resp.content, MAX_RESPONSE_BYTES)
+                    status = resp.status
+                    location = resp.headers.get("Location")
+                    # Never drain the rest of a large answer: drop the connection.
+                    resp.close()
+        except TimeoutError:
+            return Attempt(None, f"no answer within {s.webhook_timeout_s:g} s")
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, RefusedTarget):
+                return Attempt(None, f"refused: {exc.os_error}")
+            return Attempt(None, f"cannot connect: {exc.os_error or exc}"[:500])
+        except (aiohttp.ClientError, OSError) as exc:
+            return Attempt(None, f"{type(exc).__name__}: {exc}"[:500])
+        if 200 <= status < 300:
+            return Attempt(status, None)
+        if 300 <= status < 400:
+            return Attempt(status, f"HTTP {status}: redirect to {location or '(no Location)'} not followed"[:500])
+        text = _excerpt(excerpt)
+        return Attempt(status, f"HTTP {status}" + (f": {text}" if text else ""))
+
+    async def _record(self, row: Any, attempt: Attempt, elapsed_s: float, *, deadline: float) -> None:
+        s = self.settings
+        assert self._pool is not None
+        fields = {
+            "delivery_id": str(row["id"]),
+            "event_id": row["event_id"],
+            "event_type": row["type"],
+            "endpoint_id": str(row["endpoint_id"]),
+            "attempt": row["attempts"],
+            "response_status": attempt.response_status,
+            "duration_ms": round(elapsed_s * 1000, 1),
+        }
+        retry_in_s = None if attempt.succeeded else retry_delay_s(s.webhook_retry_delays_s, row["attempts"])
+        reason = (
+            f"disabled by tidings: every attempt failed for {s.webhook_disable_after_s:g} s "
+            f"(WEBHOOK_DISABLE_AFTER_S); last error: {attempt.error}"
+        )[:1000]
+        while True:
+            try:
+                if attempt.succeeded:
+                    assert attempt.response_status is not None
+                    await webhook_deliveries.record_success(
+                        self._pool, row["id"], row["attempts"], attempt.response_status
+                    )
+                    failure = None
+                else:
+                    failure = await webhook_deliveries.record_failure(
+                        self._pool,
+                        row["id"],
+                        row["attempts"],
+                        response_status=attempt.response_status,
+                        error=attempt.error or "failed",
+                        retry_in_s=retry_in_s,
+                        disable_after_s=s.webhook_disable_after_s,
+                        disabled_reason=reason,
+                    )
+                break
+            except (db.TryAgain, db.Refused) as exc:
+                if isinstance(exc, db.Refused) or time.monotonic() + ERROR_BACKOFF_S >= deadline:
+                    # Its lease runs out and the delivery is attempted again: at-least-once.
+                    log.warning("webhook_outcome_not_written", error=str(exc), **fields)
+                    return
+                await asyncio.sleep(ERROR_BACKOFF_S)
+        if attempt.succeeded:
+            metrics.WEBHOOK_DELIVERIES.labels("succeeded").inc()
+            log.info("webhook_delivered", **fields)
+            return
+        outcome = "retry" if retry_in_s is not None else "failed"
+        metrics.WEBHOOK_DELIVERIES.labels(outcome).inc()
+        log.info(
+            "webhook_attempt_failed",
+            outcome=outcome,
+            error=attempt.error,
+            retry_in_s=None if retry_in_s is None else round(retry_in_s, 2),
+            **fields,
+        )
+        if failure is not None and failure.disabled_now:
+            metrics.WEBHOOK_ENDPOINTS_DISABLED.inc()
+            log.warning("webhook_endpoint_disabled", reason=reason, endpoint_id=fields["endpoint_id"])
+
+    # ---- metrics ----
+
+    async def _sample(self) -> None:
+        assert self._pool is not None
+        while True:
+            try:
+                by_state, by_type = await webhook_deliveries.backlog(self._pool)
+                for state in ("healthy", "failing", "disabled"):
+                    metrics.WEBHOOK_BACKLOG.labels(state).set(by_state.get(state, 0))
+                for event_type in webhook_events.EVENT_TYPES:
+                    metrics.WEBHOOK_EVENTS_RECENT.labels(event_type).set(by_type.get(event_type, 0))
+            except (db.TryAgain, db.Refused) as exc:
+                log.warning("webhook_backlog_sample_failed", error=str(exc))
+            await asyncio.sleep(SAMPLE_EVERY_S)
