@@ -17,7 +17,7 @@ from typing import Any
 
 import asyncpg
 
-from shared import contacts, db, errors, field_errors
+from shared import contacts, db, errors, field_errors, webhook_endpoints
 from shared.domain import Channel, ContactStatus
 from shared.sql import Q
 
@@ -155,6 +155,8 @@ async def redact(pool: asyncpg.Pool, org_id: uuid.UUID, subscriber_id: uuid.UUID
         await conn.execute(Q.erase_messages, message_ids, pattern)
         await conn.execute(Q.erase_message_events, message_ids, pattern)
         await conn.execute(Q.erase_transactionals, message_ids)
+        # Webhook events not yet posted (or posted again) must not quote the addresses either.
+        await webhook_endpoints.erase_addresses(conn, org_id, subscriber_id, message_ids, pattern)
 
         await conn.execute(Q.delete_confirmations_of_contact, subscriber_id)
         await conn.execute(Q.delete_unsubscribe_tokens_of, org_id, subscriber_id, emails)

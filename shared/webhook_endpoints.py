@@ -172,3 +172,12 @@ async def retry(
     if row is None:
         raise errors.NotFound("no such delivery")
     return delivery_json(row)
+
+
+@db.translated
+async def erase_addresses(
+    conn: asyncpg.Connection, org_id: uuid.UUID, contact_id: uuid.UUID, message_ids: list[uuid.UUID], pattern: str
+) -> None:
+    """In a subscriber's redaction (its transaction): its events and its messages' events lose
+    the addresses they quote (`pattern` matches any of them)."""
+    await conn.execute(Q.erase_webhook_events, org_id, contact_id, message_ids, pattern)

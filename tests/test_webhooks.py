@@ -641,3 +641,40 @@ async def test_subscriptions_filter_and_disabled_endpoints_get_nothing(
     assert await hooks.deliveries(org, only_confirmed["id"]) == []
     assert await hooks.deliveries(org, off["id"]) == []
     assert await pool.fetchval("SELECT count(*) FROM webhook_events WHERE org_id = $1", org.id) == 0
+
+
+async def test_redaction_erases_the_addresses_events_quote(
+    client: TestClient[Any, Any], org: Any, hooks: Endpoints, pool: asyncpg.Pool
+) -> None:
+    from tests.transactionals_helpers import make_subscriber
+
+    await hooks.create(org)  # no deliverer runs: the events wait in the outbox
+    to = unique_email("gdpr")
+    sub = await make_subscriber(client, org, email=to, first_name="Greta")
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
+    r = await client.post(
+        "/api/v1/transactionals.json",
+        headers=org.auth("write"),
+        json={"to": to, "subject": "Later", "body": "b", "queue_at": later},
+    )
+    scheduled = await r.json()
+    r = await client.patch(
+        org.path(f"/contacts/{sub['id']}"), headers=org.auth("admin"), json={"status": "unsubscribed"}
+    )
+    assert r.status == 200
+
+    async def quoting() -> list[str]:
+        rows = await pool.fetch("SELECT type, data::text AS data FROM webhook_events WHERE org_id = $1", org.id)
+        return sorted(r["type"] for r in rows if to.lower() in r["data"].lower())
+
+    assert await quoting() == ["contact.unsubscribed"]
+    r = await client.post(f"/api/v1/subscribers/{sub['id']}/redact.json", headers=org.auth("write"))
+    assert r.status == 200
+    types = {r["type"] for r in await pool.fetch("SELECT type FROM webhook_events WHERE org_id = $1", org.id)}
+    # Redaction rejected the scheduled message: its event too was written, and erased.
+    assert types == {"contact.unsubscribed", "message.rejected"}
+    assert await quoting() == []
+    rejected = await pool.fetchval(
+        "SELECT data FROM webhook_events WHERE org_id = $1 AND type = 'message.rejected'", org.id
+    )
+    assert rejected["id"] == scheduled["id"] and rejected["to_address"] is None

@@ -39,6 +39,9 @@ CREATE TABLE webhook_events (
     id text PRIMARY KEY,
     org_id uuid NOT NULL REFERENCES orgs ON DELETE CASCADE,
     type text NOT NULL,
+    -- The message or contact the event is about (NULL for webhook.test): GDPR redaction of a
+    -- subscriber finds and erases the addresses its events quote.
+    subject_id uuid,
     -- What the body's `data` is built from. For message.* events: the message row as it was
     -- (without its content) with the event's status and time; shared/webhook_events.py shapes
     -- it into the message object at delivery.
@@ -48,6 +51,7 @@ CREATE TABLE webhook_events (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX webhook_events_created ON webhook_events (created_at);
+CREATE INDEX webhook_events_subject ON webhook_events (subject_id) WHERE subject_id IS NOT NULL;
 
 CREATE TABLE webhook_deliveries (
     id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
@@ -78,7 +82,7 @@ CREATE INDEX webhook_deliveries_endpoint_recent ON webhook_deliveries (endpoint_
 -- `only_endpoint`, to that endpoint alone, whatever its types: the test route). Returns the
 -- event's id, NULL when no endpoint wants it (and nothing is written).
 CREATE FUNCTION webhook_enqueue(
-    p_org_id uuid, p_type text, p_data jsonb, p_at timestamptz, p_only_endpoint uuid DEFAULT NULL
+    p_org_id uuid, p_type text, p_data jsonb, p_at timestamptz, p_subject_id uuid, p_only_endpoint uuid DEFAULT NULL
 ) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
     v_id text := 'evt_' || replace(gen_random_uuid()::text, '-', '');
@@ -89,7 +93,8 @@ BEGIN
     ) THEN
         RETURN NULL;
     END IF;
-    INSERT INTO webhook_events (id, org_id, type, data, occurred_at) VALUES (v_id, p_org_id, p_type, p_data, p_at);
+    INSERT INTO webhook_events (id, org_id, type, subject_id, data, occurred_at)
+    VALUES (v_id, p_org_id, p_type, p_subject_id, p_data, p_at);
     INSERT INTO webhook_deliveries (event_id, endpoint_id)
     SELECT v_id, e.id FROM webhook_endpoints e
     WHERE e.org_id = p_org_id
@@ -112,6 +117,7 @@ BEGIN
     END IF;
     WITH fresh AS (
         SELECT m.org_id,
+               m.id AS message_id,
                'message.' || n.status::text AS type,
                n.at,
                (to_jsonb(m) - 'content' - 'lease_expires_at' - 'next_attempt_at' - 'queue_at')
@@ -129,8 +135,8 @@ BEGIN
                 AND (cardinality(e.events) = 0 OR 'message.' || n.status::text = ANY (e.events))
           )
     ), created AS (
-        INSERT INTO webhook_events (id, org_id, type, data, occurred_at)
-        SELECT 'evt_' || replace(gen_random_uuid()::text, '-', ''), org_id, type, data, at
+        INSERT INTO webhook_events (id, org_id, type, subject_id, data, occurred_at)
+        SELECT 'evt_' || replace(gen_random_uuid()::text, '-', ''), org_id, type, message_id, data, at
         FROM fresh ORDER BY seq
         RETURNING id, org_id, type
     )
@@ -166,14 +172,16 @@ BEGIN
                 'email', webhook_contact_address(NEW.id, 'email'),
                 'phone', webhook_contact_address(NEW.id, 'whatsapp')
             ),
-            clock_timestamp()
+            clock_timestamp(),
+            NEW.id
         );
     END IF;
     IF NEW.confirmed_at IS NOT NULL AND OLD.confirmed_at IS NULL THEN
         PERFORM webhook_enqueue(
             NEW.org_id, 'subscriber.confirmed',
             jsonb_build_object('contact_id', NEW.id, 'email', webhook_contact_address(NEW.id, 'email')),
-            clock_timestamp()
+            clock_timestamp(),
+            NEW.id
         );
     END IF;
     RETURN NULL;

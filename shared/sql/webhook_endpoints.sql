@@ -47,7 +47,7 @@ RETURNING id;
 
 -- name: enqueue_webhook_test
 -- A webhook.test event for this endpoint alone (the endpoint is the org's: checked by the caller).
-SELECT webhook_enqueue($1, 'webhook.test', jsonb_build_object('endpoint_id', $2::uuid), clock_timestamp(), $2::uuid);
+SELECT webhook_enqueue($1, 'webhook.test', jsonb_build_object('endpoint_id', $2::uuid), clock_timestamp(), NULL, $2::uuid);
 
 -- name: select_webhook_deliveries_page
 -- An endpoint's delivery log newest first, filtered by status, after the cursor.
@@ -74,3 +74,21 @@ WITH retried AS (
 SELECT r.id, r.event_id, ev.type AS event_type, r.status, r.attempts, r.last_response_status, r.last_error,
        r.next_attempt_at, r.created_at, r.updated_at
 FROM retried r JOIN webhook_events ev ON ev.id = r.event_id;
+
+-- name: erase_webhook_events
+-- GDPR redaction: the events about a subscriber ($2) and its messages ($3) lose the addresses
+-- they quote (any matching $4 in an error or a bounce's diagnostic becomes [redacted]), so that
+-- an event still to be posted, or posted again, carries none.
+UPDATE webhook_events
+SET data = CASE
+    WHEN type LIKE 'message.%' THEN
+        data || jsonb_build_object('to_address', NULL, 'error', regexp_replace(data->>'error', $4, '[redacted]', 'gi'))
+             || CASE WHEN data ? 'bounce'
+                     THEN jsonb_build_object('bounce', jsonb_build_object(
+                         'type', data->'bounce'->'type',
+                         'diagnostic', regexp_replace(data->'bounce'->>'diagnostic', $4, '[redacted]', 'gi')))
+                     ELSE '{}'::jsonb END
+    WHEN type = 'contact.unsubscribed' THEN data || jsonb_build_object('email', NULL, 'phone', NULL)
+    ELSE data || jsonb_build_object('email', NULL)
+END
+WHERE org_id = $1 AND (subject_id = $2 OR subject_id = ANY ($3::uuid[]));
