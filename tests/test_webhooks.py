@@ -30,7 +30,7 @@ from tests.test_bounce_server import bounce_server, deliver_report, report, sent
 from tests.test_whatsapp_webhooks import payload as wa_payload
 from tests.test_whatsapp_webhooks import post as wa_post
 from tests.test_whatsapp_webhooks import status as wa_status
-from tests.webhook_support import Endpoints, Receiver, answer, deliverer, hold, receiver, redirect, slow
+from tests.webhook_support import Endpoints, Receiver, answer, deliverer, hang_up, hold, receiver, redirect, slow
 
 
 @pytest.fixture
@@ -277,14 +277,26 @@ async def test_a_receiver_failing_twice_gets_the_third_attempt_with_the_same_id(
 ) -> None:
     made = await hooks.create(org, "flaky")
     hooks.receiver.plan("flaky", answer(500, b"boom"), answer(500, b"boom again"))
+    retries_before = _sample("tidings_webhook_deliveries_total", {"outcome": "retry"})
+    successes_before = _sample("tidings_webhook_deliveries_total", {"outcome": "succeeded"})
     event_id = await send_test(client, org, made["id"])
     async with deliverer(settings):
         hits = await hooks.receiver.wait("flaky", 3)
         await eventually(lambda: _status_is(hooks, org, made["id"], event_id, "succeeded"))
+    # The worker's metrics saw it (this process's registry: the deliverer runs here).
+    assert _sample("tidings_webhook_deliveries_total", {"outcome": "retry"}) >= retries_before + 2
+    assert _sample("tidings_webhook_deliveries_total", {"outcome": "succeeded"}) >= successes_before + 1
+    assert _sample("tidings_webhook_delivery_duration_seconds_count", {}) >= 3
     assert [h.webhook_id for h in hits] == [event_id] * 3
     assert len({h.body for h in hits}) == 1  # the same event, re-signed
     d = await delivery_of(hooks, org, made["id"], event_id)
     assert d["attempts"] == 3 and d["last_response_status"] == 200
+
+
+def _sample(name: str, labels: dict[str, str]) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 async def _status_is(hooks: Endpoints, org: Any, endpoint_id: str, event_id: str, status: str) -> bool:
@@ -338,12 +350,14 @@ async def test_huge_and_slow_answers_are_bounded_and_delay_no_other_endpoint(
     huge_fail = await hooks.create(org, "huge-fail")
     huge_ok = await hooks.create(org, "huge-ok")
     sluggish = await hooks.create(org, "sluggish")
+    closer = await hooks.create(org, "closer")
     quick = await hooks.create(org, "quick")
     five_mb = b"z" * (5 * 1024 * 1024)
     hooks.receiver.plan("huge-fail", answer(500, five_mb))
     hooks.receiver.plan("huge-ok", answer(200, five_mb))
     hooks.receiver.plan("sluggish", *[slow(30)] * 4)
-    events = {e["id"]: await send_test(client, org, e["id"]) for e in (huge_fail, huge_ok, sluggish, quick)}
+    hooks.receiver.plan("closer", hang_up())
+    events = {e["id"]: await send_test(client, org, e["id"]) for e in (huge_fail, huge_ok, sluggish, closer, quick)}
     started = time.monotonic()
     async with deliverer(settings, webhook_retry_schedule_s="60", webhook_timeout_s=1.0, webhook_lease_s=3.0):
         await hooks.receiver.wait("quick", 1)
@@ -365,6 +379,8 @@ async def test_huge_and_slow_answers_are_bounded_and_delay_no_other_endpoint(
     assert d["status"] == "succeeded"
     d = await delivery_of(hooks, org, sluggish["id"], events[sluggish["id"]])
     assert d["status"] == "pending" and d["last_error"] == "no answer within 1 s"
+    d = await delivery_of(hooks, org, closer["id"], events[closer["id"]])
+    assert d["status"] == "pending" and d["last_response_status"] is None and d["last_error"], d
     assert time.monotonic() - started < 10
 
 

@@ -66,6 +66,17 @@ def hold(release: asyncio.Event) -> Behaviour:
     return respond
 
 
+def hang_up() -> Behaviour:
+    """Close the connection without answering."""
+
+    async def respond(request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        request.transport.close()
+        return web.Response(status=200)  # never reaches the client
+
+    return respond
+
+
 def slow(seconds: float) -> Behaviour:
     async def respond(request: web.Request) -> web.StreamResponse:
         await asyncio.sleep(seconds)

@@ -62,7 +62,7 @@ CREATE TABLE webhook_deliveries (
     attempts integer NOT NULL DEFAULT 0,
     last_response_status integer,
     last_error text,
-    -- While pending: not before this time.
+    -- While pending: not before this time (while being posted: when its lease runs out).
     next_attempt_at timestamptz DEFAULT now(),
     -- While a worker is posting it: until when it is that worker's; then anyone's again.
     lease_expires_at timestamptz,
@@ -72,6 +72,8 @@ CREATE TABLE webhook_deliveries (
 );
 -- The claim: each endpoint's due deliveries, oldest due first.
 CREATE INDEX webhook_deliveries_due ON webhook_deliveries (endpoint_id, next_attempt_at) WHERE status = 'pending';
+-- The claim's first question, one probe when nothing is due: is anything due at all?
+CREATE INDEX webhook_deliveries_next ON webhook_deliveries (next_attempt_at) WHERE status = 'pending';
 -- The claim's per-endpoint cap: deliveries being posted now.
 CREATE INDEX webhook_deliveries_leased ON webhook_deliveries (endpoint_id, lease_expires_at)
     WHERE status = 'pending' AND lease_expires_at IS NOT NULL;

@@ -2,7 +2,8 @@
 -- Claim up to $1 due deliveries, at most $3 being posted per endpoint at once (across every
 -- worker: an endpoint's row is held while its deliveries are claimed, and a claim that finds
 -- it held skips it), each leased for $2 seconds and counted as an attempt. Endpoints in random
--- order, so that one with a long backlog cannot starve the others. Returns with each what
+-- order, so that one with a long backlog cannot starve the others. A claimed delivery is due
+-- again when its lease runs out (its worker died). Returns with each what
 -- posting it needs: the event, the url and the secrets that sign (the previous one while its
 -- overlap lasts).
 WITH endpoints AS (
@@ -12,6 +13,8 @@ WITH endpoints AS (
                  WHERE b.endpoint_id = e.id AND b.status = 'pending' AND b.lease_expires_at > now()) AS room
     FROM webhook_endpoints e
     WHERE e.enabled
+      -- Evaluated once: with nothing due anywhere, the claim is one index probe.
+      AND EXISTS (SELECT 1 FROM webhook_deliveries n WHERE n.status = 'pending' AND n.next_attempt_at <= now())
       AND EXISTS (SELECT 1 FROM webhook_deliveries d
                   WHERE d.endpoint_id = e.id AND d.status = 'pending' AND d.next_attempt_at <= now()
                     AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= now()))
@@ -30,7 +33,8 @@ WITH endpoints AS (
     LIMIT $1
 ), claimed AS (
     UPDATE webhook_deliveries d
-    SET attempts = d.attempts + 1, lease_expires_at = now() + $2 * interval '1 second', updated_at = now()
+    SET attempts = d.attempts + 1, lease_expires_at = now() + $2 * interval '1 second',
+        next_attempt_at = now() + $2 * interval '1 second', updated_at = now()
     FROM picked
     WHERE d.id = picked.id
     RETURNING d.id, d.event_id, d.endpoint_id, d.attempts, d.created_at, picked.url, picked.secret, picked.previous_secret
@@ -85,7 +89,7 @@ SELECT id, disable AS disabled_now, failing_since FROM before;
 -- A stopping worker gives back the deliveries it did not finish: due again at once, their
 -- attempt still counted (it may have reached the endpoint).
 UPDATE webhook_deliveries d
-SET lease_expires_at = NULL, updated_at = now()
+SET lease_expires_at = NULL, next_attempt_at = now(), updated_at = now()
 FROM unnest($1::uuid[], $2::int[]) AS c(id, attempts)
 WHERE d.id = c.id AND d.attempts = c.attempts AND d.status = 'pending';
 
