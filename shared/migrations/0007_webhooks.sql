@@ -117,25 +117,31 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM webhook_endpoints WHERE enabled) THEN
         RETURN NULL;
     END IF;
-    WITH fresh AS (
+    WITH relevant AS (
+        SELECT n.id AS seq, n.message_id, n.status, n.at, n.detail
+        FROM new_message_events n
+        WHERE n.status IN ('sent', 'delivered', 'read', 'failed', 'bounced', 'complained', 'rejected')
+    ), fresh AS (
         SELECT m.org_id,
                m.id AS message_id,
-               'message.' || n.status::text AS type,
-               n.at,
+               'message.' || r.status::text AS type,
+               r.at,
                (to_jsonb(m) - 'content' - 'lease_expires_at' - 'next_attempt_at' - 'queue_at')
-                   || jsonb_build_object('status', n.status, 'updated_at', n.at)
-                   || CASE WHEN n.status = 'bounced'
-                           THEN jsonb_build_object('bounce', jsonb_build_object('type', 'hard', 'diagnostic', n.detail))
+                   || jsonb_build_object('status', r.status, 'updated_at', r.at)
+                   || CASE WHEN r.status = 'bounced'
+                           THEN jsonb_build_object('bounce', jsonb_build_object('type', 'hard', 'diagnostic', r.detail))
                            ELSE '{}'::jsonb END AS data,
-               n.id AS seq
-        FROM new_message_events n
-        JOIN messages m ON m.id = n.message_id
-        WHERE n.status IN ('sent', 'delivered', 'read', 'failed', 'bounced', 'complained', 'rejected')
-          AND EXISTS (
-              SELECT 1 FROM webhook_endpoints e
-              WHERE e.org_id = m.org_id AND e.enabled
-                AND (cardinality(e.events) = 0 OR 'message.' || n.status::text = ANY (e.events))
-          )
+               r.seq
+        FROM relevant r
+        -- LATERAL: one primary-key probe per event. The planner has no statistics for a
+        -- transition table and would otherwise hash-join against the whole messages table
+        -- (LIMIT keeps the subquery from being flattened into such a join).
+        CROSS JOIN LATERAL (SELECT * FROM messages WHERE id = r.message_id LIMIT 1) m
+        WHERE EXISTS (
+            SELECT 1 FROM webhook_endpoints e
+            WHERE e.org_id = m.org_id AND e.enabled
+              AND (cardinality(e.events) = 0 OR 'message.' || r.status::text = ANY (e.events))
+        )
     ), created AS (
         INSERT INTO webhook_events (id, org_id, type, subject_id, data, occurred_at)
         SELECT 'evt_' || replace(gen_random_uuid()::text, '-', ''), org_id, type, message_id, data, at
