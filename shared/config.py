@@ -121,7 +121,7 @@ class Settings:
     # Webhook requests one worker has in flight at most (0: this worker delivers no webhooks).
     webhook_max_in_flight: int = 64
     # Requests in flight to one endpoint at most, across every worker.
-    webhook_endpoint_concurrency: int = 4
+    webhook_endpoint_concurrency: int = 8
     # A delivery being posted is its worker's this long; a dead worker's is retried after it.
     webhook_lease_s: float = 60.0
 

@@ -32,9 +32,12 @@ async def claim(pool: db.Pool, limit: int, lease_s: float, per_endpoint: int) ->
     return rows
 
 
-async def record_success(pool: db.Pool, delivery_id: uuid.UUID, attempt: int, response_status: int) -> None:
+async def record_successes(pool: db.Pool, done: Sequence[tuple[uuid.UUID, int, int]]) -> None:
+    """Write attempts that succeeded, together: (delivery id, the claim's attempt, HTTP status)."""
     with db.passing_or_refused():
-        await pool.execute(Q.record_webhook_success, delivery_id, attempt, response_status)
+        await pool.execute(
+            Q.record_webhook_successes, [d for d, _, _ in done], [a for _, a, _ in done], [s for _, _, s in done]
+        )
 
 
 async def record_failure(

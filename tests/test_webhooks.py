@@ -694,3 +694,26 @@ async def test_redaction_erases_the_addresses_events_quote(
         "SELECT data FROM webhook_events WHERE org_id = $1 AND type = 'message.rejected'", org.id
     )
     assert rejected["id"] == scheduled["id"] and rejected["to_address"] is None
+
+
+async def test_a_stopping_worker_gives_back_what_it_did_not_finish(
+    client: TestClient[Any, Any], org: Any, hooks: Endpoints, settings: Settings, pool: asyncpg.Pool
+) -> None:
+    made = await hooks.create(org, "slowpoke")
+    release = asyncio.Event()
+    hooks.receiver.plan("slowpoke", hold(release))
+    event_id = await send_test(client, org, made["id"])
+    async with deliverer(settings, webhook_timeout_s=30.0, webhook_lease_s=60.0):
+        await hooks.receiver.wait("slowpoke", 1)
+    # Stopped with the request unanswered (a 1 s drain): given back, due at once, not in 60 s.
+    row = await pool.fetchrow(
+        "SELECT status, attempts, lease_expires_at, next_attempt_at <= now() AS due FROM webhook_deliveries "
+        "WHERE event_id = $1",
+        event_id,
+    )
+    assert (row["status"], row["attempts"], row["lease_expires_at"], row["due"]) == ("pending", 1, None, True)
+    release.set()
+    async with deliverer(settings):
+        hits = await hooks.receiver.wait("slowpoke", 2)
+        await eventually(lambda: _status_is(hooks, org, made["id"], event_id, "succeeded"))
+    assert {h.webhook_id for h in hits} == {event_id}

@@ -53,8 +53,13 @@ ERROR_EXCERPT_CHARS = 300
 JITTER = 0.1
 # Claims per statement at most.
 CLAIM_BATCH = 100
-# With nothing due, the task looks at Postgres this often (and whenever a request ends).
+# With nothing due, the task looks at Postgres this often (and whenever a request ends, but
+# not more often than every CLAIM_MIN_INTERVAL_S while requests are in flight: requests that
+# end together are refilled by one claim).
 IDLE_POLL_S = 0.25
+CLAIM_MIN_INTERVAL_S = 0.005
+# Successful attempts are written together, at most this long after the first of them.
+SUCCESS_FLUSH_S = 0.005
 ERROR_BACKOFF_S = 1.0
 # The backlog and events gauges are sampled this often.
 SAMPLE_EVERY_S = 15.0
@@ -128,6 +133,45 @@ def retry_delay_s(schedule: tuple[float, ...], attempt: int) -> float | None:
     return schedule[attempt - 1] * (1 + random.uniform(0, JITTER))  # jitter, not a secret
 
 
+class SuccessWriter:
+    """Writes successful attempts in batches (one statement and commit for all that ended within
+    SUCCESS_FLUSH_S); each caller waits for its own write, and gets its failure if it failed."""
+
+    def __init__(self, pool: db.Pool) -> None:
+        self._pool = pool
+        self._waiting: list[tuple[uuid.UUID, int, int, asyncio.Future[None]]] = []
+        self._flush: asyncio.Task[None] | None = None
+
+    async def record(self, delivery_id: uuid.UUID, attempt: int, response_status: int) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((delivery_id, attempt, response_status, done))
+        if self._flush is None or self._flush.done():
+            self._flush = asyncio.create_task(self._write_soon())
+        await done
+
+    async def close(self) -> None:
+        """Let the write under way finish (its callers may be gone: the write still counts)."""
+        if self._flush is not None:
+            with contextlib.suppress(Exception):
+                await self._flush
+
+    async def _write_soon(self) -> None:
+        await asyncio.sleep(SUCCESS_FLUSH_S)
+        batch, self._waiting = self._waiting, []
+        try:
+            await webhook_deliveries.record_successes(self._pool, [(d, a, st) for d, a, st, _ in batch])
+        except BaseException as exc:
+            for *_, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc if isinstance(exc, Exception) else db.TryAgain("stopped"))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for *_, fut in batch:
+            if not fut.done():
+                fut.set_result(None)
+
+
 class WebhookDeliverer:
     """The worker's webhook task: `start` it once, `stop` it once."""
 
@@ -135,6 +179,7 @@ class WebhookDeliverer:
         self.settings = settings
         self.capacity = settings.webhook_max_in_flight
         self._pool: db.Pool | None = None
+        self._successes: SuccessWriter | None = None
         self._session: aiohttp.ClientSession | None = None
         self._tasks: dict[asyncio.Task[None], tuple[uuid.UUID, int]] = {}
         self._wake = asyncio.Event()
@@ -151,6 +196,7 @@ class WebhookDeliverer:
             return
         s = self.settings
         self._pool = await db.create_pool(s.database_url, min_size=1, max_size=POOL_MAX_SIZE, server_settings=SESSION)
+        self._successes = SuccessWriter(self._pool)
         connector = aiohttp.TCPConnector(
             resolver=None if s.webhook_allow_private_urls else GuardedResolver(),
             # Resolved (and checked) again for every new connection: DNS may have changed.
@@ -184,6 +230,9 @@ class WebhookDeliverer:
             task.cancel()
         if unfinished:
             await asyncio.gather(*(t for t, _ in unfinished), return_exceptions=True)
+        if self._successes is not None:
+            await self._successes.close()
+        if unfinished:
             try:
                 assert self._pool is not None
                 await webhook_deliveries.release(self._pool, [held for _, held in unfinished])
@@ -221,6 +270,8 @@ class WebhookDeliverer:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(IDLE_POLL_S):
                     await self._wake.wait()
+            if self._tasks:
+                await asyncio.sleep(CLAIM_MIN_INTERVAL_S)
 
     def _dispatch(self, row: Any) -> None:
         task = asyncio.create_task(self._deliver(row))
@@ -305,10 +356,8 @@ class WebhookDeliverer:
         while True:
             try:
                 if attempt.succeeded:
-                    assert attempt.response_status is not None
-                    await webhook_deliveries.record_success(
-                        self._pool, row["id"], row["attempts"], attempt.response_status
-                    )
+                    assert attempt.response_status is not None and self._successes is not None
+                    await self._successes.record(row["id"], row["attempts"], attempt.response_status)
                     failure = None
                 else:
                     failure = await webhook_deliveries.record_failure(

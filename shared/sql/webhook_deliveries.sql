@@ -43,23 +43,25 @@ SELECT c.id, c.event_id, c.endpoint_id, c.attempts, c.created_at, c.url, c.secre
        ev.type, ev.data, ev.occurred_at
 FROM claimed c JOIN webhook_events ev ON ev.id = c.event_id;
 
--- name: record_webhook_success
--- An attempt answered 2xx: the delivery succeeded, and the endpoint is no longer failing.
--- Fenced by the claim's attempt number ($2): an attempt whose lease ran out and was taken over
--- writes nothing.
+-- name: record_webhook_successes
+-- Attempts that answered 2xx (ids, the claims' attempt numbers, the answers' statuses): the
+-- deliveries succeeded, and their endpoints are no longer failing. Fenced by the attempt
+-- number: an attempt whose lease ran out and was taken over writes nothing.
 WITH done AS (
-    UPDATE webhook_deliveries
-    SET status = 'succeeded', last_response_status = $3, last_error = NULL, next_attempt_at = NULL,
-        lease_expires_at = NULL, updated_at = now()
-    WHERE id = $1 AND attempts = $2 AND status = 'pending'
-    RETURNING endpoint_id
+    UPDATE webhook_deliveries d
+    SET status = 'succeeded', last_response_status = c.response_status, last_error = NULL,
+        next_attempt_at = NULL, lease_expires_at = NULL, updated_at = now()
+    FROM unnest($1::uuid[], $2::int[], $3::int[]) AS c(id, attempts, response_status)
+    WHERE d.id = c.id AND d.attempts = c.attempts AND d.status = 'pending'
+    RETURNING d.endpoint_id
 )
 UPDATE webhook_endpoints e SET failing_since = NULL
-FROM done WHERE e.id = done.endpoint_id AND e.failing_since IS NOT NULL;
+FROM (SELECT DISTINCT endpoint_id FROM done) ok
+WHERE e.id = ok.endpoint_id AND e.failing_since IS NOT NULL;
 
 -- name: record_webhook_failure
 -- An attempt failed ($3: the answer's status, if any; $4: why): pending again after $5
--- seconds, or failed when $5 is NULL (no retry left). Fenced like record_webhook_success. The
+-- seconds, or failed when $5 is NULL (no retry left). Fenced like record_webhook_successes. The
 -- endpoint's failing streak starts now if it was not failing; one that has failed without a
 -- success for $6 seconds is disabled, saying why ($7). Returns whether this disabled it.
 WITH done AS (
