@@ -717,3 +717,24 @@ async def test_a_stopping_worker_gives_back_what_it_did_not_finish(
         hits = await hooks.receiver.wait("slowpoke", 2)
         await eventually(lambda: _status_is(hooks, org, made["id"], event_id, "succeeded"))
     assert {h.webhook_id for h in hits} == {event_id}
+
+
+async def test_one_click_unsubscribe_fires_contact_unsubscribed(
+    client: TestClient[Any, Any], org: Any, hooks: Endpoints, pool: asyncpg.Pool
+) -> None:
+    from shared import unsubscribes
+
+    made = await hooks.create(org, events=["contact.unsubscribed"])
+    email = unique_email("oneclick")
+    r = await client.post(org.path("/contacts"), headers=org.auth("admin"), json={"email": email})
+    contact = await r.json()
+    token = unsubscribes.new_token()
+    await unsubscribes.create_many(pool, [(org.id, uuid.UUID(contact["id"]), token, email)])
+    r = await client.post(f"/unsubscribe/{token}", data="List-Unsubscribe=One-Click")
+    assert r.status == 200, await r.text()
+    # Twice: the contact was already unsubscribed, nothing more happens.
+    r = await client.post(f"/unsubscribe/{token}", data="List-Unsubscribe=One-Click")
+    (d,) = await hooks.deliveries(org, made["id"])
+    assert d["event_type"] == "contact.unsubscribed" and d["status"] == "pending"
+    data = await pool.fetchval("SELECT data FROM webhook_events WHERE id = $1", d["event_id"])
+    assert data == {"contact_id": contact["id"], "email": email, "phone": None}
