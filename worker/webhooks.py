@@ -269,6 +269,10 @@ class WebhookDeliverer:
                     log.warning("webhook_claim_failed", error=str(exc))
                     await asyncio.sleep(ERROR_BACKOFF_S)
                     continue
+                except Exception:  # a bug: logged, and the loop goes on (it must never die)
+                    log.exception("webhook_loop_error")
+                    await asyncio.sleep(ERROR_BACKOFF_S)
+                    continue
                 for row in rows:
                     self._dispatch(row)
                 if len(rows) == room:
@@ -321,9 +325,13 @@ class WebhookDeliverer:
                 webhook_urls.refuse_address(parts.hostname or "", literal)
         except webhook_urls.UrlRefused as exc:
             return Attempt(None, f"refused: url {exc.problem}")
-        body = webhook_events.body(row["type"], row["data"], row["occurred_at"])
-        secrets = [row["secret"]] + ([row["previous_secret"]] if row["previous_secret"] else [])
-        headers = webhook_events.headers(secrets, row["event_id"], int(time.time()), body)
+        try:
+            body = webhook_events.body(row["type"], row["data"], row["occurred_at"])
+            secrets = [row["secret"]] + ([row["previous_secret"]] if row["previous_secret"] else [])
+            headers = webhook_events.headers(secrets, row["event_id"], int(time.time()), body)
+        except Exception as exc:  # a bug or a stored value it cannot shape: fail it, never loop on it
+            log.exception("webhook_body_failed", delivery_id=str(row["id"]), event_id=row["event_id"])
+            return Attempt(None, f"internal error building the request: {type(exc).__name__}")
         try:
             # The client's total timeout covers connecting and the answer's head; this one the
             # body read too, whatever the receiver trickles.
