@@ -6,8 +6,9 @@
 -- logs a row in message_events (delivery, WhatsApp statuses, bounce reports, sends, cancels):
 -- a statement-level trigger on that table turns the rows that matter into events. Contacts
 -- becoming unsubscribed (page, one-click, API, complaint) or confirmed (double opt-in link)
--- are caught by a row trigger on contacts. Both cost one index probe per statement while no
--- enabled endpoint exists anywhere, and only orgs with a subscribed endpoint pay more.
+-- are caught by a row trigger on contacts, which runs only for a row that just became so.
+-- The message trigger costs one index probe per statement while no enabled endpoint exists
+-- anywhere; only orgs with an enabled endpoint pay more.
 
 CREATE TABLE webhook_endpoints (
     id uuid PRIMARY KEY,
