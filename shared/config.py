@@ -124,6 +124,8 @@ class Settings:
     webhook_endpoint_concurrency: int = 8
     # A delivery being posted is its worker's this long; a dead worker's is retried after it.
     webhook_lease_s: float = 60.0
+    # Events and their deliveries (the delivery log) are kept this long, then deleted.
+    webhook_retention_s: float = 2_592_000.0
 
     log_level: str = "INFO"
     log_format: LogFormat = "json"
@@ -206,7 +208,7 @@ class Settings:
                 f"WEBHOOK_RETRY_SCHEDULE_S must be comma-separated seconds (>= 0), like 5,300,1800, "
                 f"not {self.webhook_retry_schedule_s!r}"
             ) from exc
-        for name in ("webhook_timeout_s", "webhook_disable_after_s", "webhook_lease_s"):
+        for name in ("webhook_timeout_s", "webhook_disable_after_s", "webhook_lease_s", "webhook_retention_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name.upper()} must be a positive number of seconds, not {getattr(self, name)}")
         if self.webhook_secret_overlap_s < 0:

@@ -80,3 +80,12 @@ async def backlog(pool: db.Pool) -> tuple[dict[str, int], dict[str, int]]:
     by_state = {r["label"]: r["n"] for r in rows if r["kind"] == "backlog"}
     by_type = {r["label"]: r["n"] for r in rows if r["kind"] == "events"}
     return by_state, by_type
+
+
+async def prune(pool: db.Pool, retention_s: float, batch: int) -> int:
+    """Delete up to `batch` events and `batch` deliveries older than `retention_s`; returns the
+    larger count (`batch`: there may be more)."""
+    with db.passing_or_refused():
+        row = await pool.fetchrow(Q.prune_webhook_outbox, retention_s, batch)
+    assert row is not None
+    return max(int(row["events"]), int(row["deliveries"]))

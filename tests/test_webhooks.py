@@ -738,3 +738,23 @@ async def test_one_click_unsubscribe_fires_contact_unsubscribed(
     assert d["event_type"] == "contact.unsubscribed" and d["status"] == "pending"
     data = await pool.fetchval("SELECT data FROM webhook_events WHERE id = $1", d["event_id"])
     assert data == {"contact_id": contact["id"], "email": email, "phone": None}
+
+
+async def test_old_events_and_deliveries_are_pruned(
+    client: TestClient[Any, Any], org: Any, hooks: Endpoints, settings: Settings, pool: asyncpg.Pool
+) -> None:
+    made = await hooks.create(org, "old")
+    old_event = await send_test(client, org, made["id"])
+    new_event = await send_test(client, org, made["id"])
+    await pool.execute("UPDATE webhook_events SET created_at = now() - interval '31 days' WHERE id = $1", old_event)
+    await pool.execute(
+        "UPDATE webhook_deliveries SET created_at = now() - interval '31 days' WHERE event_id = $1", old_event
+    )
+    # The worker's task prunes as it starts, and every 15 s after.
+    async with deliverer(settings):
+        await eventually(
+            lambda: pool.fetchval("SELECT count(*) = 0 FROM webhook_deliveries WHERE event_id = $1", old_event)
+        )
+        await hooks.receiver.wait("old", 1)
+    assert await pool.fetchval("SELECT count(*) FROM webhook_events WHERE id = $1", old_event) == 0
+    assert [d["event_id"] for d in await hooks.deliveries(org, made["id"])] == [new_event]

@@ -61,8 +61,11 @@ CLAIM_MIN_INTERVAL_S = 0.002
 # Successful attempts are written together, at most this long after the first of them.
 SUCCESS_FLUSH_S = 0.002
 ERROR_BACKOFF_S = 1.0
-# The backlog and events gauges are sampled this often.
+# The backlog and events gauges are sampled, and old events pruned, this often.
 SAMPLE_EVERY_S = 15.0
+# Rows pruned per statement (several statements per round while there are more).
+PRUNE_BATCH = 5000
+PRUNE_MAX_ROUNDS = 20
 # The task's own Postgres pool: claims and outcome writes only (never held during a request).
 POOL_MAX_SIZE = 4
 USER_AGENT = "tidings-webhooks/1"
@@ -419,6 +422,7 @@ class WebhookDeliverer:
     # ---- metrics ----
 
     async def _sample(self) -> None:
+        # Metrics first, then pruning, every SAMPLE_EVERY_S.
         assert self._pool is not None
         while True:
             try:
@@ -429,4 +433,17 @@ class WebhookDeliverer:
                     metrics.WEBHOOK_EVENTS_RECENT.labels(event_type).set(by_type.get(event_type, 0))
             except (db.TryAgain, db.Refused) as exc:
                 log.warning("webhook_backlog_sample_failed", error=str(exc))
+            await self._prune()
             await asyncio.sleep(SAMPLE_EVERY_S)
+
+    async def _prune(self) -> None:
+        """Events and deliveries past WEBHOOK_RETENTION_S go, a bounded amount per round."""
+        assert self._pool is not None
+        for _ in range(PRUNE_MAX_ROUNDS):
+            try:
+                deleted = await webhook_deliveries.prune(self._pool, self.settings.webhook_retention_s, PRUNE_BATCH)
+            except (db.TryAgain, db.Refused) as exc:
+                log.warning("webhook_prune_failed", error=str(exc))
+                return
+            if deleted < PRUNE_BATCH:
+                return

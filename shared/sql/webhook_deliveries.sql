@@ -107,3 +107,20 @@ WHERE d.status = 'pending'
 GROUP BY 2
 UNION ALL
 SELECT 'events', type, count(*) FROM webhook_events WHERE created_at > now() - interval '5 minutes' GROUP BY type;
+
+-- name: prune_webhook_outbox
+-- Events and deliveries older than $1 seconds go (the delivery log keeps that long), at most
+-- $2 of each per statement. A delivery still pending then (its endpoint disabled for that
+-- long) goes too.
+WITH events AS (
+    DELETE FROM webhook_events
+    WHERE id IN (SELECT id FROM webhook_events WHERE created_at < now() - $1::float8 * interval '1 second' LIMIT $2)
+    RETURNING 1
+), deliveries AS (
+    DELETE FROM webhook_deliveries
+    WHERE id IN (
+        SELECT id FROM webhook_deliveries WHERE created_at < now() - $1::float8 * interval '1 second' LIMIT $2
+    )
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM events) AS events, (SELECT count(*) FROM deliveries) AS deliveries;
