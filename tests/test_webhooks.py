@@ -758,3 +758,19 @@ async def test_old_events_and_deliveries_are_pruned(
         await hooks.receiver.wait("old", 1)
     assert await pool.fetchval("SELECT count(*) FROM webhook_events WHERE id = $1", old_event) == 0
     assert [d["event_id"] for d in await hooks.deliveries(org, made["id"])] == [new_event]
+
+
+def test_settings_are_checked_at_start() -> None:
+    assert Settings().webhook_retry_delays_s == (5, 300, 1800, 7200, 18000, 36000, 36000)
+    assert Settings.from_env({"WEBHOOK_RETRY_SCHEDULE_S": "1, 2.5"}).webhook_retry_delays_s == (1, 2.5)
+    for env, named in (
+        ({"WEBHOOK_RETRY_SCHEDULE_S": "5,soon"}, "WEBHOOK_RETRY_SCHEDULE_S"),
+        ({"WEBHOOK_RETRY_SCHEDULE_S": "5,-1"}, "WEBHOOK_RETRY_SCHEDULE_S"),
+        ({"WEBHOOK_TIMEOUT_S": "0"}, "WEBHOOK_TIMEOUT_S"),
+        ({"WEBHOOK_LEASE_S": "10", "WEBHOOK_TIMEOUT_S": "15"}, "WEBHOOK_LEASE_S"),
+        ({"WEBHOOK_MAX_IN_FLIGHT": "-1"}, "WEBHOOK_MAX_IN_FLIGHT"),
+        ({"WEBHOOK_ENDPOINT_CONCURRENCY": "0"}, "WEBHOOK_ENDPOINT_CONCURRENCY"),
+        ({"WEBHOOK_SECRET_OVERLAP_S": "-5"}, "WEBHOOK_SECRET_OVERLAP_S"),
+    ):
+        with pytest.raises(ValueError, match=named):
+            Settings.from_env(env)
