@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 # Importing the route modules registers their routes (see api.routing.route).
-from api import docs, health, whatsapp_webhooks  # noqa: F401
+from api import console, docs, health, whatsapp_webhooks  # noqa: F401
 from api.auth import KeyCache
 from api.broadcasts import broadcasts, contacts, messages, send  # noqa: F401
 from api.middleware import request_middleware
@@ -32,6 +32,8 @@ SEND_POOL_SIZE = 3
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[request_middleware], client_max_size=WEBHOOK_MAX_BODY_BYTES)
     add_routes(app)
+    # The console (/console/): server-rendered pages over the same domain code (api/console).
+    console.setup(app)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         pool = await db.create_pool(

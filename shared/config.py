@@ -111,6 +111,9 @@ class Settings:
     # Set by `tidings dev` for the processes it starts: a local stack, where http links are fine.
     tidings_dev: bool = False
 
+    # The console (/console/): a browser session ends this long after its sign-in (12 h).
+    console_session_s: float = 43200.0
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read every field from its upper-cased environment variable, converting by the field's type."""
@@ -169,6 +172,7 @@ class Settings:
             "http_header_timeout_s",
             "http_body_timeout_s",
             "http_keepalive_timeout_s",
+            "console_session_s",
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name.upper()} must be a positive number of seconds, not {getattr(self, name)}")

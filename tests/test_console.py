@@ -1,0 +1,263 @@
+"""The console in a real browser (Debian's Chromium driven by Playwright) against the real
+stack: the api app on a real port, the real worker, the session's SMTP server.
+
+Screenshots of every page go to .screenshots/ (ignored by git)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import re
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from shared import orgs
+from tests.helpers import make_broadcast, unique_email
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SHOTS = ROOT / ".screenshots"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+TIMEOUT_MS = 10_000
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
+
+    assert pathlib.Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: `make test` installs Debian's chromium"  # noqa: ASYNC240
+    async with async_playwright() as p:
+        # --no-sandbox: Chromium refuses its sandbox when run as root (as CI runs).
+        b = await p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        await b.close()
+
+
+@pytest.fixture
+async def page(browser: Any) -> AsyncIterator[Any]:
+    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(TIMEOUT_MS)
+    pg = await context.new_page()
+    yield pg
+    await context.close()
+
+
+def base(client: TestClient[Any, Any]) -> str:
+    return str(client.make_url("")).rstrip("/")
+
+
+async def shot(page: Any, name: str) -> None:
+    SHOTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+async def sign_in(page: Any, root: str, key: str, wanted: str = "/console/") -> None:
+    await page.goto(root + wanted)
+    await page.get_by_label("API key").fill(key)
+    await page.get_by_role("button", name="Sign in").click()
+    await page.wait_for_url(re.compile(re.escape(root + wanted.split("?")[0]) + r"(\?.*)?$"))
+
+
+async def wait_for_mail(smtp_server: Any, address: str) -> Any:
+    for _ in range(200):
+        for m in smtp_server.messages:
+            if address in m.rcpt_tos:
+                return m
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no mail to {address}")
+
+
+async def test_invent_workflow_end_to_end(page, client, org, worker, smtp_server) -> None:
+    from playwright.async_api import expect
+
+    root = base(client)
+    # Signed out, a page leads to the sign-in form, which remembers it.
+    await page.goto(root + "/console/broadcasts")
+    assert "/console/login?next=%2Fconsole%2Fbroadcasts" in page.url
+    await shot(page, "01-sign-in")
+    # A wrong key: the form again, with one sentence.
+    await page.get_by_label("API key").fill("tdg_not-a-key")
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_role("alert")).to_contain_text("not valid")
+    # A key without the admin scope is refused the same way.
+    await page.get_by_label("API key").fill(org.keys["read,write"])
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_role("alert")).to_contain_text("not valid")
+    await page.get_by_label("API key").fill(org.keys["admin"])
+    await page.get_by_role("button", name="Sign in").click()
+    await page.wait_for_url(root + "/console/broadcasts")
+    cookie = next(c for c in await page.context.cookies() if c["name"] == "tidings_console")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Lax" and cookie["path"] == "/console"
+    for name in ("Broadcasts", "Messages", "Contacts", "Suppressions", "API keys", "Webhooks", "Domains"):
+        await expect(page.get_by_role("link", name=name, exact=True)).to_be_visible()
+
+    # Create a broadcast.
+    await page.get_by_label("Name").fill("Order shipped <b>now</b>")
+    await page.get_by_label("Type").select_option("transactional")
+    await page.get_by_role("button", name="New broadcast").click()
+    await page.wait_for_url(re.compile(r"/console/broadcasts/[0-9a-f-]{36}\?notice=created$"))
+    broadcast_id = page.url.split("/console/broadcasts/")[1].split("?")[0]
+    # Escaped, never markup.
+    await expect(page.get_by_role("heading", level=1)).to_contain_text("Order shipped <b>now</b>")
+    await expect(page.locator("[data-check=ready]")).to_have_class("todo")
+
+    # Variables with a default.
+    await page.get_by_label("Variables, one per line").fill("order_id=A-1000\ncarrier=UPS")
+    await page.get_by_role("button", name="Save variables").click()
+    await expect(page.locator(".notice")).to_contain_text("Variables saved")
+
+    # An email template, previewed live with sample variables as it is typed.
+    await page.get_by_label("Channel", exact=True).select_option("email")
+    await page.get_by_label("From email").fill("shop@invent.test")
+    await page.get_by_label("Subject").fill("Order {{ order_id }} has shipped")
+    await page.get_by_label("HTML body").fill("<p>Hi {{ name }}, order {{ order_id }} left with {{ carrier }}.</p>")
+    await expect(page.locator("#live-preview")).to_contain_text("Order A-1000 has shipped")
+    frame = page.frame_locator("#live-preview iframe")
+    await expect(frame.locator("p")).to_contain_text("Hi Ada Lovelace, order A-1000 left with UPS.")
+    await page.get_by_role("button", name="Add template").click()
+    await expect(page.locator(".notice")).to_contain_text("Template added")
+    await expect(page.locator("[data-check=ready]")).to_have_class("ok")
+    await expect(page.locator("#curl")).to_have_value(re.compile(rf"/orgs/{org.id}/broadcasts/{broadcast_id}/send"))
+    await shot(page, "02-broadcast-draft")
+
+    await page.get_by_role("button", name="Activate").click()
+    await expect(page.locator("#live .banner")).to_contain_text("Active and accepting triggers since")
+
+    # A manual send: delivered to the SMTP server, `manual` in the recipients table, which
+    # refreshes itself (htmx) until the message is sent.
+    email = unique_email("console")
+    await page.get_by_label("Recipient email").fill(email)
+    await page.get_by_label("carrier").fill("DHL")
+    await page.get_by_role("button", name="Send").click()
+    await page.wait_for_url(re.compile(r"\?notice=sent$"))
+    mail = await wait_for_mail(smtp_server, email)
+    assert "DHL" in (mail.html or "") and mail.subject == "Order A-1000 has shipped"
+    row = page.locator("#live tbody tr", has_text=email)
+    await expect(row).to_contain_text("manual")
+    await expect(row).to_contain_text("sent")
+    await expect(page.locator("#live .banner")).to_contain_text("1 message sent across 1 channel")
+    r = await client.get(org.path(f"/broadcasts/{broadcast_id}/recipients"), headers=org.auth("read"))
+    (rec,) = (await r.json())["data"]
+    assert rec["source"] == "manual" and rec["to"] == email
+    await shot(page, "03-broadcast-active")
+
+    # The message's page with its timeline.
+    await row.get_by_role("link").click()
+    await expect(page.locator(".timeline")).to_contain_text("sent")
+    await shot(page, "04-message")
+    await page.go_back()
+
+    # Pause: the API's trigger is refused.
+    await page.get_by_role("button", name="Pause").click()
+    await expect(page.locator("#live .banner")).to_contain_text("Paused")
+    r = await client.post(
+        org.path(f"/broadcasts/{broadcast_id}/send"),
+        headers=org.auth("write"),
+        json={"email": unique_email(), "variables": {"order_id": "X"}},
+    )
+    assert r.status == 409, await r.text()
+    await page.get_by_role("button", name="Resume").click()
+    await expect(page.locator("#live .banner")).to_contain_text("Active")
+
+    # The other rooms.
+    await page.get_by_role("link", name="Messages", exact=True).click()
+    await page.get_by_label("Address").fill(email.split("@")[0])
+    await page.get_by_role("button", name="Search").click()
+    await expect(page.locator("tbody")).to_contain_text(email)
+    await shot(page, "05-messages")
+    await page.get_by_role("link", name="Contacts", exact=True).click()
+    await expect(page.locator("tbody")).to_contain_text(email)
+    await shot(page, "06-contacts")
+    await page.get_by_role("link", name="Suppressions", exact=True).click()
+    blocked = unique_email("blocked")
+    await page.get_by_label("Email").fill(blocked)
+    await page.get_by_role("button", name="Suppress").click()
+    await expect(page.locator("tbody")).to_contain_text(blocked)
+    await shot(page, "07-suppressions")
+    await page.get_by_role("button", name=f"Remove {blocked} from the list").click()
+    await expect(page.locator(".notice")).to_contain_text("off the suppression list")
+    await expect(page.locator("tbody")).not_to_contain_text(blocked)
+    await page.get_by_role("link", name="tidings").click()
+    await expect(page.locator(".chart svg rect.st-sent")).to_have_count(1)
+    await shot(page, "08-overview")
+
+    await page.get_by_role("button", name="Sign out").click()
+    await page.wait_for_url(re.compile(r"/console/login"))
+    await page.goto(root + f"/console/broadcasts/{broadcast_id}")
+    assert "/console/login?next=" in page.url
+
+
+async def test_a_post_without_the_csrf_token_is_refused_and_changes_nothing(page, client, org) -> None:
+    root = base(client)
+    await sign_in(page, root, org.keys["admin"], "/console/broadcasts")
+    before = await client.get(org.path("/broadcasts"), headers=org.auth("read"))
+    r = await page.request.post(root + "/console/broadcasts", form={"name": "csrf", "type": "transactional"})
+    assert r.status == 403
+    r = await page.request.post(
+        root + "/console/broadcasts", form={"name": "csrf", "type": "transactional", "csrf_token": "forged"}
+    )
+    assert r.status == 403
+    after = await client.get(org.path("/broadcasts"), headers=org.auth("read"))
+    assert (await after.json())["data"] == (await before.json())["data"]
+
+
+async def test_another_orgs_broadcast_and_message_answer_404(page, client, org, pool: asyncpg.Pool) -> None:
+    other_id = await orgs.create_org(pool, "other org")
+    other_key = await orgs.create_key(pool, other_id, ["admin", "read", "write"])
+    other = type(org)(id=other_id, keys={"admin,read": other_key, "admin,read,write": other_key})
+    b = await make_broadcast(client, other)
+    root = base(client)
+    await sign_in(page, root, org.keys["admin"], "/console/broadcasts")
+    for path in (f"/console/broadcasts/{b['id']}", f"/console/broadcasts/{uuid.uuid4()}", "/console/broadcasts/x"):
+        response = await page.goto(root + path)
+        assert response.status == 404, path
+    r = await page.request.get(root + f"/console/broadcasts/{b['id']}/live")
+    assert r.status == 404
+
+
+async def test_a_revoked_key_ends_its_sessions(page, client, org, pool: asyncpg.Pool) -> None:
+    key = await orgs.create_key(pool, org.id, ["admin"])
+    root = base(client)
+    await sign_in(page, root, key, "/console/broadcasts")
+    # The tests' KEY_CACHE_TTL_S is 0: the revocation is seen at once.
+    await pool.execute("UPDATE api_keys SET revoked_at = now() WHERE org_id = $1 AND scopes = '{admin}'", org.id)
+    await page.goto(root + "/console/broadcasts")
+    assert "/console/login?next=" in page.url
+
+
+async def test_pages_carry_the_security_headers_and_static_files_are_cached(client) -> None:
+    r = await client.get("/console/login")
+    assert r.status == 200
+    csp = r.headers["Content-Security-Policy"]
+    assert "unsafe-inline" not in csp and "script-src 'self'" in csp
+    html = await r.text()
+    assert "<script>" not in html and "style=" not in html
+    href = re.search(r'href="(/console/static/console\.css\?v=\w+)"', html)
+    assert href is not None
+    s = await client.get(href.group(1))
+    assert s.status == 200 and "immutable" in s.headers["Cache-Control"]
+    assert (await client.get("/console/static/nope.js")).status == 404
+
+
+async def test_sign_in_attempts_are_rate_limited(client) -> None:
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with aiohttp.ClientSession(cookie_jar=jar) as session:
+        url = str(client.make_url("/console/login"))
+        statuses = []
+        for _ in range(22):
+            async with session.get(url) as r:
+                token = re.search(r'name="csrf_token" value="([^"]+)"', await r.text())
+            assert token is not None
+            async with session.post(url, data={"csrf_token": token.group(1), "api_key": "tdg_wrong"}) as r:
+                statuses.append(r.status)
+        # At most SIGN_IN_ATTEMPTS per window: the 11th attempt of this window at the latest is
+        # refused (earlier ones of this test file's sign-ins count too; a window that turns
+        # over meanwhile gives at most ten more).
+        assert set(statuses) <= {401, 429} and 429 in statuses
+        assert statuses.index(429) <= 10
