@@ -19,7 +19,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from shared import orgs
-from tests.helpers import make_broadcast, unique_email
+from tests.helpers import make_broadcast, unique_email, unique_phone
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHOTS = ROOT / ".screenshots"
@@ -52,9 +52,9 @@ def base(client: TestClient[Any, Any]) -> str:
     return str(client.make_url("")).rstrip("/")
 
 
-async def shot(page: Any, name: str) -> None:
+async def shot(page: Any, name: str, *, full_page: bool = True) -> None:
     SHOTS.mkdir(exist_ok=True)
-    await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=full_page)
 
 
 async def sign_in(page: Any, root: str, key: str, wanted: str = "/console/") -> None:
@@ -73,7 +73,7 @@ async def wait_for_mail(smtp_server: Any, address: str) -> Any:
     raise AssertionError(f"no mail to {address}")
 
 
-async def test_invent_workflow_end_to_end(page, client, org, worker, smtp_server) -> None:
+async def test_invent_workflow_end_to_end(page, client, org, worker, smtp_server, wa_sandbox) -> None:
     from playwright.async_api import expect
 
     root = base(client)
@@ -112,6 +112,12 @@ async def test_invent_workflow_end_to_end(page, client, org, worker, smtp_server
     await page.get_by_role("button", name="Save variables").click()
     await expect(page.locator(".notice")).to_contain_text("Variables saved")
 
+    # A template with a field missing: the form again, the problem beside the field, the input kept.
+    await page.get_by_label("Subject").fill("Order {{ order_id }} has shipped")
+    await page.get_by_role("button", name="Add template").click()
+    await expect(page.locator("#t-from_email-err")).to_contain_text("From email: is required")
+    await expect(page.get_by_label("Subject")).to_have_value("Order {{ order_id }} has shipped")
+
     # An email template, previewed live with sample variables as it is typed.
     await page.get_by_label("Channel", exact=True).select_option("email")
     await page.get_by_label("From email").fill("shop@invent.test")
@@ -123,7 +129,18 @@ async def test_invent_workflow_end_to_end(page, client, org, worker, smtp_server
     await page.get_by_role("button", name="Add template").click()
     await expect(page.locator(".notice")).to_contain_text("Template added")
     await expect(page.locator("[data-check=ready]")).to_have_class("ok")
+    # And a WhatsApp template, its parameters previewed too.
+    await page.get_by_label("Channel", exact=True).select_option("whatsapp")
+    await page.get_by_label("Template name").fill("order_shipped")
+    await page.get_by_label("Language").fill("en_US")
+    await page.get_by_label("Category").select_option("utility")
+    await page.get_by_label("Body parameters").fill("{{ order_id }}\n{{ carrier }}")
+    await expect(page.locator("#live-preview ol")).to_contain_text("A-1000")
+    await page.get_by_role("button", name="Add template").click()
+    await expect(page.locator(".notice")).to_contain_text("Template added")
+    await expect(page.locator("article.template")).to_have_count(2)
     await expect(page.locator("#curl")).to_have_value(re.compile(rf"/orgs/{org.id}/broadcasts/{broadcast_id}/send"))
+    await page.locator("article.template iframe").scroll_into_view_if_needed()
     await shot(page, "02-broadcast-draft")
 
     await page.get_by_role("button", name="Activate").click()
@@ -131,8 +148,9 @@ async def test_invent_workflow_end_to_end(page, client, org, worker, smtp_server
 
     # A manual send: delivered to the SMTP server, `manual` in the recipients table, which
     # refreshes itself (htmx) until the message is sent.
-    email = unique_email("console")
+    email, phone = unique_email("console"), unique_phone()
     await page.get_by_label("Recipient email").fill(email)
+    await page.get_by_label("Recipient phone").fill(phone)
     await page.get_by_label("carrier").fill("DHL")
     await page.get_by_role("button", name="Send").click()
     await page.wait_for_url(re.compile(r"\?notice=sent$"))
@@ -141,11 +159,17 @@ async def test_invent_workflow_end_to_end(page, client, org, worker, smtp_server
     row = page.locator("#live tbody tr", has_text=email)
     await expect(row).to_contain_text("manual")
     await expect(row).to_contain_text("sent")
-    await expect(page.locator("#live .banner")).to_contain_text("1 message sent across 1 channel")
+    await expect(page.locator("#live tbody tr", has_text=phone)).to_contain_text("sent")
+    await expect(page.locator("#live .banner")).to_contain_text("2 messages sent across 2 channels")
     r = await client.get(org.path(f"/broadcasts/{broadcast_id}/recipients"), headers=org.auth("read"))
-    (rec,) = (await r.json())["data"]
-    assert rec["source"] == "manual" and rec["to"] == email
+    records = (await r.json())["data"]
+    assert {(m["channel"], m["to"], m["source"]) for m in records} == {
+        ("email", email, "manual"),
+        ("whatsapp", phone, "manual"),
+    }
     await shot(page, "03-broadcast-active")
+    await page.evaluate("window.scrollTo(0, 0)")
+    await shot(page, "03-broadcast-active-top", full_page=False)
 
     # The message's page with its timeline.
     await row.get_by_role("link").click()
@@ -185,6 +209,7 @@ async def test_invent_workflow_end_to_end(page, client, org, worker, smtp_server
     await expect(page.locator("tbody")).not_to_contain_text(blocked)
     await page.get_by_role("link", name="tidings").click()
     await expect(page.locator(".chart svg rect.st-sent")).to_have_count(1)
+    await expect(page.locator(".chart svg > title")).to_contain_text("2 messages in the last 24h")
     await shot(page, "08-overview")
 
     await page.get_by_role("button", name="Sign out").click()

@@ -94,7 +94,13 @@ async def build(
         label = start.strftime("%H:%M") if range_name == "24h" else start.strftime("%a %H:%M")
         bars.append(Bar(round(LEFT + i * slot + 1, 2), round(slot - 2, 2), start, total, segments, label))
     used = [s for s in ORDER if any(seg.status == s for b in bars for seg in b.segments)]
-    ticks = [bars[0], bars[count // 2], bars[-1]]
+    # Three time labels (UTC): the first bar's left edge, the middle, the last bar's right edge.
+    ticks = [
+        (bars[0].x, "start", bars[0].label),
+        (bars[count // 2].x + bars[count // 2].width / 2, "middle", bars[count // 2].label),
+        (bars[-1].x + bars[-1].width, "end", bars[-1].label),
+    ]
+    totals = {status.value: sum(seg.n for b in bars for seg in b.segments if seg.status == status) for status in used}
     return {
         "range": range_name,
         "ranges": list(RANGES),
@@ -103,6 +109,7 @@ async def build(
         "maximum": maximum,
         "total": sum(b.total for b in bars),
         "legend": [s.value for s in used],
+        "totals": totals,
         "width": WIDTH,
         "height": HEIGHT,
         "left": LEFT,
