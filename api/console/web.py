@@ -172,6 +172,13 @@ def forbidden(request: web.Request) -> web.Response:
     )
 
 
+def _holds_nul(request: web.Request, form: MultiDictProxy[Any] | None) -> bool:
+    values = [*request.query.values(), *request.match_info.values()]
+    if form is not None:
+        values.extend(v for v in form.values() if isinstance(v, str))
+    return any("\x00" in v for v in values)
+
+
 PageHandler = Callable[[Page], Awaitable[web.StreamResponse]]
 
 
@@ -190,6 +197,11 @@ def page(fn: PageHandler) -> Callable[[web.Request], Awaitable[web.StreamRespons
             if not same_token(form.get("csrf_token"), session.csrf_token):
                 return forbidden(request)
         p = Page(request, state, session, form)
+        if _holds_nul(request, form):
+            # Postgres text cannot hold it; nothing typed in a browser contains it.
+            return p.render(
+                "error.html", {"title": "Refused", "message": "A field contains the NUL character."}, status=422
+            )
         try:
             return await fn(p)
         except errors.TidingsError as exc:

@@ -454,6 +454,7 @@ def banner(
     assert state.api_key and state.org_id and state.broadcast_id
     rows = [
         ("API", f"{config.api_url}  (reference at {config.api_url}/docs, OpenAPI at /openapi.json)"),
+        ("Console", f"{config.api_url}/console/  (sign in with the API key below)"),
         ("Inbox", f"{inbox_url}  (SMTP on {LOOPBACK}:{config.smtp_port})"),
         ("WhatsApp sandbox", sandbox_url),
         ("Postgres", database_url),
