@@ -54,7 +54,7 @@ CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
 	@if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; \
 	else echo "install Debian's chromium (apt-get install chromium) as root for the console's browser tests" >&2; exit 1; fi; \
-	export DEBIAN_FRONTEND=noninteractive; \
-	$$SUDO apt-get install -y chromium || { $$SUDO apt-get update && $$SUDO apt-get install -y chromium; }
+	APT="$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get"; \
+	$$APT install -y chromium || { $$APT update && $$APT install -y chromium; }
 
 test: $(CHROMIUM)
