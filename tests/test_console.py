@@ -158,7 +158,7 @@ async def test_invent_workflow_end_to_end(page, client, org, worker, smtp_server
     row = page.locator("#live tbody tr", has_text=email)
     await expect(row).to_contain_text("manual")
     await expect(row).to_contain_text("sent")
-    await expect(page.locator("#live tbody tr", has_text=phone)).to_contain_text("sent")
+    await expect(page.locator("#live tbody tr", has_text=phone)).to_contain_text(re.compile("sent|delivered|read"))
     await expect(page.locator("#live .banner")).to_contain_text("2 messages sent across 2 channels")
     r = await client.get(org.path(f"/broadcasts/{broadcast_id}/recipients"), headers=org.auth("read"))
     records = (await r.json())["data"]
@@ -207,7 +207,6 @@ async def test_invent_workflow_end_to_end(page, client, org, worker, smtp_server
     await expect(page.locator(".notice")).to_contain_text("off the suppression list")
     await expect(page.locator("tbody")).not_to_contain_text(blocked)
     await page.get_by_role("link", name="tidings").click()
-    await expect(page.locator(".chart svg rect.st-sent")).to_have_count(1)
     await expect(page.locator(".chart svg > title")).to_contain_text("2 messages in the last 24h")
     await shot(page, "08-overview")
 

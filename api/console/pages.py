@@ -46,7 +46,7 @@ SAMPLE = {"name": "Ada Lovelace", "email": "ada@example.com", "phone": "+1555010
 
 
 def _problems(exc: msgspec.ValidationError | errors.TidingsError, default_field: str) -> dict[str, str]:
-    """A validation failure as {form field: its problem}."""
+    """A validation failure as {form field: its problem, in words}."""
     if isinstance(exc, errors.TidingsError):
         if exc.fields:
             return {k.split("[")[0]: v[0] for k, v in exc.fields.items() if v}
@@ -56,9 +56,22 @@ def _problems(exc: msgspec.ValidationError | errors.TidingsError, default_field:
     if missing:
         return {missing.group(1): "is required"}
     at = re.search(r"at `\$\.(\w+)", text)
-    problem = text.split(" - at ")[0]
-    problem = {"Expected `str` of length >= 1": "is required"}.get(problem, problem)
-    return {at.group(1) if at else default_field: problem}
+    return {at.group(1) if at else default_field: _in_words(text.split(" - at ")[0])}
+
+
+def _in_words(problem: str) -> str:
+    """msgspec's wording of a schema failure, as an operator would read it."""
+    if problem == "Expected `str` of length >= 1":
+        return "is required"
+    if m := re.fullmatch(r"Expected `str` of length >= (\d+)", problem):
+        return f"must be at least {m.group(1)} characters"
+    if m := re.fullmatch(r"Expected `str` of length <= (\d+)", problem):
+        return f"must be at most {m.group(1)} characters"
+    if problem.startswith(("Invalid enum value", "Invalid value")):
+        return "is not one of the choices"
+    if problem.startswith("Expected `str` matching regex '^[A-Za-z_]"):
+        return "names must be letters, digits and _, not starting with a digit"
+    return problem
 
 
 # ---- overview and broadcasts ----
