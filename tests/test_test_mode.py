@@ -198,3 +198,15 @@ async def test_test_and_live_keys_share_the_orgs_rate_budget(client, org, pool, 
         )
         statuses.append(r.status)
     assert statuses == [201, 201, 429]
+
+
+async def test_an_idempotency_key_never_replays_across_modes(client, org, worker) -> None:
+    # The org's keys share its Idempotency-Keys: a test key reusing a live request's key gets
+    # "another request" (422), never the live send's answer.
+    test = await _test_key(client, org)
+    body = {"to": f"ok@{_domain()}", "subject": "Hi", "body": "<p>Hi</p>"}
+    idem = {"Idempotency-Key": f"k-{uuid.uuid4().hex}"}
+    r = await client.post(f"{V1}/transactionals.json", headers={**org.auth("write"), **idem}, json=body)
+    assert r.status == 201
+    r = await client.post(f"{V1}/transactionals.json", headers={**test, **idem}, json=body)
+    assert r.status == 422, await r.text()
