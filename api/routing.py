@@ -139,7 +139,9 @@ def route(
             call = Call(request=request, state=state, key=key, body=decoded, raw_body=raw_body)
             if idempotent and key is not None:
                 _check_idempotency_key(request)
-                return await idempotency.run_once(request, state.pool, key.org_id, raw_body, lambda: fn(call))
+                return await idempotency.run_once(
+                    request, state.pool, key.org_id, raw_body, lambda: fn(call), test=key.test
+                )
             return await fn(call)
 
         ROUTES.append(

@@ -77,10 +77,12 @@ class Acceptor:
         request_id: str | None,
         wait: bool,
         claim: sending.KeyClaim | None = None,
+        test: bool = False,
     ) -> tuple[sending.PreparedSend, bool]:
         """Accept one trigger; returns the send as it stands and whether it is settled (every
         message has its outcome: with `wait`, as reported by the worker within
-        `sync_send_timeout_s`). Raises the error that refused it."""
+        `sync_send_timeout_s`). Raises the error that refused it. `test`: a test key's send,
+        whose messages reach no provider."""
         if claim is not None and claim.committed_send_id is not None:
             # This key's first request committed a send and died before answering: that send
             # is the answer (as it stands now), never a second one.
@@ -100,6 +102,7 @@ class Acceptor:
         )
         if claim is not None:
             prepared.fence = claim.fence
+        prepared.test = test
         return prepared, await self._accept_send(prepared, wait=wait)
 
     async def _accept_send(self, prepared: sending.PreparedSend, *, wait: bool) -> bool:
@@ -142,8 +145,10 @@ class Acceptor:
         *,
         request_id: str | None,
         claim: sending.KeyClaim | None = None,
+        test: bool = False,
     ) -> asyncpg.Record:
-        """Accept one transactional email; returns it as `transactionals.get` reads it."""
+        """Accept one transactional email; returns it as `transactionals.get` reads it. `test`:
+        a test key's, which reaches no provider."""
         if claim is not None and claim.committed_send_id is not None:
             # This key's first request committed the email and died before answering: that
             # email is the answer, never a second one.
@@ -159,6 +164,7 @@ class Acceptor:
             request_id=request_id,
             fence=claim.fence if claim is not None else None,
         )
+        prepared.test = test
         ring = await self._commit(prepared)
         # This API answers once the workers were rung, as it always has (the ring is bounded
         # by doorbell.RING_TIMEOUT_S, and a failed one only means a worker looks later).

@@ -72,11 +72,13 @@ async def search_messages(
     since: dt.datetime | None,
     cursor: str | None,
     limit: int,
+    test: bool,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """An org's messages as the API shows them, newest first, filtered (None: any)."""
+    """An org's messages as the API shows them, newest first, filtered (None: any), of one
+    mode (`test`: a test key's)."""
     after_at, after_id = cursors.decode(cursor)
     rows = await pool.fetch(
-        Q.search_messages, org_id, address, status, channel, broadcast_id, since, after_at, after_id, limit + 1
+        Q.search_messages, org_id, address, status, channel, broadcast_id, since, after_at, after_id, limit + 1, test
     )
     chosen, next_cursor = cursors.split_page(rows, limit)
     return [messages.message_json(r) for r in chosen], next_cursor
@@ -84,11 +86,19 @@ async def search_messages(
 
 @db.translated
 async def counts_over_time(
-    pool: asyncpg.Pool, org_id: uuid.UUID, broadcast_id: uuid.UUID | None, since: dt.datetime, bucket_s: int
+    pool: asyncpg.Pool,
+    org_id: uuid.UUID,
+    broadcast_id: uuid.UUID | None,
+    since: dt.datetime,
+    bucket_s: int,
+    *,
+    test: bool,
 ) -> list[asyncpg.Record]:
-    """(bucket start, status, n) for the messages created since `since`, oldest bucket first;
-    buckets start at `since` and are `bucket_s` long."""
-    rows: list[asyncpg.Record] = await pool.fetch(Q.message_counts_over_time, org_id, broadcast_id, since, bucket_s)
+    """(bucket start, status, n) for the messages (of one mode) created since `since`, oldest
+    bucket first; buckets start at `since` and are `bucket_s` long."""
+    rows: list[asyncpg.Record] = await pool.fetch(
+        Q.message_counts_over_time, org_id, broadcast_id, since, bucket_s, test
+    )
     return rows
 
 

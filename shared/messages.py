@@ -32,13 +32,15 @@ def message_json(row: Mapping[str, Any]) -> dict[str, Any]:
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
         "sent_at": row["sent_at"],
+        "test": row["test"],
     }
 
 
 @db.translated
-async def get(pool: asyncpg.Pool, org_id: uuid.UUID, message_id: uuid.UUID) -> dict[str, Any]:
-    """One message of the org as JSON, with its events oldest first."""
-    row = await pool.fetchrow(Q.select_message, message_id, org_id)
+async def get(pool: asyncpg.Pool, org_id: uuid.UUID, message_id: uuid.UUID, *, test: bool = False) -> dict[str, Any]:
+    """One message of the org as JSON, with its events oldest first; only a test message for
+    `test` (a test key), only a live one otherwise (another mode's is not found)."""
+    row = await pool.fetchrow(Q.select_message, message_id, org_id, test)
     if row is None:
         raise errors.NotFound("no such message")
     out = message_json(row)
@@ -57,11 +59,13 @@ async def recipients_page(
     contact_id: uuid.UUID | None,
     cursor: str | None,
     limit: int,
+    test: bool = False,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """A broadcast's messages as JSON, newest first, filtered (None: any), and the next cursor."""
+    """A broadcast's messages as JSON, newest first, filtered (None: any), and the next cursor;
+    only those of the key's mode (`test`)."""
     after_at, after_id = cursors.decode(cursor)
     rows = await pool.fetch(
-        Q.select_recipients_page, broadcast_id, org_id, status, channel, contact_id, after_at, after_id, limit + 1
+        Q.select_recipients_page, broadcast_id, org_id, status, channel, contact_id, after_at, after_id, limit + 1, test
     )
     chosen, next_cursor = cursors.split_page(rows, limit)
     return [message_json(r) for r in chosen], next_cursor

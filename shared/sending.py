@@ -120,6 +120,8 @@ class PreparedSend:
     # The token behind `{{ unsubscribe_url }}` (written with the send), when a template uses it.
     unsubscribe: tuple[str, str] | None = None  # (token, the email address it names or "")
     fence: KeyFence | None = None
+    # Made with a test key: its messages never reach a provider (worker/channels/testmode.py).
+    test: bool = False
 
     @property
     def queued(self) -> list[Record]:
@@ -153,6 +155,7 @@ def record_json(public_base: str, send: PreparedSend, r: Record) -> dict[str, An
         "external_message_id": r.external_message_id,
         "error": r.error,
         "status_url": status_url(public_base, send.org_id, r.id),
+        "test": send.test,
     }
 
 
@@ -384,6 +387,7 @@ async def commit_many(pool: asyncpg.Pool, sends: list[PreparedSend]) -> list[err
                 [fence.org_id for _, fence in fenced],
                 [fence.key for _, fence in fenced],
                 [fence.holder for _, fence in fenced],
+                [s.test for s in sends for _ in s.records],
             )
     except db.UNREACHABLE:
         if not statement_sent:
@@ -454,6 +458,7 @@ async def load_committed(pool: asyncpg.Pool, org_id: uuid.UUID, send_id: uuid.UU
         source="api",
         request_id=None,
         variables={},
+        test=first["test"],
         records=[
             Record(
                 id=r["id"],

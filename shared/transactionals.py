@@ -284,6 +284,8 @@ class PreparedTransactional:
     confirmation_token: str | None
     unsubscribe_token: str | None
     fence: sending.KeyFence | None = None
+    # Made with a test key: never reaches a provider (worker/channels/testmode.py).
+    test: bool = False
     # The transactional as accepted (read back in the commit's transaction).
     row: asyncpg.Record | None = None
 
@@ -402,7 +404,7 @@ async def _commit(pool: asyncpg.Pool, sends: list[PreparedTransactional]) -> lis
 
 
 async def _read_back(pool: asyncpg.Pool, p: PreparedTransactional) -> asyncpg.Record | None:
-    return await sending.after_lost_commit(lambda: get(pool, p.org_id, p.message_id))
+    return await sending.after_lost_commit(lambda: get(pool, p.org_id, p.message_id, test=p.test))
 
 
 async def _write(conn: asyncpg.Connection, p: PreparedTransactional) -> bool:
@@ -435,6 +437,7 @@ async def _write(conn: asyncpg.Connection, p: PreparedTransactional) -> bool:
         p.rejection,
         p.content,
         req.queue_at if p.status == MessageStatus.scheduled else None,
+        p.test,
     )
     await conn.execute(Q.insert_events, [p.message_id], [p.status], [p.rejection])
     await conn.execute(
@@ -456,7 +459,7 @@ async def _write(conn: asyncpg.Connection, p: PreparedTransactional) -> bool:
     # Read back inside the transaction: the answer is the transactional as accepted
     # (queued, scheduled or rejected), known as soon as the commit is, and not
     # whichever step a fast worker has reached meanwhile.
-    p.row = await conn.fetchrow(Q.select_transactional, p.message_id, p.org_id)
+    p.row = await conn.fetchrow(Q.select_transactional, p.message_id, p.org_id, p.test)
     return True
 
 
@@ -465,13 +468,17 @@ async def get_by_send(pool: asyncpg.Pool, org_id: uuid.UUID, send_id: uuid.UUID)
     """The transactional a committed send made (a retry that took its Idempotency-Key over answers with it)."""
     for message in await pool.fetch(Q.select_sends_messages, [send_id]):
         if message["org_id"] == org_id:
-            return await get(pool, org_id, message["id"])
+            return await get(pool, org_id, message["id"], test=message["test"])
     return None
 
 
 @db.translated
-async def get(pool: asyncpg.Pool, org_id: uuid.UUID, transactional_id: uuid.UUID) -> asyncpg.Record | None:
-    return await pool.fetchrow(Q.select_transactional, transactional_id, org_id)
+async def get(
+    pool: asyncpg.Pool, org_id: uuid.UUID, transactional_id: uuid.UUID, *, test: bool = False
+) -> asyncpg.Record | None:
+    """One transactional of the org; only a test one for `test` (a test key), only a live one
+    otherwise: the two modes never see each other's messages."""
+    return await pool.fetchrow(Q.select_transactional, transactional_id, org_id, test)
 
 
 def status_url(public_base: str, transactional_id: object) -> str:
@@ -494,6 +501,7 @@ def transactional_json(row: Mapping[str, Any], public_base: str) -> dict[str, An
         "status": row["status"],
         "error": row["error"],
         "status_url": status_url(public_base, row["id"]),
+        "test": row["test"],
     }
     if row["double_opt_in"]:
         out.update(_confirmation_fields(row, public_base))

@@ -15,6 +15,7 @@ from shared.domain import Channel
 from shared.redis_keys import RedisKeys
 from worker.channels.base import DeliveryChannel
 from worker.channels.email import EmailChannel
+from worker.channels.testmode import TestModeChannel
 from worker.channels.whatsapp import WhatsAppChannel
 from worker.outcomes import OutcomeWriter
 from worker.render_sandbox import RenderPool
@@ -34,6 +35,8 @@ class WorkerContext:
     keys: RedisKeys
     # Each kind of message is sent through its own channel; the pipeline knows no other.
     channels: Mapping[Channel, DeliveryChannel[Any]]
+    # Where a test key's messages go instead, whatever their kind (nothing leaves the process).
+    test_channel: DeliveryChannel[Any] = dataclasses.field(default_factory=TestModeChannel)
     # Concurrent deliveries share their outcome writes (one statement and commit per batch),
     # retried until written (worker/outcomes.py).
     outcomes: OutcomeWriter = dataclasses.field(init=False)

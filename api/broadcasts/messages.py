@@ -22,7 +22,9 @@ TAG = "monitoring"
     response=schemas.MessageOut,
 )
 async def get_message(call: Call[None]) -> web.Response:
-    return json_response(await messages.get(call.state.pool, call.org_id, call.path_uuid("message_id")))
+    key = call.key
+    assert key is not None
+    return json_response(await messages.get(call.state.pool, call.org_id, call.path_uuid("message_id"), test=key.test))
 
 
 def _enum_filter(raw: str | None, allowed: type[MessageStatus] | type[Channel], field: str) -> str | None:
@@ -66,5 +68,6 @@ async def list_recipients(call: Call[None]) -> web.Response:
         contact_id=contact_id,
         cursor=q.get("cursor"),
         limit=limit,
+        test=call.key is not None and call.key.test,
     )
     return json_response({"data": page, "next_cursor": next_cursor})

@@ -39,6 +39,7 @@ async def send(call: Call[schemas.SendRequest]) -> web.Response:
         request_id=call.request[REQUEST_ID],
         wait=not background,
         claim=idempotency.claim_of(call.request),
+        test=call.key is not None and call.key.test,
     )
     status = 200 if settled and not background else 202
     return json_response(sending.send_json(state.settings.public_base, accepted), status=status)

@@ -61,14 +61,20 @@ def parse_range(raw: str | None) -> str:
 
 
 async def build(
-    pool: db.Pool, org_id: uuid.UUID, broadcast_id: uuid.UUID | None, range_name: str, now: dt.datetime | None = None
+    pool: db.Pool,
+    org_id: uuid.UUID,
+    broadcast_id: uuid.UUID | None,
+    range_name: str,
+    *,
+    test: bool,
+    now: dt.datetime | None = None,
 ) -> dict[str, Any]:
     bucket_s, count = RANGES[range_name]
     now = now or dt.datetime.now(dt.UTC)
     # Buckets aligned to their length (whole hours, whole 6-hour blocks), the last holding now.
     epoch = int(now.timestamp()) // bucket_s * bucket_s
     since = dt.datetime.fromtimestamp(epoch - (count - 1) * bucket_s, dt.UTC)
-    rows = await console.counts_over_time(pool, org_id, broadcast_id, since, bucket_s)
+    rows = await console.counts_over_time(pool, org_id, broadcast_id, since, bucket_s, test=test)
     per_bucket: dict[int, dict[str, int]] = {}
     for r in rows:
         index = int((r["bucket"] - since).total_seconds()) // bucket_s

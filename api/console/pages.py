@@ -18,8 +18,8 @@ from api.broadcasts.broadcasts import template_body
 from api.console import chart
 from api.console.web import Page, page, redirect
 from api.middleware import REQUEST_ID
-from shared import broadcasts, console, errors, messages, sending, suppressions, templating
-from shared.domain import BUILTIN_VARIABLES, BroadcastStatus, Channel, MessageStatus
+from shared import broadcasts, console, errors, messages, orgs, sending, suppressions, templating
+from shared.domain import BUILTIN_VARIABLES, BroadcastStatus, Channel, KeyMode, MessageStatus
 from shared.field_errors import FieldErrors
 
 PAGE_SIZE = 50
@@ -41,6 +41,7 @@ NOTICES = {
     "sent": "Sent. The recipients table below shows the message as it goes.",
     "suppressed": "The address is on the suppression list.",
     "unsuppressed": "The address is off the suppression list.",
+    "revoked": "The key is revoked: the API refuses it from now on (every api process within KEY_CACHE_TTL_S).",
 }
 SAMPLE = {"name": "Ada Lovelace", "email": "ada@example.com", "phone": "+15550100"}
 
@@ -85,7 +86,7 @@ async def overview(p: Page) -> web.StreamResponse:
         "overview.html",
         {
             "nav": "overview",
-            "chart": await chart.build(p.state.pool, p.org_id, None, range_name),
+            "chart": await chart.build(p.state.pool, p.org_id, None, range_name, test=p.test),
             "recent": recent,
         },
     )
@@ -180,6 +181,7 @@ async def _live(p: Page, b: dict[str, Any]) -> dict[str, Any]:
         contact_id=None,
         cursor=None,
         limit=RECIPIENTS_SHOWN,
+        test=p.test,
     )
     return {"banner": _banner(b), "recipients": rows}
 
@@ -210,7 +212,7 @@ async def _broadcast_page(
             ),
             "live": await _live(p, b),
             "chart": await chart.build(
-                p.state.pool, p.org_id, broadcast_id, chart.parse_range(p.request.query.get("range"))
+                p.state.pool, p.org_id, broadcast_id, chart.parse_range(p.request.query.get("range")), test=p.test
             ),
             "notice": notice,
             "problems": problems or {},
@@ -377,7 +379,13 @@ async def manual_send(p: Page) -> web.StreamResponse:
             sending.Trigger,
         )
         await p.state.acceptor.trigger(
-            p.org_id, broadcast_id, trigger, source="manual", request_id=p.request[REQUEST_ID], wait=False
+            p.org_id,
+            broadcast_id,
+            trigger,
+            source="manual",
+            request_id=p.request[REQUEST_ID],
+            wait=False,
+            test=p.test,
         )
     except (msgspec.ValidationError, errors.ValidationFailed, errors.Conflict) as exc:
         return await _broadcast_page(
@@ -420,6 +428,7 @@ async def message_search(p: Page) -> web.StreamResponse:
         since=dt.datetime.now(dt.UTC) - SINCE[filters["since"]] if filters["since"] else None,
         cursor=q.get("cursor"),
         limit=PAGE_SIZE,
+        test=p.test,
     )
     return p.render(
         "messages.html",
@@ -439,7 +448,7 @@ async def message_search(p: Page) -> web.StreamResponse:
 
 @page
 async def message_show(p: Page) -> web.StreamResponse:
-    m = await messages.get(p.state.pool, p.org_id, p.path_uuid("message_id"))
+    m = await messages.get(p.state.pool, p.org_id, p.path_uuid("message_id"), test=p.test)
     return p.render("message.html", {"nav": "messages", "m": m})
 
 
@@ -501,3 +510,62 @@ async def suppression_add(p: Page) -> web.StreamResponse:
 async def suppression_remove(p: Page) -> web.StreamResponse:
     await suppressions.remove(p.state.pool, p.org_id, p.field("email"))
     return redirect("/console/suppressions?notice=unsuppressed")
+
+
+# ---- API keys ----
+
+
+async def _key_list(
+    p: Page, *, problems: dict[str, str] | None = None, inputs: dict[str, Any] | None = None, status: int = 200
+) -> web.Response:
+    rows, next_cursor = await orgs.keys_page(
+        p.state.pool, p.org_id, cursor=p.request.query.get("cursor"), limit=PAGE_SIZE
+    )
+    return p.render(
+        "keys.html",
+        {
+            "nav": "keys",
+            "keys": rows,
+            "next_cursor": next_cursor,
+            "current_key_id": p.key.key_id,
+            "problems": problems or {},
+            "input": inputs or {"name": "", "scopes": ["read", "write"], "mode": "live"},
+            "scopes": ["read", "write", "admin"],
+            "modes": ["live", "test"],
+            "notice": NOTICES.get(p.request.query.get("notice", "")),
+        },
+        status=status,
+    )
+
+
+@page
+async def key_list(p: Page) -> web.StreamResponse:
+    return await _key_list(p)
+
+
+@page
+async def key_create(p: Page) -> web.StreamResponse:
+    """Create a key as the keys API does; the key is on this answer's page only (never stored,
+    never shown again: the page is not cached, and a reload would post a new key)."""
+    assert p.form is not None
+    scopes = [s for s in p.form.getall("scopes", []) if isinstance(s, str)]
+    inputs = {"name": p.field("name"), "scopes": scopes, "mode": p.field("mode")}
+    try:
+        body = msgspec.convert(
+            {"name": p.field("name") or None, "scopes": scopes, "mode": p.field("mode") or "live"}, schemas.KeyCreate
+        )
+    except msgspec.ValidationError as exc:
+        return await _key_list(p, problems=_problems(exc, "name"), inputs=inputs, status=422)
+    created = await orgs.create_key_record(
+        p.state.pool, p.org_id, list(body.scopes), name=body.name, mode=KeyMode(body.mode)
+    )
+    return p.render("key_created.html", {"nav": "keys", "created": created})
+
+
+@page
+async def key_revoke(p: Page) -> web.StreamResponse:
+    key_id = p.path_uuid("key_id")
+    await orgs.revoke_key(p.state.pool, p.org_id, key_id)
+    # This process refuses it at once; the others within KEY_CACHE_TTL_S (as the API's revoke).
+    p.state.key_cache.forget(key_id)
+    return redirect("/console/keys?notice=revoked")

@@ -88,6 +88,9 @@ def setup(app: web.Application) -> None:
     r.add_get("/console/suppressions", pages.suppression_list)
     r.add_post("/console/suppressions", pages.suppression_add)
     r.add_post("/console/suppressions/remove", pages.suppression_remove)
+    r.add_get("/console/keys", pages.key_list)
+    r.add_post("/console/keys", pages.key_create)
+    r.add_post("/console/keys/{key_id}/revoke", pages.key_revoke)
 
 
 async def _to_root(request: web.Request) -> web.Response:

@@ -22,6 +22,7 @@ from api import errors as http_errors
 from api.auth import AuthKey
 from api.state import STATE, State
 from shared import console, errors, keys, orgs
+from shared.domain import KeyMode
 
 COOKIE = "tidings_console"
 # The sign-in form's CSRF token, before there is a session: a double-submit cookie.
@@ -52,6 +53,9 @@ class Page:
     request: web.Request
     state: State
     session: console.Session
+    # The key the session was opened with: a test key's console sees and sends test messages
+    # only, as the key does on the API.
+    key: AuthKey
     form: MultiDictProxy[Any] | None
 
     @property
@@ -69,8 +73,17 @@ class Page:
         value = self.form.get(name, "") if self.form is not None else ""
         return value.strip() if isinstance(value, str) else ""
 
+    @property
+    def test(self) -> bool:
+        return self.key.test
+
     def render(self, template: str, context: Mapping[str, Any], *, status: int = 200) -> web.Response:
-        return render(self.request, template, {**context, "csrf_token": self.session.csrf_token}, status=status)
+        return render(
+            self.request,
+            template,
+            {**context, "csrf_token": self.session.csrf_token, "test_mode": self.key.test},
+            status=status,
+        )
 
 
 def render(request: web.Request, template: str, context: Mapping[str, Any], *, status: int = 200) -> web.Response:
@@ -127,6 +140,7 @@ async def live_key(state: State, key_hash: bytes) -> AuthKey | None:
             scopes=frozenset(row["scopes"]),
             rate_limit_requests=row["rate_limit_requests"],
             rate_limit_window_s=row["rate_limit_window_s"],
+            mode=KeyMode(row["mode"]),
         )
     )
     state.key_cache.put(key_hash, value)
@@ -141,7 +155,9 @@ async def key_for_sign_in(state: State, api_key: str) -> AuthKey | None:
     return key if key is not None and "admin" in key.scopes else None
 
 
-async def current_session(request: web.Request, state: State) -> console.Session | None:
+async def current_session(request: web.Request, state: State) -> tuple[console.Session, AuthKey] | None:
+    """The request's session and the key it acts with, or None (signed out, expired, or the
+    key revoked: then the session row goes too)."""
     token = request.cookies.get(COOKIE, "")
     if not token or not token.isascii() or len(token) > 100:
         return None
@@ -152,7 +168,7 @@ async def current_session(request: web.Request, state: State) -> console.Session
     if key is None or key.key_id != session.key_id or "admin" not in key.scopes:
         await console.close_session(state.pool, token)
         return None
-    return session
+    return session, key
 
 
 def same_token(given: object, expected: str) -> bool:
@@ -188,15 +204,16 @@ def page(fn: PageHandler) -> Callable[[web.Request], Awaitable[web.StreamRespons
 
     async def handler(request: web.Request) -> web.StreamResponse:
         state = request.app[STATE]
-        session = await current_session(request, state)
-        if session is None:
+        signed_in = await current_session(request, state)
+        if signed_in is None:
             return to_login(request)
+        session, key = signed_in
         form = None
         if request.method == "POST":
             form = await request.post()
             if not same_token(form.get("csrf_token"), session.csrf_token):
                 return forbidden(request)
-        p = Page(request, state, session, form)
+        p = Page(request, state, session, key, form)
         if _holds_nul(request, form):
             # Postgres text cannot hold it; nothing typed in a browser contains it.
             return p.render(

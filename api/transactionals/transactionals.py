@@ -33,6 +33,7 @@ async def create_transactional(call: Call[schemas.TransactionalCreate]) -> web.R
         call.body,
         request_id=call.request[REQUEST_ID],
         claim=idempotency.claim_of(call.request),
+        test=call.key is not None and call.key.test,
     )
     return json_response(transactionals.transactional_json(row, state.settings.public_base), status=201)
 
@@ -46,7 +47,9 @@ async def create_transactional(call: Call[schemas.TransactionalCreate]) -> web.R
     response=schemas.TransactionalOut,
 )
 async def get_transactional(call: Call[None]) -> web.Response:
-    row = await transactionals.get(call.state.pool, call.org_id, call.path_uuid("id"))
+    key = call.key
+    assert key is not None
+    row = await transactionals.get(call.state.pool, call.org_id, call.path_uuid("id"), test=key.test)
     if row is None:
         raise errors.NotFound("no such transactional email")
     return json_response(transactionals.transactional_json(row, call.state.settings.public_base))

@@ -19,9 +19,10 @@ WHERE token_hash IN (SELECT token_hash FROM console_sessions WHERE expires_at <=
 
 -- name: search_messages
 -- Messages of an org, newest first, filtered (NULL: any): address (substring, case-insensitive),
--- status, channel, broadcast, created since; after the cursor (created_at, id).
+-- status, channel, broadcast, created since; after the cursor (created_at, id); of one mode
+-- ($10: a test key's console sees test messages only).
 SELECT * FROM messages
-WHERE org_id = $1
+WHERE org_id = $1 AND test = $10
   AND ($2::text IS NULL OR to_address ILIKE '%' || $2 || '%')
   AND ($3::message_status IS NULL OR status = $3)
   AND ($4::channel IS NULL OR channel = $4)
@@ -33,10 +34,10 @@ LIMIT $9;
 
 -- name: message_counts_over_time
 -- Messages created since $3 per time bucket of $4 seconds and status, of an org or one of its
--- broadcasts ($2 NULL: all): the console's chart.
+-- broadcasts ($2 NULL: all), of one mode ($5: test): the console's chart.
 SELECT date_bin(make_interval(secs => $4), created_at, $3::timestamptz) AS bucket, status, count(*)::int AS n
 FROM messages
-WHERE org_id = $1 AND ($2::uuid IS NULL OR broadcast_id = $2) AND created_at >= $3
+WHERE org_id = $1 AND ($2::uuid IS NULL OR broadcast_id = $2) AND created_at >= $3 AND test = $5
 GROUP BY 1, 2
 ORDER BY 1;
 

@@ -26,6 +26,29 @@ WITH u AS (
 )
 SELECT id FROM updated;
 
+-- name: record_test_follow_ups
+-- Test mode: right after record_outcomes, in its transaction, a test message just `sent` moves
+-- on to the status its address picked ($2: bounced, complained or delivered; $4 the event's
+-- detail). Only a test message, only from `sent` with this outcome's `test-` id ($3): a write
+-- repeated after an unknown result, or fenced out by a later claim, changes nothing. Never a
+-- suppression nor a contact's status.
+WITH u AS (
+    SELECT * FROM unnest($1::uuid[], $2::message_status[], $3::text[], $4::text[])
+        AS u(id, status, external_message_id, detail)
+), moved AS (
+    UPDATE messages m
+    SET status = u.status,
+        error = CASE WHEN u.status = 'bounced' THEN u.detail ELSE m.error END,
+        updated_at = now()
+    FROM u
+    WHERE m.id = u.id AND m.test AND m.status = 'sent' AND m.external_message_id = u.external_message_id
+    RETURNING m.id, m.status
+), logged AS (
+    INSERT INTO message_events (message_id, status, detail)
+    SELECT moved.id, moved.status, u.detail FROM moved JOIN u ON u.id = moved.id
+)
+SELECT count(*) FROM moved;
+
 -- name: reclaim_expired_leases
 -- Messages whose worker died mid-send go back to queued (and are logged) so they are retried;
 -- one that has had $1 attempts already fails instead (a message that kills its worker, or
@@ -76,9 +99,10 @@ SELECT count(*) FROM released;
 -- name: claim_due
 -- Claim up to $1 messages whose time has come, oldest due first (queued or scheduled ->
 -- sending, attempts + 1, a lease of $2 seconds), log the events, and return with each what
--- rendering and reporting need: the send's variables, request id and notify flag, and the
--- template body (NULL when the message carries its own content). SKIP LOCKED: workers
--- claiming at the same moment take different rows and never wait for each other.
+-- rendering and reporting need: the send's variables, request id and notify flag, whether a
+-- test key made it (worker/channels/testmode.py), and the template body (NULL when the
+-- message carries its own content). SKIP LOCKED: workers claiming at the same moment take
+-- different rows and never wait for each other.
 WITH due AS (
     SELECT id, status FROM messages
     WHERE status IN ('queued', 'scheduled') AND coalesce(next_attempt_at, queue_at, created_at) <= now()
@@ -92,7 +116,7 @@ WITH due AS (
     FROM due
     WHERE m.id = due.id
     RETURNING m.id, m.send_id, m.org_id, m.template_id, m.contact_id, m.channel, m.to_address, m.attempts,
-              m.content, due.status AS was
+              m.content, m.test, due.status AS was
 ), logged AS (
     -- A scheduled message passes through queued, as it always has on its timeline.
     INSERT INTO message_events (message_id, status)
@@ -101,7 +125,7 @@ WITH due AS (
     SELECT id, 'sending'::message_status FROM claimed
 )
 SELECT c.id, c.send_id, c.org_id, c.template_id, c.contact_id, c.channel, c.to_address, c.attempts, c.content,
-       s.variables, s.notify, s.request_id, t.body AS template_body
+       c.test, s.variables, s.notify, s.request_id, t.body AS template_body
 FROM claimed c
 JOIN sends s ON s.id = c.send_id
 LEFT JOIN templates t ON t.id = c.template_id;

@@ -15,6 +15,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, Protocol, TypeVar
 
+from shared.domain import MessageStatus
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Draft:
@@ -61,6 +63,9 @@ Rendered = RenderedEmail | RenderedWhatsApp
 class DeliveryResult:
     external_message_id: str
     detail: str | None = None
+    # What the message becomes right after `sent`, with `detail` as its event's detail: only
+    # the test transport says (worker/channels/testmode.py); real reports arrive later.
+    then: MessageStatus | None = None
 
 
 class DeliveryError(Exception):
