@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from shared import orgs
 from tests.helpers import make_broadcast, unique_email, unique_phone
@@ -24,7 +24,8 @@ from tests.helpers import make_broadcast, unique_email, unique_phone
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHOTS = ROOT / ".screenshots"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-TIMEOUT_MS = 10_000
+# Generous: the machine running the suite may be busy (a real browser, a real stack).
+TIMEOUT_MS = 20_000
 
 
 @pytest.fixture(scope="module")
@@ -305,6 +306,26 @@ async def test_pages_carry_the_security_headers_and_static_files_are_cached(clie
     assert (await client.get("/console/static/nope.js")).status == 404
 
 
+async def test_the_session_cookie_is_secure_under_https(settings, org) -> None:
+    from api.app import create_app
+
+    async with TestClient(TestServer(create_app(settings.replace(public_base_url="https://tidings.test")))) as https:
+        form = await https.get("/console/login")
+        token = re.search(r'name="csrf_token" value="([^"]+)"', await form.text())
+        assert token is not None and "Secure" in form.headers["Set-Cookie"]
+        # The client keeps a Secure cookie for https only: this one is sent by hand.
+        r = await https.post(
+            "/console/login",
+            data={"csrf_token": token.group(1), "api_key": org.keys["admin"], "next": "/console/keys"},
+            headers={"Cookie": f"tidings_console_login={token.group(1)}"},
+            allow_redirects=False,
+        )
+        assert r.status == 303 and r.headers["Location"] == "/console/keys"
+        cookie = r.cookies["tidings_console"]
+        assert cookie["secure"] and cookie["httponly"] and cookie["samesite"] == "Lax"
+        assert cookie["path"] == "/console" and cookie["max-age"] == str(int(settings.console_session_s))
+
+
 async def test_bad_input_gets_a_clear_4xx_never_a_5xx(page, client, org) -> None:
     root = base(client)
     await sign_in(page, root, org.keys["admin"], "/console/broadcasts")
@@ -324,8 +345,8 @@ async def test_bad_input_gets_a_clear_4xx_never_a_5xx(page, client, org) -> None
     assert r.status == 200
 
 
-# Last in this file: it spends this minute's sign-in attempts from 127.0.0.1, which every test
-# above signs in from.
+# Last in this file: it spends this minute's failed sign-ins from 127.0.0.1, the address every
+# test above signs in from.
 async def test_sign_in_attempts_are_rate_limited(client) -> None:
     jar = aiohttp.CookieJar(unsafe=True)
     async with aiohttp.ClientSession(cookie_jar=jar) as session:
@@ -337,8 +358,8 @@ async def test_sign_in_attempts_are_rate_limited(client) -> None:
             assert token is not None
             async with session.post(url, data={"csrf_token": token.group(1), "api_key": "tdg_wrong"}) as r:
                 statuses.append(r.status)
-        # At most SIGN_IN_ATTEMPTS per window: the 11th attempt of this window at the latest is
-        # refused (earlier ones of this test file's sign-ins count too; a window that turns
-        # over meanwhile gives at most ten more).
+        # At most SIGN_IN_ATTEMPTS failures per window: the 11th attempt of this window at the
+        # latest is refused (earlier failures of this file's tests count too; a window that
+        # turns over meanwhile gives at most ten more).
         assert set(statuses) <= {401, 429} and 429 in statuses
         assert statuses.index(429) <= 10

@@ -12,8 +12,9 @@ from api.console import web as cw
 from api.state import STATE, State
 from shared import console, keys
 
-# Sign-in attempts per client address per window: enough for typos, too few to guess keys
-# (which carry 256 random bits anyway); the counter lives in Redis, shared by every replica.
+# Failed sign-ins per client address per window: enough for typos, too few to guess keys
+# (which carry 256 random bits anyway); past them every attempt is refused until the window
+# ends. The counter lives in Redis, shared by every replica.
 SIGN_IN_ATTEMPTS = 10
 SIGN_IN_WINDOW_S = 60
 WRONG_KEY = "That API key is not valid, or it does not have the admin scope."
@@ -52,14 +53,21 @@ async def login_form(request: web.Request) -> web.Response:
     return _form(request, error=None, status=200, next_path=next_path)
 
 
-async def _too_many(state: State, client: str) -> bool:
+def _counter(state: State, client: str) -> str:
     window = int(time.time()) // SIGN_IN_WINDOW_S * SIGN_IN_WINDOW_S
-    key = state.keys.console_sign_in(client, window)
+    return state.keys.console_sign_in(client, window)
+
+
+async def _too_many(state: State, client: str) -> bool:
+    count = await state.redis.get(_counter(state, client))
+    return count is not None and int(count) >= SIGN_IN_ATTEMPTS
+
+
+async def _failed(state: State, client: str) -> None:
     async with state.redis.pipeline(transaction=True) as pipe:
-        pipe.incr(key)
-        pipe.expire(key, SIGN_IN_WINDOW_S * 2)
-        count, _ = await pipe.execute()
-    return int(count) > SIGN_IN_ATTEMPTS
+        pipe.incr(_counter(state, client))
+        pipe.expire(_counter(state, client), SIGN_IN_WINDOW_S * 2)
+        await pipe.execute()
 
 
 async def login(request: web.Request) -> web.Response:
@@ -69,7 +77,8 @@ async def login(request: web.Request) -> web.Response:
     next_path = cw.safe_next(wanted if isinstance(wanted, str) else None)
     if not cw.same_token(form.get("csrf_token"), request.cookies.get(cw.LOGIN_COOKIE, "")):
         return cw.forbidden(request)
-    if await _too_many(state, request.remote or "unknown"):
+    client = request.remote or "unknown"
+    if await _too_many(state, client):
         return _form(
             request,
             error="Too many sign-in attempts from this address; wait a minute and try again.",
@@ -80,6 +89,7 @@ async def login(request: web.Request) -> web.Response:
     api_key = raw.strip() if isinstance(raw, str) else ""
     key = await cw.key_for_sign_in(state, api_key)
     if key is None:
+        await _failed(state, client)
         return _form(request, error=WRONG_KEY, status=401, next_path=next_path)
     token = await console.open_session(
         state.pool, key.org_id, key.key_id, keys.hash_key(api_key), state.settings.console_session_s
