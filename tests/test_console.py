@@ -66,7 +66,7 @@ async def sign_in(page: Any, root: str, key: str, wanted: str = "/console/") -> 
 
 
 async def wait_for_mail(smtp_server: Any, address: str) -> Any:
-    for _ in range(200):
+    for _ in range(400):
         for m in smtp_server.messages:
             if address in m.rcpt_tos:
                 return m
