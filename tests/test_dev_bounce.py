@@ -115,7 +115,7 @@ async def test_bounce_button_sends_a_dsn_and_the_message_becomes_bounced(
     assert after["suppression"] == "hard_bounce"
     # The index marks it.
     async with aiohttp.ClientSession(inbox.web_url) as http, http.get("/") as r:
-        assert '<span class="tag">bounced</span>' in await r.text()
+        assert '<span class="tag">bounce sent</span>' in await r.text()
 
 
 async def test_complain_button_sends_an_arf_report_and_the_message_becomes_complained(

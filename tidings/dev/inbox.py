@@ -540,7 +540,7 @@ def _report_buttons(m: InboxMessage) -> str:
 
 def _report_tags(outcomes: list[ReportOutcome]) -> str:
     return "".join(
-        f'<span class="tag">{"bounced" if o.kind is ReportKind.bounce else "complained"}'
+        f'<span class="tag">{"bounce sent" if o.kind is ReportKind.bounce else "complaint sent"}'
         f"{'' if o.ok else ' (refused)'}</span>"
         for o in outcomes
     )
