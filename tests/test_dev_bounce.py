@@ -33,8 +33,9 @@ from tests.conftest import Org
 from tests.helpers import EMAIL_TEMPLATE
 from tests.test_bounce_server import DOMAIN, SECRET, Sent, sent_message, state
 from tidings.dev import reports
+from tidings.dev import whatsapp_sandbox as wa
 from tidings.dev.inbox import Inbox, InboxMessage, start_inbox
-from tidings.dev.stack import DevState, ensure_webhook_endpoint
+from tidings.dev.stack import DEV_BOUNCE_DOMAIN, DevConfig, DevError, DevState, banner, ensure_webhook_endpoint
 from tidings.dev.webhook_receiver import PATH, WebhookReceiver, start_receiver
 from worker.context import WorkerContext, open_channels
 from worker.deliver import _deliver_one
@@ -280,3 +281,73 @@ async def test_the_dev_stack_registers_the_receiver_or_says_it_cannot(
             assert r.status == 202, await r.text()
     (event, *_) = await rx.wait_for(1, timeout_s=20)
     assert event.event_type == "webhook.test" and event.verified, event.problem
+
+
+# ---- what a newcomer is shown ----
+
+
+def test_the_banner_names_the_bounce_server_and_the_webhook_receiver(tmp_path: Path) -> None:
+    config = DevConfig.from_env({"DEV_BOUNCE_PORT": "3526", "DEV_WEBHOOKS_PORT": "9191"}, tmp_path)
+    assert (config.bounce_port, config.webhooks_port) == (3526, 9191)
+    assert DevConfig.from_env({}, tmp_path).bounce_port == 2526  # not the inbox's 2525
+    with pytest.raises(DevError, match="DEV_WEBHOOKS_PORT"):
+        DevConfig.from_env({"DEV_WEBHOOKS_PORT": "http"}, tmp_path)
+
+    state = DevState(org_id=str(uuid.uuid4()), api_key="tdg_x", broadcast_id=str(uuid.uuid4()))
+    receiver = WebhookReceiver()
+    receiver.note = "The api has no webhook routes, so no endpoint is registered and nothing will arrive."
+    text = banner(
+        config,
+        state,
+        "http://i",
+        "http://w",
+        "postgresql://…",
+        "redis://…",
+        webhooks=("http://127.0.0.1:9191", receiver),
+    )
+    assert f"smtp://127.0.0.1:3526  (tidings bounces, BOUNCE_DOMAIN {DEV_BOUNCE_DOMAIN})" in text
+    assert "http://127.0.0.1:9191  (no endpoint: The api has no webhook routes" in text
+    assert "Bounce and Complain" in text and "sent, delivered, read" in text
+
+    state.webhook_endpoint_id = "ep_1"
+    receiver.set_secret(new_secret())
+    text = banner(
+        config,
+        state,
+        "http://i",
+        "http://w",
+        "postgresql://…",
+        "redis://…",
+        webhooks=("http://127.0.0.1:9191", receiver),
+    )
+    assert "http://127.0.0.1:9191  (endpoint ep_1: signed events, verified with standardwebhooks)" in text
+
+
+async def test_the_sandbox_page_shows_the_status_webhooks_and_what_tidings_answered(
+    client: Any, settings: Settings
+) -> None:
+    runner, base_url, sandbox = await wa.start_sandbox(
+        access_token="t",
+        phone_number_id="1",
+        webhook_url=str(client.make_url("/webhooks/whatsapp")),
+        app_secret=settings.whatsapp_app_secret,
+        webhook_delay_s=0.01,
+    )
+    try:
+        async with aiohttp.ClientSession(headers={"Authorization": "Bearer t"}) as http:
+            body = {
+                "messaging_product": "whatsapp",
+                "to": "+14155550199",
+                "type": "template",
+                "template": {"name": "otp_code", "language": {"code": "en_US"}},
+            }
+            async with http.post(f"{base_url}/v21.0/1/messages", json=body) as r:
+                assert r.status == 200, await r.text()
+            await sandbox.wait_for_webhooks()
+            async with http.get(f"{base_url}/") as r:
+                page = await r.text()
+    finally:
+        await runner.cleanup()
+    assert "<b>sent</b>, then <b>delivered</b>, then <b>read</b>" in page
+    # The real api checked each signature and acknowledged each status.
+    assert "<td>read</td><td>sent 200, delivered 200, read 200</td>" in page

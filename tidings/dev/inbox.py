@@ -642,7 +642,7 @@ async def _report(request: web.Request) -> web.Response:
     which shows the outcome."""
     # Only this page's own forms: a page elsewhere must not make the inbox send reports.
     origin = request.headers.get("Origin")
-    if origin is not None and origin != "null" and origin.rstrip("/") != f"{request.scheme}://{request.host}":
+    if origin is not None and origin.rstrip("/") != f"{request.scheme}://{request.host}":
         raise web.HTTPForbidden(text="reports are sent from the inbox's own pages only")
     target = request.app[BOUNCE_TARGET]
     if target is None:

@@ -402,29 +402,44 @@ async def ensure_webhook_endpoint(
 ) -> bool:
     """Make sure the demo org has an endpoint for the local receiver and give the receiver its
     secret: the remembered endpoint if the api still has it (its URL put right if a port
-    changed), else a new one. False, with one log line, when the api has no webhook routes."""
+    changed), else a new one. Webhooks are a side show of the dev stack: when the api has no
+    webhook routes (404) or refuses the endpoint, one log line says so, the receiver's page
+    too, and the stack runs on (False)."""
     base = f"/orgs/{state.org_id}/webhooks"
+
+    def unavailable(reason: str, note: str) -> bool:
+        log.info("dev_webhooks_unavailable", reason=reason)
+        receiver.note = note
+        state.webhook_endpoint_id = state.webhook_secret = None
+        return False
+
     if state.webhook_endpoint_id and state.webhook_secret:
-        async with http.get(f"{base}/{state.webhook_endpoint_id}") as r:
-            if r.status == 200:
-                endpoint = await r.json()
-                if endpoint.get("url") != url or not endpoint.get("enabled", True):
-                    await _call(
-                        http, "PATCH", f"{base}/{state.webhook_endpoint_id}", {"url": url, "enabled": True}, expect=200
-                    )
-                receiver.set_secret(state.webhook_secret, f"Endpoint {state.webhook_endpoint_id} of the demo org.")
-                return True
-            if r.status not in (404, 405):
-                raise DevError(f"GET {base}/{state.webhook_endpoint_id} answered {r.status}: {await r.text()}")
+        path = f"{base}/{state.webhook_endpoint_id}"
+        async with http.get(path) as r:
+            found = r.status == 200
+            endpoint = await r.json() if found else None
+        if endpoint is not None:
+            if endpoint.get("url") != url or not endpoint.get("enabled", True):
+                async with http.patch(path, json={"url": url, "enabled": True}) as r:
+                    if r.status != 200:
+                        return unavailable(
+                            f"PATCH {path} answered {r.status}: {await r.text()}",
+                            f"The api refused to point endpoint {state.webhook_endpoint_id} here ({r.status}).",
+                        )
+            receiver.set_secret(state.webhook_secret, f"Endpoint {state.webhook_endpoint_id} of the demo org.")
+            return True
     async with http.post(base, json={"url": url, "description": WEBHOOK_DESCRIPTION}) as r:
         if r.status in (404, 405):
-            # This api has no outbound webhooks yet: the receiver runs and waits, nothing more.
-            log.info("dev_webhooks_unavailable", reason=f"POST {base} answered {r.status}")
-            receiver.note = "The api has no webhook routes, so no endpoint is registered and nothing will arrive."
-            state.webhook_endpoint_id = state.webhook_secret = None
-            return False
+            # An api without outbound webhooks: the receiver runs and waits, nothing more.
+            return unavailable(
+                f"POST {base} answered {r.status}",
+                "The api has no webhook routes, so no endpoint is registered and nothing will arrive.",
+            )
         if r.status != 201:
-            raise DevError(f"POST {base} answered {r.status}, not 201: {await r.text()}")
+            return unavailable(
+                f"POST {base} answered {r.status}: {await r.text()}",
+                f"The api refused to register this receiver ({r.status}); see the dev stack's log.",
+            )
         endpoint = await r.json()
     state.webhook_endpoint_id, state.webhook_secret = str(endpoint["id"]), str(endpoint["secret"])
     receiver.set_secret(state.webhook_secret, f"Endpoint {state.webhook_endpoint_id} of the demo org.")
@@ -553,7 +568,8 @@ def banner(
 ) -> str:
     assert state.api_key and state.org_id and state.broadcast_id
     receiver_url = webhooks[0] if webhooks else f"http://{LOOPBACK}:{config.webhooks_port}"
-    registered = bool(webhooks and webhooks[1] and webhooks[1].secrets)
+    receiver = webhooks[1] if webhooks else None
+    registered = bool(receiver and receiver.secrets)
     rows = [
         ("API", f"{config.api_url}  (reference at {config.api_url}/docs, OpenAPI at /openapi.json)"),
         ("Inbox", f"{inbox_url}  (SMTP on {LOOPBACK}:{config.smtp_port}; Bounce and Complain buttons)"),
@@ -567,7 +583,7 @@ def banner(
             + (
                 f"endpoint {state.webhook_endpoint_id}: signed events, verified with standardwebhooks"
                 if registered
-                else "no endpoint: this api has no webhook routes"
+                else "no endpoint: " + (receiver.note if receiver else "not registered")
             )
             + ")",
         ),
