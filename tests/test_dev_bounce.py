@@ -8,6 +8,7 @@ SMTP to the dev inbox; the report goes over real SMTP to `bounces.server`; Postg
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import email
@@ -39,6 +40,7 @@ from tidings.dev.stack import DEV_BOUNCE_DOMAIN, DevConfig, DevError, DevState, 
 from tidings.dev.webhook_receiver import PATH, WebhookReceiver, start_receiver
 from worker.context import WorkerContext, open_channels
 from worker.deliver import _deliver_one
+from worker.main import serve
 
 
 @pytest.fixture
@@ -258,7 +260,7 @@ async def test_the_receiver_verifies_a_signed_event_and_flags_a_forged_one(
 
 
 async def test_the_dev_stack_registers_the_receiver_or_says_it_cannot(
-    client: Any, pool: asyncpg.Pool, org: Org, worker: Any, receiver: tuple[str, WebhookReceiver]
+    client: Any, settings: Settings, org: Org, receiver: tuple[str, WebhookReceiver]
 ) -> None:
     url, rx = receiver
     dev_state = DevState(org_id=str(org.id), api_key=org.keys["admin,read,write"])
@@ -272,14 +274,21 @@ async def test_the_dev_stack_registers_the_receiver_or_says_it_cannot(
         # The contract: 201 with the secret, which the receiver now verifies with.
         assert dev_state.webhook_secret and dev_state.webhook_secret.startswith("whsec_")
         assert rx.secrets == [dev_state.webhook_secret]
-        # A second start reuses the endpoint.
+        # A second start reuses the endpoint; one whose port changed is pointed at the new URL.
         endpoint_id = dev_state.webhook_endpoint_id
         assert await ensure_webhook_endpoint(http, dev_state, url + PATH, rx)
         assert dev_state.webhook_endpoint_id == endpoint_id
-        # A test event arrives signed, and verifies.
-        async with http.post(f"/orgs/{org.id}/webhooks/{endpoint_id}/test") as r:
-            assert r.status == 202, await r.text()
-    (event, *_) = await rx.wait_for(1, timeout_s=20)
+        # A test event arrives signed by tidings, and the receiver verifies it. The session's
+        # worker delivers no webhooks: a worker of this test's own does.
+        stop = asyncio.Event()
+        deliverer = asyncio.create_task(serve(settings.replace(**{"webhook_max_in_flight": 4}), stop))
+        try:
+            async with http.post(f"/orgs/{org.id}/webhooks/{endpoint_id}/test") as r:
+                assert r.status == 202, await r.text()
+            (event, *_) = await rx.wait_for(1, timeout_s=20)
+        finally:
+            stop.set()
+            await asyncio.wait_for(deliverer, 30)
     assert event.event_type == "webhook.test" and event.verified, event.problem
 
 
