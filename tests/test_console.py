@@ -19,6 +19,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from shared import orgs
+from shared.domain import KeyMode
 from tests.helpers import make_broadcast, unique_email, unique_phone
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -207,9 +208,12 @@ async def test_invent_workflow_end_to_end(page, client, org, worker, smtp_server
     await page.get_by_role("button", name=f"Remove {blocked} from the list").click()
     await expect(page.locator(".notice")).to_contain_text("off the suppression list")
     await expect(page.locator("tbody")).not_to_contain_text(blocked)
+    await page.get_by_role("link", name="Broadcasts", exact=True).click()
+    await expect(page.locator("tbody")).to_contain_text("Order shipped")
+    await shot(page, "08-broadcasts")
     await page.get_by_role("link", name="tidings").click()
     await expect(page.locator(".chart svg > title")).to_contain_text("2 messages in the last 24h")
-    await shot(page, "08-overview")
+    await shot(page, "09-overview")
 
     await page.get_by_role("button", name="Sign out").click()
     await page.wait_for_url(re.compile(r"/console/login"))
@@ -270,17 +274,37 @@ async def test_a_key_made_in_the_console_works_once_shown_and_is_refused_once_re
     await page.get_by_role("button", name="Create key").click()
     key = await page.get_by_label("API key").input_value()
     assert key.startswith("tdg_")
-    await shot(page, "09-key-created")
+    await shot(page, "10-key-created")
     r = await client.get(org.path("/broadcasts"), headers={"Authorization": f"Bearer {key}"})
     assert r.status == 200
     await page.get_by_role("link", name="Back to the API keys").click()
     # The list never shows a key again, only its prefix.
     assert key not in await page.content()
-    await shot(page, "10-keys")
+    await shot(page, "11-keys")
     await page.get_by_role("button", name="Revoke ci deploys").click()
     await expect(page.locator(".notice")).to_contain_text("revoked")
     r = await client.get(org.path("/broadcasts"), headers={"Authorization": f"Bearer {key}"})
     assert r.status == 401
+
+
+async def test_a_test_keys_session_sends_and_sees_test_messages_only(page, client, org, pool, worker) -> None:
+    from playwright.async_api import expect
+
+    test_key = await orgs.create_key(pool, org.id, ["admin", "read"], mode=KeyMode.test)
+    b = await make_broadcast(client, org)
+    root = base(client)
+    await sign_in(page, root, test_key, f"/console/broadcasts/{b['id']}")
+    await expect(page.locator(".testmode")).to_contain_text("Test mode")
+    email = unique_email("testmode")
+    await page.get_by_label("Recipient email").fill(email)
+    await page.get_by_label("otp").fill("123456")
+    await page.get_by_role("button", name="Send").click()
+    await expect(page.locator("#live tbody tr", has_text=email)).to_contain_text("manual")
+    path = org.path(f"/broadcasts/{b['id']}/recipients")
+    seen_by_test = await (await client.get(path, headers={"Authorization": f"Bearer {test_key}"})).json()
+    assert [m["to"] for m in seen_by_test["data"]] == [email] and seen_by_test["data"][0]["test"] is True
+    seen_by_live = await (await client.get(path, headers=org.auth("read"))).json()
+    assert seen_by_live["data"] == []
 
 
 async def test_a_revoked_key_ends_its_sessions(page, client, org, pool: asyncpg.Pool) -> None:
