@@ -91,6 +91,10 @@ async def login(request: web.Request) -> web.Response:
     if key is None:
         await _failed(state, client)
         return _form(request, error=WRONG_KEY, status=401, next_path=next_path)
+    previous = request.cookies.get(cw.COOKIE, "")
+    if previous and previous.isascii() and len(previous) <= 100:
+        # A sign-in over another session replaces it (never two sessions in one browser).
+        await console.close_session(state.pool, previous)
     token = await console.open_session(
         state.pool, key.org_id, key.key_id, keys.hash_key(api_key), state.settings.console_session_s
     )
