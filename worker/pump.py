@@ -30,6 +30,10 @@ a message by at most `IDLE_CHECK_S`, and never loses it.
 Why not one arq job per send: arq's per-job bookkeeping is four or five Redis round trips,
 which caps a worker near arq's measured 300 jobs/s (tests/perf/README.md); a claim here
 costs one statement per batch. arq still runs the reconciler (worker/reconcile.py).
+
+While a throughput ceiling (a relay's max_per_s, WHATSAPP_MAX_PER_S) holds messages back, a
+claim takes only what the worker can send within about a second (worker/throughput.py), and
+none while that many already wait for tokens.
 """
 
 from __future__ import annotations
@@ -170,10 +174,15 @@ class Pump:
             if self._trouble or self.ctx.outcomes.write_failures != self._seen_write_failures:
                 await self._catch_up()
                 continue
+            limit = self._throughput_limit()
+            if limit is not None and limit <= 0:
+                await self._wait_for_tokens()
+                continue
             # Cleared before claiming: a ring that arrives during the claim is not lost.
             self._bell.clear()
             try:
-                rows = await delivery.claim_due(self.ctx.pool, min(room, self.batch_size), self.ctx.settings.lease_s)
+                size = min(room, self.batch_size, limit if limit is not None else room)
+                rows = await delivery.claim_due(self.ctx.pool, size, self.ctx.settings.lease_s)
                 if rows:
                     self._locked_streak = 0
                     self._dispatch(rows)
@@ -222,6 +231,20 @@ class Pump:
                 self._seen_write_failures = failures
                 log.info("pump_caught_up", held=len(self._held))
                 return
+
+    def _throughput_limit(self) -> int | None:
+        """While a throughput ceiling holds messages back, claim only what this worker can
+        send within about a second (worker/throughput.py `claim_limit`): a throttled worker
+        holds few messages, briefly, and never gives any back (no lease churn)."""
+        throughput = self.ctx.throughput
+        return throughput.claim_limit() if throughput is not None else None
+
+    async def _wait_for_tokens(self) -> None:
+        throughput = self.ctx.throughput
+        assert throughput is not None
+        throughput.progress.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(throughput.progress.wait(), IDLE_CHECK_S)
 
     def _unrecorded_full(self) -> bool:
         return len(self._unrecorded) >= self.capacity
