@@ -168,6 +168,25 @@ async def test_a_relay_down_is_skipped_for_its_cooldown_then_tried_again(setting
     assert "hunter22" not in exposition and "mailer" not in exposition
 
 
+async def test_a_kept_connection_the_relay_closed_is_replaced_not_taken_for_a_relay_down(settings: Settings) -> None:
+    first = await start_smtp("127.0.0.1", 0)
+    port = first.port
+    second = await start_smtp("127.0.0.1", 0)
+    relays = f"smtp://127.0.0.1:{port}?tls=none,smtp://127.0.0.1:{second.port}?tls=none"
+    channel = EmailChannel(settings.replace(smtp_relays=relays))
+    try:
+        await channel.send(rendered("kept-1@example.com"))  # its connection is kept for reuse
+        await first.close()  # closes that connection, as a relay does with an idle one
+        first = await start_smtp("127.0.0.1", port)
+        await channel.send(rendered("kept-2@example.com"))
+        assert [m.rcpt_tos for m in first.messages] == [("kept-2@example.com",)]
+        assert second.messages == [] and channel.relays[0].is_up(asyncio.get_running_loop().time())
+    finally:
+        await channel.close()
+        await first.close()
+        await second.close()
+
+
 async def test_every_relay_down_is_a_transient_failure(settings: Settings) -> None:
     a, b = closed_port(), closed_port()
     relays = f"smtp://127.0.0.1:{a}?tls=none,smtp://127.0.0.1:{b}?tls=none"

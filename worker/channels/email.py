@@ -312,10 +312,14 @@ class RelayPool:
             self.down_until = 0.0
             metrics.SMTP_RELAY_UP.labels(self.name).set(1)
 
-    async def send(self, sender: str, to: str, data: bytes, mail_options: list[str]) -> None:
-        """Hand the message to this relay. Raises `_RelayDown` when the relay cannot be
-        reached (refused, timed out, gone), else the classified delivery error of its answer."""
+    async def send(self, sender: str, to: str, data: bytes, mail_options: list[str], *, skip_if_down: bool) -> bool:
+        """Hand the message to this relay: True once it took it; False, untried, when
+        `skip_if_down` and another send found the relay down while this one waited for a
+        connection. Raises `_RelayDown` when the relay cannot be reached (refused, timed out,
+        gone), else the classified delivery error of its answer."""
         async with self._slots:
+            if skip_if_down and not self.is_up(asyncio.get_running_loop().time()):
+                return False
             metrics.SMTP_IN_USE.inc()
             metrics.SMTP_RELAY_IN_USE.labels(self.name).inc()
             try:
@@ -332,6 +336,7 @@ class RelayPool:
             finally:
                 metrics.SMTP_IN_USE.dec()
                 metrics.SMTP_RELAY_IN_USE.labels(self.name).dec()
+        return True
 
     async def _send_on(
         self, client: aiosmtplib.SMTP, sender: str, to: str, data: bytes, mail_options: list[str]
@@ -417,7 +422,8 @@ class EmailChannel:
                 if up and not relay.is_up(loop.time()):
                     continue
             try:
-                await relay.send(sender, to, data, mail_options)
+                if not await relay.send(sender, to, data, mail_options, skip_if_down=bool(up)):
+                    continue
             except _RelayDown as exc:
                 # One relay alone is never skipped: there is nowhere else to go (a cooldown
                 # would only delay its retries).
@@ -429,6 +435,8 @@ class EmailChannel:
                 continue
             relay.mark_up()
             return
+        if not failures:  # every relay went down while this message waited its turn
+            failures = [f"{r.name}: cooling down after a connection failure" for r in self.relays]
         raise TransientDeliveryError("SMTP connection failed: " + "; ".join(failures))
 
     async def close(self) -> None:
