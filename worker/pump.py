@@ -31,14 +31,15 @@ Why not one arq job per send: arq's per-job bookkeeping is four or five Redis ro
 which caps a worker near arq's measured 300 jobs/s (tests/perf/README.md); a claim here
 costs one statement per batch. arq still runs the reconciler (worker/reconcile.py).
 
-While a throughput ceiling (a relay's max_per_s, WHATSAPP_MAX_PER_S) holds messages back, a
-claim takes only what the worker can send within about a second (worker/throughput.py), and
-none while that many already wait for tokens.
+With throughput ceilings (a relay's max_per_s, WHATSAPP_MAX_PER_S), a worker holds per
+throttled channel only what its share of the ceiling sends in a couple of seconds
+(worker/throughput.py): claims are sized by it, and none is made while that many wait.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import uuid
 from collections.abc import Collection
@@ -86,6 +87,7 @@ class Pump:
         # Claim again once this many have finished: batches stay large and the channel busy.
         self._refill_at = max(1, self.capacity // 2)
         self.in_flight = 0  # claimed, not yet sent
+        self._pending: collections.Counter[str] = collections.Counter()  # the same, per channel
         # Claimed, outcome not yet written: message id -> the claim's attempt number.
         self._held: dict[uuid.UUID, int] = {}
         # Held and done with at the channel (their outcomes known): only the write is owed.
@@ -94,6 +96,7 @@ class Pump:
         self._tasks: set[asyncio.Task[None]] = set()
         self._bell = asyncio.Event()
         self._room = asyncio.Event()
+        self._sent_some = asyncio.Event()  # held messages were done with (throughput ceilings)
         self._written = asyncio.Event()
         self._stopping = False
         self._locked_streak = 0
@@ -117,6 +120,7 @@ class Pump:
         self._stopping = True
         self._bell.set()
         self._room.set()
+        self._sent_some.set()
         self._written.set()
         deadline = loop.time() + drain_s
         await _cancel(self._bell_task)
@@ -233,18 +237,18 @@ class Pump:
                 return
 
     def _throughput_limit(self) -> int | None:
-        """While a throughput ceiling holds messages back, claim only what this worker can
-        send within about a second (worker/throughput.py `claim_limit`): a throttled worker
-        holds few messages, briefly, and never gives any back (no lease churn)."""
+        """With throughput ceilings, claim only what this worker's share sends in a couple of
+        seconds, less what it holds unsent of each throttled channel (worker/throughput.py
+        `claim_limit`): a throttled worker holds few messages, briefly, and never gives any
+        back (no lease churn)."""
         throughput = self.ctx.throughput
-        return throughput.claim_limit() if throughput is not None else None
+        return throughput.claim_limit(self._pending) if throughput is not None else None
 
     async def _wait_for_tokens(self) -> None:
-        throughput = self.ctx.throughput
-        assert throughput is not None
-        throughput.progress.clear()
+        """Until a held message is done with (or IDLE_CHECK_S, bounding any miss)."""
+        self._sent_some.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(throughput.progress.wait(), IDLE_CHECK_S)
+            await asyncio.wait_for(self._sent_some.wait(), IDLE_CHECK_S)
 
     def _unrecorded_full(self) -> bool:
         return len(self._unrecorded) >= self.capacity
@@ -256,6 +260,7 @@ class Pump:
             self._held[row["id"]] = row["attempts"]
         for group in by_send.values():
             self.in_flight += len(group)
+            self._pending.update(str(row["channel"]) for row in group)
             task = asyncio.create_task(self._deliver(group))
             self._tasks.add(task)
 
@@ -267,6 +272,8 @@ class Pump:
             if not released:
                 released = True
                 self.in_flight -= len(group)
+                self._pending.subtract(str(row["channel"]) for row in group)
+                self._sent_some.set()
                 if self.in_flight <= self._refill_at:
                     self._room.set()
 

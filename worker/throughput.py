@@ -14,9 +14,10 @@ that concurrent workers never take the same token.
   Tokens taken and not used (a waiting send cut short) are simply lost: the ceiling can only
   be undershot by them.
 - Waiting for a token is no attempt: the message stays claimed and is sent when its token
-  comes. The pump claims no more than the worker can send within about `HOLD_AHEAD_S`
-  while a ceiling holds messages back (`claim_limit`), so a throttled worker holds few
-  messages and for little longer than they need (no lease churn: nothing is given back).
+  comes. A worker holds, per channel, no more messages than its share of the channel's
+  ceiling sends in `HOLD_AHEAD_S` (`claim_limit`: the pump sizes each claim by it), so a
+  throttled worker holds few messages, for little longer than they need, and never gives
+  one back (no lease churn).
 - Redis unreachable or slow: each worker keeps the ceiling alone with an equal share,
   N / the number of workers that shared the ceiling at the last call that reached Redis
   (each call registers the worker, and counts those seen within `LIVE_S`). A worker that
@@ -30,6 +31,7 @@ import asyncio
 import math
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
@@ -42,10 +44,9 @@ log = structlog.get_logger("tidings.throughput")
 
 # A worker that sent nothing through a ceiling for this long no longer counts in its share.
 LIVE_S = 10.0
-# While a ceiling holds messages back, the pump claims what this worker sends in this long.
-HOLD_AHEAD_S = 1.0
-# A ceiling that made messages wait within this long still sizes the pump's claims.
-HOT_S = 3.0
+# A worker holds, per throttled channel, what its share of the ceiling sends in this long:
+# enough to keep the ceiling busy through a provider's latency, few enough to hold briefly.
+HOLD_AHEAD_S = 2.0
 # Redis failed: the worker keeps its local share this long before asking Redis again.
 REDIS_RETRY_S = 1.0
 # The longest one bucket call may take before the worker falls back to its local share.
@@ -127,7 +128,6 @@ class Ceiling:
         self.tokens = 0  # taken from the bucket, not yet handed out
         self.waiting = 0  # sends waiting for a token
         self.live_workers: int | None = None  # at the last call that reached Redis
-        self.hot_until = 0.0  # monotonic: messages waited recently
         self._lock = asyncio.Lock()
         self._local = _LocalBucket()
         self._redis_retry_at = 0.0
@@ -152,14 +152,12 @@ class Ceiling:
                     got, wait_s = await self._fetch(min(max(1, self.waiting), self.burst))
                     self.tokens += got
                     if self.tokens <= 0:
-                        self.hot_until = time.monotonic() + HOT_S
                         await asyncio.sleep(max(wait_s, 0.001))
                 self.tokens -= 1
         finally:
             self.waiting -= 1
             waited_s = time.monotonic() - started
             metrics.THROUGHPUT_WAIT.labels(self.name).inc(waited_s)
-            self.owner.progress.set()
 
     async def _fetch(self, want: int) -> tuple[int, float]:
         now = time.monotonic()
@@ -203,8 +201,7 @@ class Throughput:
         self.prefix = prefix
         self.worker_id = uuid.uuid4().hex
         self.ceilings: dict[str, Ceiling] = {}
-        # Set whenever a waiting send got its token: the pump looks again at what it may claim.
-        self.progress = asyncio.Event()
+        self.governing: dict[str, Callable[[], Ceiling | None]] = {}
         self._script: Any = redis.register_script(TAKE_SCRIPT) if redis is not None else None
 
     def key(self, name: str) -> str:
@@ -224,15 +221,22 @@ class Throughput:
             found = self.ceilings[name] = Ceiling(self, name, per_s)
         return found
 
-    def claim_limit(self) -> int | None:
-        """How many messages the pump may claim now: None, any number (no ceiling is holding
-        messages back); else what the ceilings that did recently let this worker send within
-        HOLD_AHEAD_S, less the messages already waiting for them (0 or less: claim nothing)."""
-        now = time.monotonic()
+    def governs(self, channel: str, ceiling_now: Callable[[], Ceiling | None]) -> None:
+        """`ceiling_now()` is the ceiling the channel's next message goes through (for email,
+        that of the first relay up; None: none)."""
+        self.governing[channel] = ceiling_now
+
+    def claim_limit(self, pending: Mapping[str, int]) -> int | None:
+        """How many messages the pump may claim now, given those it holds unsent per channel:
+        None, any number (no channel has a ceiling); else, for the strictest throttled channel,
+        what this worker's share of its ceiling sends in HOLD_AHEAD_S less what it already
+        holds of that channel (0 or less: claim nothing until some are sent). A claim can
+        return messages of any channel, so every throttled channel bounds it."""
         limit: int | None = None
-        for c in self.ceilings.values():
-            if c.waiting > 0 or c.hot_until > now:
-                allowance = math.ceil(c.share_per_s * HOLD_AHEAD_S) - c.waiting
+        for channel, ceiling_now in self.governing.items():
+            c = ceiling_now()
+            if c is not None:
+                allowance = math.ceil(c.share_per_s * HOLD_AHEAD_S) - pending.get(channel, 0)
                 limit = allowance if limit is None else min(limit, allowance)
         return limit
 

@@ -392,6 +392,8 @@ class EmailChannel:
             RelayPool(r, settings, throughput.ceiling(f"smtp:{r.name}", r.max_per_s) if throughput else None)
             for r in relays(settings)
         ]
+        if throughput is not None:
+            throughput.governs("email", self._ceiling_now)
         # Built once: a half-configured DKIM or an unreadable key fails the worker's start-up.
         self._dkim = DkimSigner.from_settings(settings)
 
@@ -406,6 +408,11 @@ class EmailChannel:
         sender = message.envelope_from or message.from_email
         await self._transmit(sender, message.to, data, mail_options)
         return DeliveryResult(external_message_id=message.message_id)
+
+    def _ceiling_now(self) -> Ceiling | None:
+        """The ceiling of the relay the next message goes to: the first one up."""
+        now = asyncio.get_running_loop().time()
+        return next((r for r in self.relays if r.is_up(now)), self.relays[0]).ceiling
 
     async def _transmit(self, sender: str, to: str, data: bytes, mail_options: list[str]) -> None:
         loop = asyncio.get_running_loop()

@@ -106,6 +106,8 @@ class WhatsAppChannel:
         self._keepalive_timeout_s = keepalive_timeout_s
         # WHATSAPP_MAX_PER_S, shared by every worker process (worker/throughput.py).
         self._ceiling = throughput.ceiling("whatsapp", settings.whatsapp_max_per_s) if throughput else None
+        if throughput is not None:
+            throughput.governs("whatsapp", lambda: self._ceiling)
 
     async def start(self) -> None:
         self._ensure_session()
