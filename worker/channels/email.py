@@ -259,6 +259,80 @@ def _reply(code: int, message: str) -> str:
     return f"SMTP {code} {message}".strip()
 
 
+class EmailChannel:
+    """Sends through the relays in order of preference (shared/relays.py): the first that is
+    up; one that refuses connections or times out is skipped for SMTP_RELAY_COOLDOWN_S and the
+    message goes to the next at once, with no attempt counted. Only when every relay is down
+    does a message fail (transient: retried with the usual backoff), each relay tried in turn
+    as one relay always was."""
+
+    def __init__(self, settings: Settings, throughput: Throughput | None = None) -> None:
+        self.settings = settings
+        self.cooldown_s = settings.smtp_relay_cooldown_s
+        self.relays = [
+            RelayPool(r, settings, throughput.ceiling(f"smtp:{r.name}", r.max_per_s) if throughput else None)
+            for r in relays(settings)
+        ]
+        if throughput is not None:
+            throughput.governs("email", self._ceiling_now)
+
+        # Built once: a half-configured DKIM or an unreadable key fails the worker's start-up.
+        self._dkim = DkimSigner.from_settings(settings)
+
+    async def send(self, message: RenderedEmail) -> DeliveryResult:
+        try:
+            data = message_bytes(message, self._dkim)
+        except ValueError as exc:
+            # Content the email package refuses (header_text removes what we know of):
+            # sending it again cannot help.
+            raise PermanentDeliveryError(f"the message could not be built: {exc}") from exc
+        mail_options = ["SMTPUTF8"] if needs_smtputf8(message) else []
+        sender = message.envelope_from or message.from_email
+        await self._transmit(sender, message.to, data, mail_options)
+        return DeliveryResult(external_message_id=message.message_id)
+
+    def _ceiling_now(self) -> Ceiling | None:
+        """The ceiling of the relay the next message goes to: the first one up."""
+        now = asyncio.get_running_loop().time()
+        return next((r for r in self.relays if r.is_up(now)), self.relays[0]).ceiling
+
+    async def _transmit(self, sender: str, to: str, data: bytes, mail_options: list[str]) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        up = [r for r in self.relays if r.is_up(now)]
+        # Every relay cooling down: each is tried anyway, as the one relay always was.
+        candidates = up or self.relays
+        failures: list[str] = []
+        for relay in candidates:
+            if up and not relay.is_up(loop.time()):
+                continue  # another send found it down meanwhile
+            if relay.ceiling is not None:
+                await relay.ceiling.take()  # waiting for a token is no attempt
+                if up and not relay.is_up(loop.time()):
+                    continue
+            try:
+                if not await relay.send(sender, to, data, mail_options, skip_if_down=bool(up)):
+                    continue
+            except _RelayDown as exc:
+                # One relay alone is never skipped: there is nowhere else to go (a cooldown
+                # would only delay its retries).
+                cooldown_s = self.cooldown_s if len(self.relays) > 1 else 0.0
+                if cooldown_s and relay.is_up(loop.time()):
+                    log.warning("smtp_relay_down", relay=relay.name, cooldown_s=cooldown_s, error=str(exc))
+                relay.mark_down(cooldown_s)
+                failures.append(str(exc))
+                continue
+            relay.mark_up()
+            return
+        if not failures:  # every relay went down while this message waited its turn
+            failures = [f"{r.name}: cooling down after a connection failure" for r in self.relays]
+        raise TransientDeliveryError("SMTP connection failed: " + "; ".join(failures))
+
+    async def close(self) -> None:
+        for relay in self.relays:
+            await relay.close()
+
+
 class _RelayDown(Exception):
     """The relay refused the connection, timed out or went away: not the recipient's doing."""
 
@@ -376,79 +450,6 @@ class RelayPool:
             client = self._idle.get_nowait()
             with contextlib.suppress(Exception):
                 await client.quit()
-
-
-class EmailChannel:
-    """Sends through the relays in order of preference (shared/relays.py): the first that is
-    up; one that refuses connections or times out is skipped for SMTP_RELAY_COOLDOWN_S and the
-    message goes to the next at once, with no attempt counted. Only when every relay is down
-    does a message fail (transient: retried with the usual backoff), each relay tried in turn
-    as one relay always was."""
-
-    def __init__(self, settings: Settings, throughput: Throughput | None = None) -> None:
-        self.settings = settings
-        self.cooldown_s = settings.smtp_relay_cooldown_s
-        self.relays = [
-            RelayPool(r, settings, throughput.ceiling(f"smtp:{r.name}", r.max_per_s) if throughput else None)
-            for r in relays(settings)
-        ]
-        if throughput is not None:
-            throughput.governs("email", self._ceiling_now)
-        # Built once: a half-configured DKIM or an unreadable key fails the worker's start-up.
-        self._dkim = DkimSigner.from_settings(settings)
-
-    async def send(self, message: RenderedEmail) -> DeliveryResult:
-        try:
-            data = message_bytes(message, self._dkim)
-        except ValueError as exc:
-            # Content the email package refuses (header_text removes what we know of):
-            # sending it again cannot help.
-            raise PermanentDeliveryError(f"the message could not be built: {exc}") from exc
-        mail_options = ["SMTPUTF8"] if needs_smtputf8(message) else []
-        sender = message.envelope_from or message.from_email
-        await self._transmit(sender, message.to, data, mail_options)
-        return DeliveryResult(external_message_id=message.message_id)
-
-    def _ceiling_now(self) -> Ceiling | None:
-        """The ceiling of the relay the next message goes to: the first one up."""
-        now = asyncio.get_running_loop().time()
-        return next((r for r in self.relays if r.is_up(now)), self.relays[0]).ceiling
-
-    async def _transmit(self, sender: str, to: str, data: bytes, mail_options: list[str]) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        up = [r for r in self.relays if r.is_up(now)]
-        # Every relay cooling down: each is tried anyway, as the one relay always was.
-        candidates = up or self.relays
-        failures: list[str] = []
-        for relay in candidates:
-            if up and not relay.is_up(loop.time()):
-                continue  # another send found it down meanwhile
-            if relay.ceiling is not None:
-                await relay.ceiling.take()  # waiting for a token is no attempt
-                if up and not relay.is_up(loop.time()):
-                    continue
-            try:
-                if not await relay.send(sender, to, data, mail_options, skip_if_down=bool(up)):
-                    continue
-            except _RelayDown as exc:
-                # One relay alone is never skipped: there is nowhere else to go (a cooldown
-                # would only delay its retries).
-                cooldown_s = self.cooldown_s if len(self.relays) > 1 else 0.0
-                if cooldown_s and relay.is_up(loop.time()):
-                    log.warning("smtp_relay_down", relay=relay.name, cooldown_s=cooldown_s, error=str(exc))
-                relay.mark_down(cooldown_s)
-                failures.append(str(exc))
-                continue
-            relay.mark_up()
-            return
-        if not failures:  # every relay went down while this message waited its turn
-            failures = [f"{r.name}: cooling down after a connection failure" for r in self.relays]
-        raise TransientDeliveryError("SMTP connection failed: " + "; ".join(failures))
-
-    async def close(self) -> None:
-        for relay in self.relays:
-            await relay.close()
 
 
 def _classify(code: int, text: str, *, hard_bounce: bool) -> TransientDeliveryError | PermanentDeliveryError:
