@@ -382,3 +382,17 @@ async def test_the_whatsapp_ceiling_holds_across_two_worker_processes(stack: Sta
     # One token at once, then 10 a second across both workers: the 40th leaves 3.9 s after the first.
     assert elapsed_s >= 3.5, elapsed_s
     assert await stack.claims(ids) == len(ids)
+
+
+async def test_a_worker_cut_off_from_redis_keeps_sending_at_its_share(stack: Stack) -> None:
+    # Its Redis is unreachable from the start: it counts itself alone (the whole ceiling), and
+    # never waits on Redis for a token.
+    cut_off = stack.settings.replace(redis_url=f"redis://127.0.0.1:{closed_port()}/0", whatsapp_max_per_s=10.0)
+    await stack.start_workers(cut_off, n=1)
+    broadcast_id = await stack.broadcast(WHATSAPP_TEMPLATE)
+    started = time.monotonic()
+    ids = await stack.burst(broadcast_id, [{"phone": unique_phone()} for _ in range(12)])
+    rows = await stack.settle(ids, timeout_s=30)
+    assert [(r["status"], r["attempts"], r["error"]) for r in rows] == [("sent", 1, None)] * len(ids)
+    assert time.monotonic() - started >= 1.0  # 10 a second, locally
+    assert "throughput_local_share" in stack.workers[0].log_path.read_text()
