@@ -37,6 +37,27 @@ MAX_FILENAME_CHARS = 255
 MAX_CONTENT_TYPE_CHARS = 255
 # Refused by extension, whatever content type is claimed: what a mail client may run when opened.
 EXECUTABLE_EXTENSIONS = frozenset({".exe", ".bat", ".cmd", ".com", ".js", ".jar", ".msi", ".scr", ".vbs", ".ps1"})
+# And the content types those go by, so that `notes.txt` sent as a program is refused too.
+EXECUTABLE_CONTENT_TYPES = frozenset(
+    {
+        "application/x-msdownload",
+        "application/x-msdos-program",
+        "application/x-ms-dos-executable",
+        "application/x-dosexec",
+        "application/vnd.microsoft.portable-executable",
+        "application/x-msi",
+        "application/x-ms-installer",
+        "application/java-archive",
+        "application/x-java-archive",
+        "application/javascript",
+        "application/x-javascript",
+        "text/javascript",
+        "application/x-bat",
+        "text/vbscript",
+        "application/x-vbscript",
+        "application/x-powershell",
+    }
+)
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 # Decoding this much base64 or more leaves the event loop (a 10 MB file takes a few ms).
 _DECODE_IN_THREAD_CHARS = 256 * 1024
@@ -93,7 +114,7 @@ def _is_executable(filename: str, content_type: str) -> bool:
     name = filename.rstrip(". ").lower()
     if any(name.endswith(ext) for ext in EXECUTABLE_EXTENSIONS):
         return True
-    return any(ext in EXECUTABLE_EXTENSIONS for ext in _MIME.guess_all_extensions(content_type.lower(), strict=False))
+    return content_type.lower() in EXECUTABLE_CONTENT_TYPES
 
 
 def _filename_problem(name: str | None) -> str | None:
