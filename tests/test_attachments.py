@@ -27,7 +27,7 @@ from shared.config import Settings
 from tests.helpers import EMAIL_TEMPLATE, WHATSAPP_TEMPLATE, eventually, make_broadcast, unique_email, unique_phone
 from tests.transactionals_helpers import send as v1_send
 from tests.transactionals_helpers import wait_status
-from worker.attachments import AttachmentParts
+from worker.attachments import AttachmentParts, reserved_bytes
 
 V1_SEND = "/api/v1/transactionals.json"
 NON_ASCII_NAME = "Résumé - 履歴書.txt"
@@ -352,17 +352,32 @@ async def test_the_messages_of_a_send_share_one_encoded_copy(client: Any, org: A
     )
     send_id = await send_id_of(pool, out["id"])
     parts = AttachmentParts(pool)
-    held = asyncio.Event()
 
     async def deliver() -> tuple[bytes, ...]:
-        async with parts.hold(send_id) as files:
-            held.set()
+        async with parts.hold(send_id, 2) as files:
             await asyncio.sleep(0.05)
             return files
 
     first, second = await asyncio.gather(deliver(), deliver())
     assert len(first) == 1 and first[0] is second[0]
     assert b'filename="ok.txt"' in first[0] and first[0].endswith(b64(b"ok").encode())
-    assert len(parts) == 0  # let go once no message holds them
+    assert len(parts) == 0 and parts.budget.used_bytes == 0  # let go once no message holds them
+
+    # A spent budget makes the next message wait its turn (one always goes, however large).
+    small = AttachmentParts(pool, budget_bytes=reserved_bytes(2))
+    entered = asyncio.Event()
+
+    async def second_message() -> None:
+        async with small.hold(send_id, 2):
+            entered.set()
+
+    async with small.hold(send_id, 2):
+        waiting = asyncio.create_task(second_message())
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not entered.is_set()
+    await asyncio.wait_for(waiting, 5)
+    assert entered.is_set() and small.budget.used_bytes == 0
+
     await pool.execute("UPDATE messages SET status = 'canceled' WHERE id = $1", uuid.UUID(out["id"]))
     await attachments.sweep_settled(pool)

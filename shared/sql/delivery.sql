@@ -116,7 +116,8 @@ SELECT count(*) FROM released;
 -- sending, attempts + 1, a lease of $2 seconds), log the events, and return with each what
 -- rendering and reporting need: the send's variables, request id and notify flag, whether a
 -- test key made it (worker/channels/testmode.py), the template body (NULL when the
--- message carries its own content), and whether an email's send has attachments. SKIP LOCKED: workers claiming at the same moment take
+-- message carries its own content), and for an email whose send has attachments their
+-- size in bytes (else NULL). SKIP LOCKED: workers claiming at the same moment take
 -- different rows and never wait for each other.
 WITH due AS (
     SELECT id, status FROM messages
@@ -141,7 +142,9 @@ WITH due AS (
 )
 SELECT c.id, c.send_id, c.org_id, c.template_id, c.contact_id, c.channel, c.to_address, c.attempts, c.content,
        c.test, s.variables, s.notify, s.request_id, t.body AS template_body,
-       c.channel = 'email' AND EXISTS (SELECT 1 FROM attachments a WHERE a.send_id = c.send_id) AS has_attachments
+       CASE WHEN c.channel = 'email' THEN
+           (SELECT sum(a.size_bytes)::bigint FROM attachments a WHERE a.send_id = c.send_id)
+       END AS attachment_bytes
 FROM claimed c
 JOIN sends s ON s.id = c.send_id
 LEFT JOIN templates t ON t.id = c.template_id;

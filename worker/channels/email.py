@@ -336,7 +336,12 @@ class EmailChannel:
 
     async def send(self, message: RenderedEmail) -> DeliveryResult:
         try:
-            data = message_bytes(message, self._dkim)
+            # With attachments the message is megabytes, and DKIM's body canonicalisation of it
+            # takes about a second: built off the event loop, which keeps serving the others.
+            if message.attachments:
+                data = await asyncio.to_thread(message_bytes, message, self._dkim)
+            else:
+                data = message_bytes(message, self._dkim)
         except ValueError as exc:
             # Content the email package refuses (header_text removes what we know of):
             # sending it again cannot help.
