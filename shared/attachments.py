@@ -66,7 +66,9 @@ _DECODE_IN_THREAD_CHARS = 256 * 1024
 # then agree on a filename's type whatever machine they run on.
 _MIME = mimetypes.MimeTypes(filenames=())
 _TOKEN = r"[A-Za-z0-9!#$&^_.+-]+"
-_CONTENT_TYPE = re.compile(rf"{_TOKEN}/{_TOKEN}")
+# `type/subtype`, optionally with parameters (`text/plain; charset=utf-8`): nothing that could
+# end the header line or smuggle another one.
+_CONTENT_TYPE = re.compile(rf'{_TOKEN}/{_TOKEN}(?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|"[\x20\x21\x23-\x5b\x5d-\x7e]*"))*')
 # Characters that reorder how a name is displayed (`invoice\u202egpj.exe` shows as
 # `invoiceexe.jpg`): refused like control characters.
 _BIDI_CONTROLS = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u061c")
@@ -114,7 +116,17 @@ def _is_executable(filename: str, content_type: str) -> bool:
     name = filename.rstrip(". ").lower()
     if any(name.endswith(ext) for ext in EXECUTABLE_EXTENSIONS):
         return True
-    return content_type.lower() in EXECUTABLE_CONTENT_TYPES
+    return _media_type(content_type) in EXECUTABLE_CONTENT_TYPES
+
+
+def _media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def _normalized(content_type: str) -> str:
+    """The media type lower-cased (as MIME compares it), its parameters as given."""
+    media, sep, params = content_type.partition(";")
+    return media.strip().lower() + (sep + params if sep else "")
 
 
 def _filename_problem(name: str | None) -> str | None:
@@ -178,7 +190,7 @@ def _decode_all(items: Sequence[AttachmentIn], max_total_bytes: int) -> tuple[li
             problems.append(f"{at}.content can't be blank")
             continue
         total += len(content)
-        files.append(Attachment(ids.new_id(), item.filename, content_type.lower(), content))
+        files.append(Attachment(ids.new_id(), item.filename, _normalized(content_type), content))
     if total > max_total_bytes:
         problems.append(f"{FIELD} are {total} bytes in total; at most {max_total_bytes} bytes per message")
     return files, problems

@@ -84,7 +84,7 @@ async def test_transactional_attachments_arrive_byte_identical_then_are_erased(
             "body": "<p>Attached.</p>",
             "attachments": [
                 {"filename": "report.pdf", "content": b64(pdf)},
-                {"filename": NON_ASCII_NAME, "content": b64(text), "content_type": "text/plain"},
+                {"filename": NON_ASCII_NAME, "content": b64(text), "content_type": "Text/Plain; charset=utf-8"},
             ],
         },
     )
@@ -178,6 +178,12 @@ REFUSED = {
     "no content": [{"filename": "a.txt"}],
     "a content type that is not one": [
         {"filename": "a.txt", "content": b64(b"x"), "content_type": "text/plain\r\nBcc: x@y.z"}
+    ],
+    "a content type with a non-ASCII parameter": [
+        {"filename": "a.txt", "content": b64(b"x"), "content_type": 'text/plain; name="é"'}
+    ],
+    "an executable content type with parameters": [
+        {"filename": "a.txt", "content": b64(b"x"), "content_type": "Application/X-MSDownload; x=y"}
     ],
     "not a list": {"filename": "a.txt"},
     "an unknown field": [{"filename": "a.txt", "content": b64(b"x"), "size": 1}],
