@@ -28,6 +28,7 @@ from tests.helpers import EMAIL_TEMPLATE, WHATSAPP_TEMPLATE, eventually, make_br
 from tests.transactionals_helpers import send as v1_send
 from tests.transactionals_helpers import wait_status
 from worker.attachments import AttachmentParts, reserved_bytes
+from worker.channels.email import attachment_part
 
 V1_SEND = "/api/v1/transactionals.json"
 NON_ASCII_NAME = "Résumé - 履歴書.txt"
@@ -387,3 +388,24 @@ async def test_the_messages_of_a_send_share_one_encoded_copy(client: Any, org: A
 
     await pool.execute("UPDATE messages SET status = 'canceled' WHERE id = $1", uuid.UUID(out["id"]))
     await attachments.sweep_settled(pool)
+
+
+# ---- the MIME part itself ----
+
+
+def test_filenames_are_quoted_or_rfc2231_encoded() -> None:
+    short = attachment_part("été.pdf", "application/pdf", b"%PDF")
+    assert b"Content-Disposition: attachment;\r\n filename*=utf-8''%C3%A9t%C3%A9.pdf\r\n" in short
+    plain = attachment_part('a "quoted" name.txt', "text/plain", b"x")
+    assert b'filename="a \\"quoted\\" name.txt"' in plain
+    long_name = "ü" * 100 + ".txt"
+    long = attachment_part(long_name, "text/plain", b"x")
+    header_lines = long.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    assert all(len(line) <= 78 for line in header_lines), header_lines
+    message = email.message_from_bytes(
+        b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n" + long + b"\r\n--b--\r\n",
+        policy=email.policy.default,
+    )
+    assert isinstance(message, EmailMessage)
+    ((name, _, content),) = files_of(message)
+    assert name == long_name and content == b"x"

@@ -222,7 +222,7 @@ def _plain_head(msg: RenderedEmail) -> bytes | None:
 # RFC 2231 attr-chars: what a parameter value may hold unencoded (RFC 5987's list).
 _ATTR_CHARS = "!#$&+-.^_`|~"
 # Encoded filename pieces per header line: continuations keep every line short (RFC 2231 §3).
-_FILENAME_PIECE_CHARS = 60
+_FILENAME_PIECE_CHARS = 58
 _BASE64_LINE = 76
 
 
@@ -239,7 +239,8 @@ def _filename_params(filename: str) -> str:
     pieces: list[str] = []
     rest = encoded
     while rest:
-        cut = min(_FILENAME_PIECE_CHARS, len(rest))
+        # The first piece also carries the charset: every line stays within 78 characters.
+        cut = min(_FILENAME_PIECE_CHARS - (len("utf-8''") if not pieces else 0), len(rest))
         # Never inside a %XX triplet.
         if "%" in rest[max(0, cut - 2) : cut]:
             cut = rest.rindex("%", 0, cut)
