@@ -120,6 +120,10 @@ class Settings:
     # Set by `tidings dev` for the processes it starts: a local stack, where http links are fine.
     tidings_dev: bool = False
 
+    # Email attachments: at most this many bytes (decoded) in total per message. The body limit
+    # of the routes that take them grows by their base64 (shared/attachments.py body_limit_bytes).
+    max_attachment_bytes: int = 10 * 1024 * 1024
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read every field from its upper-cased environment variable, converting by the field's type."""
@@ -165,6 +169,7 @@ class Settings:
             "db_pool_max_size",
             "max_body_bytes",
             "bounce_max_message_bytes",
+            "max_attachment_bytes",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.upper()} must be at least 1, not {getattr(self, name)}")

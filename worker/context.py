@@ -13,6 +13,7 @@ from shared import db
 from shared.config import Settings
 from shared.domain import Channel
 from shared.redis_keys import RedisKeys
+from worker.attachments import AttachmentParts
 from worker.channels.base import DeliveryChannel
 from worker.channels.email import EmailChannel
 from worker.channels.testmode import TestModeChannel
@@ -50,9 +51,12 @@ class WorkerContext:
     renderer: RenderPool = dataclasses.field(default_factory=RenderPool)
     # The throughput ceilings the channels keep; the pump sizes its claims by them.
     throughput: Throughput | None = None
+    # The attachments of the sends being delivered, loaded once per send (worker/attachments.py).
+    attachments: AttachmentParts = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
         self.outcomes = OutcomeWriter(self.pool)
+        self.attachments = AttachmentParts(self.pool)
 
     async def close(self) -> None:
         """After the pump has stopped: the outcome writes still under way end (at their next

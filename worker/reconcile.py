@@ -7,7 +7,8 @@ its worker alive and holding an outcome it could not write: Postgres back, that 
 writes the outcome or takes the message back (worker/pump.py renews its leases within about
 a second), and the grace, counted from the reclaim (so from a moment Postgres answered),
 is there so that it does so before anyone claims the message again. It also sweeps
-expired idempotency keys, and reports the backlog. Nothing here is needed for a message
+expired idempotency keys and the attachments of settled sends that their last outcome write
+did not erase (shared/attachments.py), and reports the backlog. Nothing here is needed for a message
 to be found: due messages are claimed straight from Postgres (worker/pump.py), whatever
 happened to Redis.
 """
@@ -19,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from shared import delivery, doorbell, metrics
+from shared import attachments, delivery, doorbell, metrics
 from worker.context import WorkerContext
 
 log = structlog.get_logger("tidings.reconcile")
@@ -45,6 +46,9 @@ async def reconcile(arq_ctx: dict[str, Any]) -> dict[str, int]:
     if time.monotonic() - _last_sweep_s > IDEMPOTENCY_SWEEP_EVERY_S:
         _last_sweep_s = time.monotonic()
         await delivery.sweep_expired_idempotency_keys(ctx.pool)
+    erased = await attachments.sweep_settled(ctx.pool)
+    if erased:
+        log.info("attachments_erased", files=erased)
     metrics.QUEUE_DEPTH.set(await delivery.count_due(ctx.pool, BACKLOG_COUNT_LIMIT))
     metrics.RECONCILED.labels("reclaimed").inc(reclaimed)
     if reclaimed:

@@ -7,7 +7,7 @@ from aiohttp import web
 from api import idempotency
 from api.jsonio import json_response
 from api.middleware import REQUEST_ID
-from api.routing import Call, route
+from api.routing import Call, attachment_body_limit, route
 from api.transactionals import schemas
 from shared import errors, transactionals
 
@@ -25,6 +25,7 @@ TAG = "transactionals"
     status=201,
     idempotent=True,
     rate_limited=True,
+    body_limit=attachment_body_limit,
 )
 async def create_transactional(call: Call[schemas.TransactionalCreate]) -> web.Response:
     state = call.state

@@ -21,6 +21,7 @@ import datetime as dt
 import email.utils
 import re
 import secrets
+import urllib.parse
 from email.header import Header
 from email.message import EmailMessage
 from email.policy import SMTP, SMTPUTF8, EmailPolicy, Policy
@@ -224,6 +225,67 @@ def _plain_head(msg: RenderedEmail) -> bytes | None:
     return "".join(lines).encode("ascii")
 
 
+# RFC 2231 attr-chars: what a parameter value may hold unencoded (RFC 5987's list).
+_ATTR_CHARS = "!#$&+-.^_`|~"
+# Encoded filename pieces per header line: continuations keep every line short (RFC 2231 §3).
+_FILENAME_PIECE_CHARS = 58
+_BASE64_LINE = 76
+
+
+def _filename_params(filename: str) -> str:
+    """`filename="report.pdf"` for a plain ASCII name; otherwise the RFC 2231 form,
+    `filename*=utf-8''%E2%82%AC.pdf` (continued over `filename*0*=`, `filename*1*=`... lines
+    when long), which every current client reads."""
+    if filename.isascii() and filename.isprintable() and len(filename) <= _FILENAME_PIECE_CHARS:
+        quoted = filename.replace("\\", "\\\\").replace('"', '\\"')
+        return f'filename="{quoted}"'
+    encoded = urllib.parse.quote(filename, safe=_ATTR_CHARS, encoding="utf-8")
+    if len(encoded) + len("utf-8''") <= _FILENAME_PIECE_CHARS:
+        return f"filename*=utf-8''{encoded}"
+    pieces: list[str] = []
+    rest = encoded
+    while rest:
+        # The first piece also carries the charset: every line stays within 78 characters.
+        cut = min(_FILENAME_PIECE_CHARS - (len("utf-8''") if not pieces else 0), len(rest))
+        # Never inside a %XX triplet.
+        if "%" in rest[max(0, cut - 2) : cut]:
+            cut = rest.rindex("%", 0, cut)
+        pieces.append(rest[:cut])
+        rest = rest[cut:]
+    pieces[0] = "utf-8''" + pieces[0]
+    return ";\r\n ".join(f"filename*{n}*={piece}" for n, piece in enumerate(pieces))
+
+
+def attachment_part(filename: str, content_type: str, content: bytes) -> bytes:
+    """One attached file as a whole MIME part (headers, blank line, base64 in 76-character
+    lines), made once per send and shared by its messages (worker/attachments.py). The
+    filename was checked when the send was accepted (no path, no control characters)."""
+    encoded = binascii.b2a_base64(content, newline=False)
+    lines = b"\r\n".join(encoded[i : i + _BASE64_LINE] for i in range(0, len(encoded), _BASE64_LINE))
+    head = (
+        f"Content-Type: {content_type}\r\n"
+        f"Content-Disposition: attachment;\r\n {_filename_params(filename)}\r\n"
+        "Content-Transfer-Encoding: base64\r\n\r\n"
+    )
+    return head.encode("ascii") + lines
+
+
+def _with_attachments(body: bytes, parts: tuple[bytes, ...]) -> bytes:
+    """`multipart/mixed`: the message's body (its own Content-* lines first) and then each
+    file. The base64 parts are shared bytes; only this message's copy is joined here."""
+    boundary = f"=_tidings_{secrets.token_hex(12)}"
+    delimiter = f"\r\n--{boundary}\r\n".encode()
+    return b"".join(
+        [
+            f'Content-Type: multipart/mixed; boundary="{boundary}"\r\n\r\n'.encode(),
+            delimiter[2:],
+            body,
+            *(piece for part in parts for piece in (delimiter, part)),
+            f"\r\n--{boundary}--\r\n".encode(),
+        ]
+    )
+
+
 def message_bytes(msg: RenderedEmail, signer: DkimSigner | None = None) -> bytes:
     """The message as it goes over the wire: serialized once, DKIM-signed when configured.
 
@@ -238,20 +300,20 @@ def message_bytes(msg: RenderedEmail, signer: DkimSigner | None = None) -> bytes
         head = b"".join(mime.policy.fold_binary(name, value) for name, value in mime.raw_items())
     head += b"MIME-Version: 1.0\r\n"
     if msg.html is None:
-        part = _qp_part("text/plain", msg.text)  # its Content-* lines join the message's header block
-        data = head + part
+        body = _qp_part("text/plain", msg.text)  # its Content-* lines join the message's header block
     else:
         boundary = f"=_tidings_{secrets.token_hex(12)}"
         delimiter = f"\r\n--{boundary}\r\n".encode()
-        data = (
-            head
-            + f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'.encode()
+        body = (
+            f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'.encode()
             + delimiter[2:]
             + _qp_part("text/plain", msg.text)
             + delimiter
             + _qp_part("text/html", msg.html)
             + f"\r\n--{boundary}--\r\n".encode()
         )
+    # With files, the body becomes the first part of a multipart/mixed.
+    data = head + (_with_attachments(body, msg.attachments) if msg.attachments else body)
     return signer.sign(data) if signer is not None else data
 
 
@@ -281,7 +343,12 @@ class EmailChannel:
 
     async def send(self, message: RenderedEmail) -> DeliveryResult:
         try:
-            data = message_bytes(message, self._dkim)
+            # With attachments the message is megabytes, and DKIM's body canonicalisation of it
+            # takes about a second: built off the event loop, which keeps serving the others.
+            if message.attachments:
+                data = await asyncio.to_thread(message_bytes, message, self._dkim)
+            else:
+                data = message_bytes(message, self._dkim)
         except ValueError as exc:
             # Content the email package refuses (header_text removes what we know of):
             # sending it again cannot help.
