@@ -106,6 +106,11 @@ class Settings:
     # (retry later), never a request that hangs. The doorbell is simply skipped.
     redis_timeout_s: float = 2.0
 
+    # Retention: message content (bodies, subjects, variables) older than this many days is
+    # erased by the reconciler; statuses, timestamps and events stay. An org may have its own
+    # (orgs.retention_days, the operator's setting).
+    retention_days: int = 30
+
     log_level: str = "INFO"
     log_format: LogFormat = "json"
     # Set by `tidings dev` for the processes it starts: a local stack, where http links are fine.
@@ -156,6 +161,7 @@ class Settings:
             "db_pool_max_size",
             "max_body_bytes",
             "bounce_max_message_bytes",
+            "retention_days",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.upper()} must be at least 1, not {getattr(self, name)}")

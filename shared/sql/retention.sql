@@ -1,0 +1,37 @@
+-- name: select_retention_cutoffs
+-- Every org with the moment before which its messages' content is erased: its own
+-- retention_days, else the service-wide default ($1 days).
+SELECT id, now() - make_interval(days => coalesce(retention_days, $1)) AS cutoff FROM orgs ORDER BY id;
+
+-- name: erase_expired_content
+-- Erase the content of up to $3 messages of org $1 created before $2 and done with (no longer
+-- scheduled, queued or sending: rendering needs nothing from them again): the message's own
+-- rendered content, its transactional's subject, body, preheader and recipient name, and its
+-- send's variables once every message of that send is done. Status, timestamps, addresses and
+-- events are kept. One short statement per batch: SKIP LOCKED leaves a row a worker or a
+-- webhook is updating for the next run, and the hot path never waits on this.
+WITH batch AS (
+    SELECT id FROM messages
+    WHERE org_id = $1 AND erased_at IS NULL AND created_at < $2
+      AND status NOT IN ('scheduled', 'queued', 'sending')
+    ORDER BY created_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+), erased AS (
+    UPDATE messages m SET content = NULL, erased_at = now()
+    FROM batch WHERE m.id = batch.id
+    RETURNING m.id, m.send_id
+), transactionals_erased AS (
+    UPDATE transactionals t SET subject = NULL, body = NULL, preheader = NULL, recipient_name = NULL
+    FROM erased WHERE t.id = erased.id
+), sends_erased AS (
+    -- A send fans out into several messages; a sibling still on its way needs the variables.
+    UPDATE sends s SET variables = '{}'::jsonb
+    FROM (SELECT DISTINCT send_id FROM erased) e
+    WHERE s.id = e.send_id AND s.variables <> '{}'::jsonb
+      AND NOT EXISTS (
+          SELECT 1 FROM messages o
+          WHERE o.send_id = s.id AND o.status IN ('scheduled', 'queued', 'sending')
+      )
+)
+SELECT count(*) FROM erased;
