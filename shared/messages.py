@@ -118,13 +118,15 @@ async def search(
         f.channel,
         f.source,
         limit + 1,
+        f.broadcast_id,
+        f.to,
     ]
+    # Every statement takes the same parameters; the most selective filter given picks the one
+    # whose index it walks (an address, then a broadcast, then a status, else the timeline).
     if f.to is not None:
         statement = Q.search_messages_by_to
-        args.append(f.to)
     elif f.broadcast_id is not None:
         statement = Q.search_messages_by_broadcast
-        args.append(f.broadcast_id)
     elif f.status is not None:
         statement = Q.search_messages_by_status
     else:

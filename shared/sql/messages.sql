@@ -20,9 +20,11 @@ LIMIT $8;
 
 -- name: search_messages
 -- An org's messages of one mode ($2), newest first, before the keyset cursor ($3, $4) and in
--- [since $5, until $6); optional filters (NULL: any) status $7, channel $8, source $9. Walks
--- messages_org_recent: the cursor and the time bounds are never NULL (the caller passes
--- +/-infinity and the greatest id), so they stay index conditions in a generic plan too.
+-- [since $5, until $6); optional filters (NULL: any) status $7, channel $8, source $9,
+-- broadcast $11, address $12 (compared lower-cased). Walks messages_org_recent: the cursor and
+-- the time bounds are never NULL (the caller passes +/-infinity and the greatest id), so they
+-- stay index conditions in a generic plan too. The by_* statements below take the same
+-- parameters and make one filter required, so that they walk the index made for it.
 SELECT * FROM messages
 WHERE org_id = $1 AND test = $2
   AND (created_at, id) < ($3::timestamptz, $4::uuid)
@@ -30,6 +32,8 @@ WHERE org_id = $1 AND test = $2
   AND ($7::message_status IS NULL OR status = $7)
   AND ($8::channel IS NULL OR channel = $8)
   AND ($9::message_source IS NULL OR source = $9)
+  AND ($11::uuid IS NULL OR broadcast_id = $11)
+  AND ($12::text IS NULL OR lower(to_address) = lower($12))
 ORDER BY created_at DESC, id DESC
 LIMIT $10;
 
@@ -41,23 +45,26 @@ WHERE org_id = $1 AND test = $2 AND status = $7::message_status
   AND created_at >= $5::timestamptz AND created_at < $6::timestamptz
   AND ($8::channel IS NULL OR channel = $8)
   AND ($9::message_source IS NULL OR source = $9)
+  AND ($11::uuid IS NULL OR broadcast_id = $11)
+  AND ($12::text IS NULL OR lower(to_address) = lower($12))
 ORDER BY created_at DESC, id DESC
 LIMIT $10;
 
 -- name: search_messages_by_to
--- search_messages to one address ($11, compared lower-cased): walks messages_org_to_recent.
+-- search_messages to one address ($12, required, compared lower-cased): walks messages_org_to_recent.
 SELECT * FROM messages
-WHERE org_id = $1 AND test = $2 AND lower(to_address) = lower($11::text)
+WHERE org_id = $1 AND test = $2 AND lower(to_address) = lower($12::text)
   AND (created_at, id) < ($3::timestamptz, $4::uuid)
   AND created_at >= $5::timestamptz AND created_at < $6::timestamptz
   AND ($7::message_status IS NULL OR status = $7)
   AND ($8::channel IS NULL OR channel = $8)
   AND ($9::message_source IS NULL OR source = $9)
+  AND ($11::uuid IS NULL OR broadcast_id = $11)
 ORDER BY created_at DESC, id DESC
 LIMIT $10;
 
 -- name: search_messages_by_broadcast
--- search_messages of one broadcast ($11): walks messages_broadcast_recent.
+-- search_messages of one broadcast ($11, required): walks messages_broadcast_recent.
 SELECT * FROM messages
 WHERE broadcast_id = $11::uuid AND org_id = $1 AND test = $2
   AND (created_at, id) < ($3::timestamptz, $4::uuid)
@@ -65,6 +72,7 @@ WHERE broadcast_id = $11::uuid AND org_id = $1 AND test = $2
   AND ($7::message_status IS NULL OR status = $7)
   AND ($8::channel IS NULL OR channel = $8)
   AND ($9::message_source IS NULL OR source = $9)
+  AND ($12::text IS NULL OR lower(to_address) = lower($12))
 ORDER BY created_at DESC, id DESC
 LIMIT $10;
 
