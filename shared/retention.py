@@ -10,6 +10,7 @@ skips locked rows: it never holds a lock the hot path waits for.
 
 from __future__ import annotations
 
+import random
 import time
 
 import asyncpg
@@ -29,7 +30,11 @@ async def erase_expired(
     through the orgs batch by batch and stops after `budget_s` (the next run goes on)."""
     deadline = time.monotonic() + budget_s
     erased = 0
-    for org in await pool.fetch(Q.select_retention_cutoffs, default_days):
+    orgs = list(await pool.fetch(Q.select_retention_cutoffs, default_days))
+    # In a random order: an org with a large backlog cannot use up every run's budget before
+    # the others' turn, run after run.
+    random.shuffle(orgs)
+    for org in orgs:
         while time.monotonic() < deadline:
             # Each batch is its own statement and so its own short transaction.
             count: int = await pool.fetchval(Q.erase_expired_content, org["id"], org["cutoff"], batch_rows)
