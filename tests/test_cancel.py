@@ -14,6 +14,7 @@ import msgspec
 
 from api.broadcasts import schemas
 from shared import orgs
+from shared.domain import KeyMode
 from tests.helpers import eventually, unique_email
 from tests.transactionals_helpers import fetch, inbox, send, wait_status
 
@@ -159,3 +160,44 @@ async def _settled(pool: Any, org_id: uuid.UUID) -> bool:
         "SELECT count(*) FROM messages WHERE org_id = $1 AND status IN ('queued', 'sending', 'scheduled')", org_id
     )
     return bool(busy == 0)
+
+
+async def test_a_key_sees_and_cancels_only_its_own_mode(client, org, pool) -> None:
+    """Test and live keys share the org, not its messages: search, the /api/v1 list and cancel
+    each see only the key's own mode (another mode's message is 404)."""
+    test_key = await orgs.create_key(pool, org.id, ["read", "write"], mode=KeyMode.test)
+    test_auth = {"Authorization": f"Bearer {test_key}"}
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
+    to = unique_email("modes")
+    live = await send(client, org, {"to": to, "subject": "Live", "body": "B", "queue_at": later})
+    r = await client.post(
+        "/api/v1/transactionals.json",
+        headers=test_auth,
+        json={"to": to, "subject": "Test", "body": "B", "queue_at": later},
+    )
+    assert r.status == 201, await r.text()
+    test = await r.json()
+
+    async def found(headers: dict[str, str]) -> list[str]:
+        r = await client.get(org.path("/messages"), headers=headers, params={"to": to})
+        assert r.status == 200
+        return [m["id"] for m in (await r.json())["data"]]
+
+    async def listed(headers: dict[str, str]) -> list[str]:
+        r = await client.get("/api/v1/transactionals.json", headers=headers, params={"limit": 100})
+        assert r.status == 200
+        return [t["id"] for t in (await r.json())["data"]]
+
+    assert await found(org.auth("read")) == [live["id"]]
+    assert await found(test_auth) == [test["id"]]
+    assert live["id"] in await listed(org.auth("read")) and test["id"] not in await listed(org.auth("read"))
+    assert await listed(test_auth) == [test["id"]]
+
+    r = await client.post(org.path(f"/messages/{test['id']}/cancel"), headers=org.auth("write"))
+    assert r.status == 404
+    r = await client.post(org.path(f"/messages/{live['id']}/cancel"), headers=test_auth)
+    assert r.status == 404
+    r = await client.post(org.path(f"/messages/{test['id']}/cancel"), headers=test_auth)
+    body = await r.json()
+    assert r.status == 200 and body["status"] == "canceled" and body["test"] is True
+    assert (await fetch(client, org, live["id"]))["status"] == "scheduled"

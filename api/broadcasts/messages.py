@@ -143,9 +143,14 @@ async def search_messages(call: Call[None]) -> web.Response:
         until=_time_filter(q.get("until"), "until"),
     )
     limit = cursors.parse_limit(q.get("limit"), maximum=SEARCH_MAX_LIMIT)
-    # Live messages only until keys carry a mode (test mode): the key's mode goes here.
+    # A key finds only the messages of its own mode (test or live).
     page, next_cursor = await messages.search(
-        call.state.pool, call.org_id, filters, test=False, cursor=q.get("cursor"), limit=limit
+        call.state.pool,
+        call.org_id,
+        filters,
+        test=call.key is not None and call.key.test,
+        cursor=q.get("cursor"),
+        limit=limit,
     )
     return json_response({"data": page, "next_cursor": next_cursor})
 
@@ -160,6 +165,8 @@ async def search_messages(call: Call[None]) -> web.Response:
     error_statuses=(409,),
 )
 async def cancel_message(call: Call[None]) -> web.Response:
-    # Live messages only until keys carry a mode (test mode): the key's mode goes here.
-    row = await messages.cancel(call.state.pool, call.org_id, call.path_uuid("message_id"), test=False)
+    # A key cancels only messages of its own mode; another mode's is not found (404).
+    row = await messages.cancel(
+        call.state.pool, call.org_id, call.path_uuid("message_id"), test=call.key is not None and call.key.test
+    )
     return json_response(row)

@@ -68,9 +68,9 @@ async def get_transactional(call: Call[None]) -> web.Response:
 async def list_transactionals(call: Call[None]) -> web.Response:
     q = call.request.query
     limit = cursors.parse_limit(q.get("limit"), maximum=LIST_MAX_LIMIT)
-    # Live messages only until keys carry a mode (test mode): the key's mode goes here.
+    # A key lists only the transactionals of its own mode (test or live).
     rows, next_cursor = await transactionals.page(
-        call.state.pool, call.org_id, test=False, cursor=q.get("cursor"), limit=limit
+        call.state.pool, call.org_id, test=call.key is not None and call.key.test, cursor=q.get("cursor"), limit=limit
     )
     base = call.state.settings.public_base
     return json_response(

@@ -2,8 +2,8 @@
 -- transactionals, and retention (an org's bodies and variables erased after some days).
 -- docs/design.md ("Message search") shows the plans these indexes give.
 
--- Test mode marks its messages; the migration that introduces test mode adds the same column.
--- Added here too (idempotently) because every search index below leads with it.
+-- Test mode marks its messages (0008 adds the column); repeated here, idempotently, because
+-- every search index below includes it.
 ALTER TABLE messages ADD COLUMN IF NOT EXISTS test boolean NOT NULL DEFAULT false;
 
 -- The search's one order is newest first, (created_at, id) descending, the keyset cursor's
