@@ -158,3 +158,17 @@ async def set_retention_days(conn: asyncpg.Connection | asyncpg.Pool, org_id: uu
         raise errors.ValidationFailed("retention days must be at least 1", fields={"retention_days": ["must be >= 1"]})
     if await conn.fetchrow(Q.update_org_retention_days, org_id, days) is None:
         raise errors.NotFound("no such org")
+
+
+def parse_retention_days(text: str) -> int | None:
+    """`DAYS` (a whole number, at least 1) -> DAYS; `default` -> None (RETENTION_DAYS)."""
+    if text.strip().lower() == "default":
+        return None
+    try:
+        days = int(text)
+    except ValueError:
+        days = 0
+    # A Postgres integer column: a number past 2^31 is refused here, not by the database.
+    if not 0 < days < 2**31:
+        raise ValueError(f"--retention-days takes a whole number of days, at least 1, or default (got {text!r})")
+    return days

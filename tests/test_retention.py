@@ -175,3 +175,18 @@ def test_retention_days_setting() -> None:
     assert Settings.from_env({"RETENTION_DAYS": "90"}).retention_days == 90
     with pytest.raises(ValueError, match="RETENTION_DAYS"):
         Settings.from_env({"RETENTION_DAYS": "0"})
+
+
+async def test_cli_org_update_retention_days(org, pool, settings) -> None:
+    from tests.test_keys import _cli
+
+    code, _, err = await _cli(settings, "org", "update", "--org", str(org.id), "--retention-days", "7")
+    assert code == 0, err
+    assert await pool.fetchval("SELECT retention_days FROM orgs WHERE id = $1", org.id) == 7
+    code, _, err = await _cli(settings, "org", "update", "--org", str(org.id), "--retention-days", "default")
+    assert code == 0, err
+    assert await pool.fetchval("SELECT retention_days FROM orgs WHERE id = $1", org.id) is None
+    for bad in ("0", "-3", "week", "99999999999"):
+        code, _, err = await _cli(settings, "org", "update", "--org", str(org.id), "--retention-days", bad)
+        assert code != 0 and "--retention-days" in err, (bad, err)
+    assert await pool.fetchval("SELECT retention_days FROM orgs WHERE id = $1", org.id) is None
