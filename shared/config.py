@@ -114,6 +114,10 @@ class Settings:
     # Messages a second to WhatsApp across every worker process together (Meta's default per
     # phone number is 80); 0: no ceiling.
     whatsapp_max_per_s: float = 80.0
+    # Retention: message content (bodies, subjects, variables) older than this many days is
+    # erased by the reconciler; statuses, timestamps and events stay. An org may have its own
+    # (orgs.retention_days, the operator's setting).
+    retention_days: int = 30
 
     log_level: str = "INFO"
     log_format: LogFormat = "json"
@@ -170,6 +174,7 @@ class Settings:
             "max_body_bytes",
             "bounce_max_message_bytes",
             "max_attachment_bytes",
+            "retention_days",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.upper()} must be at least 1, not {getattr(self, name)}")

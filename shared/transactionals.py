@@ -30,6 +30,7 @@ import structlog
 from shared import (
     attachments,
     confirmations,
+    cursors,
     db,
     errors,
     field_errors,
@@ -544,3 +545,17 @@ def _confirmation_fields(row: Mapping[str, Any], public_base: str) -> dict[str, 
     else:
         state = "pending"
     return {"confirmation_status": state, "confirmation_url": url}
+
+
+@db.translated
+async def page(
+    pool: asyncpg.Pool, org_id: uuid.UUID, *, test: bool, cursor: str | None, limit: int
+) -> tuple[list[asyncpg.Record], str | None]:
+    """The org's transactionals of one mode, newest first (rows for `transactional_json`), and
+    the next cursor."""
+    after_at, after_id = cursors.decode_from_top(cursor)
+    rows = await pool.fetch(Q.select_transactionals_page, org_id, test, after_at, after_id, limit + 1)
+    chosen = list(rows[:limit])
+    # The cursor is the transactional's own (created_at, id): the order the index walks.
+    next_cursor = cursors.encode(chosen[-1]["listed_at"], chosen[-1]["id"]) if len(rows) > limit else None
+    return chosen, next_cursor
