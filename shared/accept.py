@@ -99,6 +99,7 @@ class Acceptor:
             public_base=self.settings.public_base,
             source=source,
             request_id=request_id,
+            max_attachment_bytes=self.settings.max_attachment_bytes,
         )
         if claim is not None:
             prepared.fence = claim.fence
@@ -155,7 +156,9 @@ class Acceptor:
             committed = await transactionals.get_by_send(self.pool, org_id, claim.committed_send_id)
             if committed is not None:
                 return committed
-        request = await transactionals.validate(self.pool, org_id, submission)
+        request = await transactionals.validate(
+            self.pool, org_id, submission, max_attachment_bytes=self.settings.max_attachment_bytes
+        )
         prepared = await transactionals.prepare(
             self.pool,
             self.settings,

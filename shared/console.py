@@ -1,5 +1,6 @@
 """The console's data layer (api/console): its sessions, and the reads its pages need that no
-API has yet (messages searched across broadcasts, contacts listed, messages counted over time).
+API has yet (contacts listed, messages counted over time; messages are searched through
+`shared.messages.search`, as the API searches them).
 Every rule the console applies to what it changes lives in the aggregate modules the APIs call
 (`shared.broadcasts`, `shared.suppressions`, `shared.accept`, ...); this module only reads,
 and keeps sessions."""
@@ -12,11 +13,10 @@ import hashlib
 import secrets
 import uuid
 from collections.abc import Sequence
-from typing import Any
 
 import asyncpg
 
-from shared import cursors, db, messages
+from shared import cursors, db
 from shared.sql import Q
 
 
@@ -58,30 +58,6 @@ async def find_session(pool: asyncpg.Pool, token: str) -> Session | None:
 @db.translated
 async def close_session(pool: asyncpg.Pool, token: str) -> None:
     await pool.execute(Q.delete_console_session, token_hash(token))
-
-
-@db.translated
-async def search_messages(
-    pool: asyncpg.Pool,
-    org_id: uuid.UUID,
-    *,
-    address: str | None,
-    status: str | None,
-    channel: str | None,
-    broadcast_id: uuid.UUID | None,
-    since: dt.datetime | None,
-    cursor: str | None,
-    limit: int,
-    test: bool,
-) -> tuple[list[dict[str, Any]], str | None]:
-    """An org's messages as the API shows them, newest first, filtered (None: any), of one
-    mode (`test`: a test key's)."""
-    after_at, after_id = cursors.decode(cursor)
-    rows = await pool.fetch(
-        Q.search_messages, org_id, address, status, channel, broadcast_id, since, after_at, after_id, limit + 1, test
-    )
-    chosen, next_cursor = cursors.split_page(rows, limit)
-    return [messages.message_json(r) for r in chosen], next_cursor
 
 
 @db.translated

@@ -148,3 +148,27 @@ def parse_rate_limit(text: str) -> tuple[int, int] | None:
     if not sep or not 0 < n < 2**31 or not 0 < seconds < 2**31:
         raise ValueError(f"--rate-limit takes N/SECONDS with positive whole numbers, e.g. 1000/60 (got {text!r})")
     return n, seconds
+
+
+@db.translated
+async def set_retention_days(conn: asyncpg.Connection | asyncpg.Pool, org_id: uuid.UUID, days: int | None) -> None:
+    """How many days the org's message content is kept (None: RETENTION_DAYS). The operator's
+    setting, not the tenant's: no API route changes it."""
+    if days is not None and days < 1:
+        raise errors.ValidationFailed("retention days must be at least 1", fields={"retention_days": ["must be >= 1"]})
+    if await conn.fetchrow(Q.update_org_retention_days, org_id, days) is None:
+        raise errors.NotFound("no such org")
+
+
+def parse_retention_days(text: str) -> int | None:
+    """`DAYS` (a whole number, at least 1) -> DAYS; `default` -> None (RETENTION_DAYS)."""
+    if text.strip().lower() == "default":
+        return None
+    try:
+        days = int(text)
+    except ValueError:
+        days = 0
+    # A Postgres integer column: a number past 2^31 is refused here, not by the database.
+    if not 0 < days < 2**31:
+        raise ValueError(f"--retention-days takes a whole number of days, at least 1, or default (got {text!r})")
+    return days

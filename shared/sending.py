@@ -11,6 +11,7 @@ that an idle one looks at once).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -21,7 +22,8 @@ import msgspec
 import structlog
 from msgspec import Meta
 
-from shared import broadcasts, contacts, db, deadlines, errors, ids, unsubscribes
+from shared import attachments, broadcasts, contacts, db, deadlines, errors, ids, unsubscribes
+from shared.attachments import Attachment, AttachmentIn
 from shared.broadcast_cache import NO_CACHE, BroadcastCache
 from shared.contact_cache import NO_CONTACT_CACHE, ContactCache
 from shared.domain import (
@@ -70,6 +72,8 @@ class Trigger(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     name: Annotated[str, Meta(max_length=300)] | None = None
     variables: dict[str, Any] = {}
     template_ids: list[str] | None = None
+    # Files for the email templates that fire (WhatsApp templates ignore them): shared/attachments.py.
+    attachments: list[AttachmentIn] | None = None
 
 
 @dataclasses.dataclass(slots=True)
@@ -122,6 +126,8 @@ class PreparedSend:
     fence: KeyFence | None = None
     # Made with a test key: its messages never reach a provider (worker/channels/testmode.py).
     test: bool = False
+    # Written with the send, once, for all of its email messages.
+    attachments: list[Attachment] = dataclasses.field(default_factory=list)
 
     @property
     def queued(self) -> list[Record]:
@@ -182,9 +188,11 @@ async def prepare(
     public_base: str | None = None,
     source: str = "api",
     request_id: str | None = None,
+    max_attachment_bytes: int = attachments.DEFAULT_MAX_TOTAL_BYTES,
 ) -> PreparedSend:
     """`public_base` (PUBLIC_BASE_URL) makes `{{ unsubscribe_url }}` for templates that use it;
-    `source` (`api` or `manual`) and `request_id` are written with the send."""
+    `source` (`api` or `manual`) and `request_id` are written with the send; its attachments
+    may hold `max_attachment_bytes` (MAX_ATTACHMENT_BYTES) in total."""
     broadcast, templates = await cache.get(pool, org_id, broadcast_id)
     if broadcast is None:
         raise errors.NotFound("no such broadcast")
@@ -196,6 +204,8 @@ async def prepare(
     if not selected:
         # Possible only if every template was removed after activation.
         raise errors.ValidationFailed("the broadcast has no templates to send", fields={"template_ids": ["none"]})
+    # Before the recipient is looked up (which may create a contact): a refusal writes nothing.
+    files = await attachments.decode_or_refuse(trigger.attachments, max_attachment_bytes)
 
     if not (trigger.contact_channel_id or trigger.contact_id or trigger.phone or trigger.email):
         raise errors.RecipientRequired()
@@ -300,6 +310,7 @@ async def prepare(
         variables=variables,
         records=records,
         unsubscribe=unsubscribe,
+        attachments=files,
     )
 
 
@@ -360,9 +371,11 @@ async def commit_many(pool: asyncpg.Pool, sends: list[PreparedSend]) -> list[err
             pool, [(s.org_id, s.contact_id, *s.unsubscribe) for s in links if s.unsubscribe is not None]
         )
     fenced = [(s.send_id, s.fence) for s in sends if s.fence is not None]
+    # Sends with attachments: their files are written in the sends' transaction, after them.
+    files = [(s.send_id, s.org_id, s.attachments) for s in sends if s.attachments]
     statement_sent = False
     try:
-        async with pool.acquire() as conn:
+        async with pool.acquire() as conn, conn.transaction() if files else contextlib.nullcontext():
             statement_sent = True
             written = await conn.fetch(
                 Q.insert_sends_batch,
@@ -389,6 +402,7 @@ async def commit_many(pool: asyncpg.Pool, sends: list[PreparedSend]) -> list[err
                 [fence.holder for _, fence in fenced],
                 [s.test for s in sends for _ in s.records],
             )
+            await attachments.insert_many(conn, files)
     except db.UNREACHABLE:
         if not statement_sent:
             raise  # no connection, so nothing was written: the caller may retry

@@ -181,6 +181,12 @@ def cmd_org_update(settings: Settings, args: argparse.Namespace) -> None:
         except ValueError as exc:
             sys.exit(str(exc))
         changes.append(lambda pool: orgs.set_rate_limit(pool, org_id, budget))
+    if args.retention_days is not None:
+        try:
+            days = orgs.parse_retention_days(args.retention_days)
+        except ValueError as exc:
+            sys.exit(str(exc))
+        changes.append(lambda pool: orgs.set_retention_days(pool, org_id, days))
     if not changes:
         sys.exit("nothing to change: give at least one option (see `tidings org update --help`)")
 
@@ -258,6 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--rate-limit",
         metavar="N/SECONDS",
         help="the org's send budget: N requests per SECONDS-second window (`default`: the service-wide one)",
+    )
+    org_update.add_argument(
+        "--retention-days",
+        metavar="DAYS",
+        help="days the org's message content is kept before the reconciler erases it (`default`: RETENTION_DAYS)",
     )
     org_update.set_defaults(fn=cmd_org_update)
 

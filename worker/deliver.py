@@ -158,7 +158,13 @@ async def _deliver_one(ctx: WorkerContext, message: Mapping[str, Any]) -> Outcom
         # Test mode is the channel's business: a test key's message is rendered as any other
         # and handed to the test transport, never to a provider.
         channel = ctx.test_channel if message.get("test") else ctx.channels[kind]
-        result = await channel.send(rendered)
+        if isinstance(rendered, RenderedEmail) and message.get("attachment_bytes"):
+            # Files are added after rendering (never through the render sandbox), shared by
+            # the send's messages in flight and let go when the last of them is done.
+            async with ctx.attachments.hold(message["send_id"], message["attachment_bytes"]) as parts:
+                result = await channel.send(dataclasses.replace(rendered, attachments=parts))
+        else:
+            result = await channel.send(rendered)
     except errors.ValidationFailed as exc:
         return Outcome(message_id, MessageStatus.failed, error=exc.message)
     except TransientDeliveryError as exc:

@@ -149,3 +149,8 @@ class SuppressionOut(msgspec.Struct, forbid_unknown_fields=True):
 class SuppressionList(msgspec.Struct):
     data: list[SuppressionOut]
     next_cursor: str | None
+
+
+class TransactionalList(msgspec.Struct):
+    data: list[TransactionalOut]
+    next_cursor: str | None

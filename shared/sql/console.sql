@@ -17,21 +17,6 @@ DELETE FROM console_sessions WHERE token_hash = $1;
 DELETE FROM console_sessions
 WHERE token_hash IN (SELECT token_hash FROM console_sessions WHERE expires_at <= now() LIMIT 1000);
 
--- name: search_messages
--- Messages of an org, newest first, filtered (NULL: any): address (substring, case-insensitive),
--- status, channel, broadcast, created since; after the cursor (created_at, id); of one mode
--- ($10: a test key's console sees test messages only).
-SELECT * FROM messages
-WHERE org_id = $1 AND test = $10
-  AND ($2::text IS NULL OR to_address ILIKE '%' || $2 || '%')
-  AND ($3::message_status IS NULL OR status = $3)
-  AND ($4::channel IS NULL OR channel = $4)
-  AND ($5::uuid IS NULL OR broadcast_id = $5)
-  AND ($6::timestamptz IS NULL OR created_at >= $6)
-  AND ($7::timestamptz IS NULL OR (created_at, id) < ($7, $8::uuid))
-ORDER BY created_at DESC, id DESC
-LIMIT $9;
-
 -- name: message_counts_over_time
 -- Messages created since $3 per time bucket of $4 seconds and status, of an org or one of its
 -- broadcasts ($2 NULL: all), of one mode ($5: test): the console's chart.

@@ -46,3 +46,7 @@ SELECT id, name, rate_limit_requests, rate_limit_window_s, created_at FROM orgs 
 -- Change an org's send budget (NULL: back to the default).
 UPDATE orgs SET rate_limit_requests = $2, rate_limit_window_s = $3 WHERE id = $1
 RETURNING id, name, rate_limit_requests, rate_limit_window_s, created_at;
+
+-- name: update_org_retention_days
+-- Change how many days an org's message content is kept (NULL: back to RETENTION_DAYS).
+UPDATE orgs SET retention_days = $2 WHERE id = $1 RETURNING id, retention_days;

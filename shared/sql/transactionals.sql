@@ -25,3 +25,21 @@ JOIN messages m ON m.id = t.id
 LEFT JOIN confirmations cf ON cf.token = t.confirmation_token
 LEFT JOIN contacts c ON c.id = m.contact_id
 WHERE t.id = $1 AND t.org_id = $2 AND m.test = $3;
+
+-- name: select_transactionals_page
+-- An org's transactionals of one mode ($2), newest first, before the keyset cursor ($3, $4;
+-- never NULL: +infinity and the greatest id for the first page), with what select_transactional
+-- returns for each. Walks transactionals_org_recent.
+SELECT t.id, t.recipient_email, t.recipient_name, t.subject, t.body, t.preheader, t.reply_to, t.queue_at,
+       t.double_opt_in, t.confirmation_token, t.created_at AS listed_at,
+       m.status, m.error, m.sent_at, m.created_at, m.updated_at, m.test,
+       cf.expires_at <= now() AS confirmation_expired,
+       (cf.confirmed_at IS NOT NULL OR c.confirmed_at IS NOT NULL) AS subscriber_confirmed,
+       c.redacted_at IS NOT NULL AS subscriber_redacted
+FROM transactionals t
+JOIN messages m ON m.id = t.id
+LEFT JOIN confirmations cf ON cf.token = t.confirmation_token
+LEFT JOIN contacts c ON c.id = m.contact_id
+WHERE t.org_id = $1 AND m.test = $2 AND (t.created_at, t.id) < ($3::timestamptz, $4::uuid)
+ORDER BY t.created_at DESC, t.id DESC
+LIMIT $5;

@@ -271,6 +271,7 @@ async def _start(config: DevConfig, env: dict[str, str], stack: contextlib.Async
         # The inbox takes no AUTH; credentials meant for a real relay must not be tried on it.
         "SMTP_USERNAME": "",
         "SMTP_PASSWORD": "",
+        "SMTP_RELAYS": "",  # relays would replace the inbox
         "WHATSAPP_API_BASE_URL": sandbox_url,
         "WHATSAPP_ACCESS_TOKEN": DEV_WHATSAPP_ACCESS_TOKEN,
         "WHATSAPP_PHONE_NUMBER_ID": DEV_WHATSAPP_PHONE_NUMBER_ID,

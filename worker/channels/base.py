@@ -42,6 +42,9 @@ class RenderedEmail:
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
     # SMTP MAIL FROM (where bounces go); None: the From address.
     envelope_from: str | None = None
+    # Attached files, each a whole MIME part already encoded (worker/channels/email.py
+    # `attachment_part`): the messages of one send share the same bytes objects.
+    attachments: tuple[bytes, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
