@@ -6,6 +6,7 @@ Screenshots of every page go to .screenshots/ (ignored by git)."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import pathlib
 import re
@@ -305,6 +306,28 @@ async def test_a_test_keys_session_sends_and_sees_test_messages_only(page, clien
     assert [m["to"] for m in seen_by_test["data"]] == [email] and seen_by_test["data"][0]["test"] is True
     seen_by_live = await (await client.get(path, headers=org.auth("read"))).json()
     assert seen_by_live["data"] == []
+
+
+async def test_a_scheduled_transactional_is_found_and_canceled_in_the_console(page, client, org) -> None:
+    from playwright.async_api import expect
+
+    from tests.transactionals_helpers import send
+
+    to = unique_email("later")
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    out = await send(client, org, {"to": to, "subject": "Later", "body": "Hi", "queue_at": later.isoformat()})
+    root = base(client)
+    await sign_in(page, root, org.keys["admin"], "/console/messages")
+    await page.get_by_label("Address").fill(to)
+    await page.get_by_label("Status").select_option("scheduled")
+    await page.get_by_role("button", name="Search").click()
+    await page.get_by_role("link", name=to).click()
+    await expect(page.get_by_role("heading", level=1)).to_contain_text("scheduled")
+    await page.get_by_role("button", name="Cancel this message").click()
+    await expect(page.locator(".notice")).to_contain_text("canceled")
+    await expect(page.locator(".timeline")).to_contain_text("canceled")
+    r = await client.get(org.path(f"/messages/{out['id']}"), headers=org.auth("read"))
+    assert (await r.json())["status"] == "canceled"
 
 
 async def test_a_revoked_key_ends_its_sessions(page, client, org, pool: asyncpg.Pool) -> None:

@@ -42,6 +42,7 @@ NOTICES = {
     "sent": "Sent. The recipients table below shows the message as it goes.",
     "suppressed": "The address is on the suppression list.",
     "unsuppressed": "The address is off the suppression list.",
+    "canceled": "The message is canceled: it will not be sent.",
     "revoked": "The key is revoked: the API refuses it from now on (every api process within KEY_CACHE_TTL_S).",
 }
 SAMPLE = {"name": "Ada Lovelace", "email": "ada@example.com", "phone": "+15550100"}
@@ -465,10 +466,26 @@ async def message_search(p: Page) -> web.StreamResponse:
     )
 
 
+async def _message_page(p: Page, *, problem: str | None = None, status: int = 200) -> web.Response:
+    m = await messages.get(p.state.pool, p.org_id, p.path_uuid("message_id"), test=p.test)
+    notice = NOTICES.get(p.request.query.get("notice", ""))
+    return p.render("message.html", {"nav": "messages", "m": m, "notice": notice, "problem": problem}, status=status)
+
+
 @page
 async def message_show(p: Page) -> web.StreamResponse:
-    m = await messages.get(p.state.pool, p.org_id, p.path_uuid("message_id"), test=p.test)
-    return p.render("message.html", {"nav": "messages", "m": m})
+    return await _message_page(p)
+
+
+@page
+async def message_cancel(p: Page) -> web.StreamResponse:
+    """Cancel a scheduled message, as `POST /orgs/{org_id}/messages/{id}/cancel` does."""
+    message_id = p.path_uuid("message_id")
+    try:
+        await messages.cancel(p.state.pool, p.org_id, message_id, test=p.test)
+    except errors.NotCancelable as exc:
+        return await _message_page(p, problem=exc.message, status=409)
+    return redirect(f"/console/messages/{message_id}?notice=canceled")
 
 
 # ---- contacts and suppressions ----

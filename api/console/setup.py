@@ -84,6 +84,7 @@ def setup(app: web.Application) -> None:
     r.add_post("/console/broadcasts/{broadcast_id}/send", pages.manual_send)
     r.add_get("/console/messages", pages.message_search)
     r.add_get("/console/messages/{message_id}", pages.message_show)
+    r.add_post("/console/messages/{message_id}/cancel", pages.message_cancel)
     r.add_get("/console/contacts", pages.contact_list)
     r.add_get("/console/suppressions", pages.suppression_list)
     r.add_post("/console/suppressions", pages.suppression_add)
