@@ -141,9 +141,19 @@ async def test_invent_workflow_end_to_end(page, client, org, worker, smtp_server
     await page.get_by_role("button", name="Add template").click()
     await expect(page.locator(".notice")).to_contain_text("Template added")
     await expect(page.locator("article.template")).to_have_count(2)
+
+    # Edit the email template on its own page, previewed live again.
+    await page.get_by_role("link", name="Edit this template").first.click()
+    await expect(page.get_by_label("Subject")).to_have_value("Order {{ order_id }} has shipped")
+    await page.get_by_label("Subject").fill("Your order {{ order_id }} is on its way")
+    await expect(page.locator("#live-preview")).to_contain_text("Your order A-1000 is on its way")
+    await shot(page, "02-template")
+    await page.get_by_role("button", name="Save template").click()
+    await expect(page.locator(".notice")).to_contain_text("Template saved")
+    await expect(page.locator("article.template").first).to_contain_text("Your order A-1000 is on its way")
     await expect(page.locator("#curl")).to_have_value(re.compile(rf"/orgs/{org.id}/broadcasts/{broadcast_id}/send"))
     await page.locator("article.template iframe").scroll_into_view_if_needed()
-    await shot(page, "02-broadcast-draft")
+    await shot(page, "03-broadcast-draft")
 
     await page.get_by_role("button", name="Activate").click()
     await expect(page.locator("#live .banner")).to_contain_text("Active and accepting triggers since")
@@ -157,7 +167,7 @@ async def test_invent_workflow_end_to_end(page, client, org, worker, smtp_server
     await page.get_by_role("button", name="Send").click()
     await page.wait_for_url(re.compile(r"\?notice=sent$"))
     mail = await wait_for_mail(smtp_server, email)
-    assert "DHL" in (mail.html or "") and mail.subject == "Order A-1000 has shipped"
+    assert "DHL" in (mail.html or "") and mail.subject == "Your order A-1000 is on its way"
     row = page.locator("#live tbody tr", has_text=email)
     await expect(row).to_contain_text("manual")
     await expect(row).to_contain_text("sent")
@@ -169,14 +179,14 @@ async def test_invent_workflow_end_to_end(page, client, org, worker, smtp_server
         ("email", email, "manual"),
         ("whatsapp", phone, "manual"),
     }
-    await shot(page, "03-broadcast-active")
+    await shot(page, "04-broadcast-active")
     await page.evaluate("window.scrollTo(0, 0)")
-    await shot(page, "03-broadcast-active-top", full_page=False)
+    await shot(page, "04-broadcast-active-top", full_page=False)
 
     # The message's page with its timeline.
     await row.get_by_role("link").click()
     await expect(page.locator(".timeline")).to_contain_text("sent")
-    await shot(page, "04-message")
+    await shot(page, "05-message")
     await page.go_back()
 
     # Pause: the API's trigger is refused.
@@ -196,25 +206,25 @@ async def test_invent_workflow_end_to_end(page, client, org, worker, smtp_server
     await page.get_by_label("Address").fill(email.upper())
     await page.get_by_role("button", name="Search").click()
     await expect(page.locator("tbody")).to_contain_text(email)
-    await shot(page, "05-messages")
+    await shot(page, "06-messages")
     await page.get_by_role("link", name="Contacts", exact=True).click()
     await expect(page.locator("tbody")).to_contain_text(email)
-    await shot(page, "06-contacts")
+    await shot(page, "07-contacts")
     await page.get_by_role("link", name="Suppressions", exact=True).click()
     blocked = unique_email("blocked")
     await page.get_by_label("Email").fill(blocked)
     await page.get_by_role("button", name="Suppress").click()
     await expect(page.locator("tbody")).to_contain_text(blocked)
-    await shot(page, "07-suppressions")
+    await shot(page, "08-suppressions")
     await page.get_by_role("button", name=f"Remove {blocked} from the list").click()
     await expect(page.locator(".notice")).to_contain_text("off the suppression list")
     await expect(page.locator("tbody")).not_to_contain_text(blocked)
     await page.get_by_role("link", name="Broadcasts", exact=True).click()
     await expect(page.locator("tbody")).to_contain_text("Order shipped")
-    await shot(page, "08-broadcasts")
+    await shot(page, "09-broadcasts")
     await page.get_by_role("link", name="tidings").click()
     await expect(page.locator(".chart svg > title")).to_contain_text("2 messages in the last 24h")
-    await shot(page, "09-overview")
+    await shot(page, "10-overview")
 
     await page.get_by_role("button", name="Sign out").click()
     await page.wait_for_url(re.compile(r"/console/login"))
@@ -275,13 +285,13 @@ async def test_a_key_made_in_the_console_works_once_shown_and_is_refused_once_re
     await page.get_by_role("button", name="Create key").click()
     key = await page.get_by_label("API key").input_value()
     assert key.startswith("tdg_")
-    await shot(page, "10-key-created")
+    await shot(page, "11-key-created")
     r = await client.get(org.path("/broadcasts"), headers={"Authorization": f"Bearer {key}"})
     assert r.status == 200
     await page.get_by_role("link", name="Back to the API keys").click()
     # The list never shows a key again, only its prefix.
     assert key not in await page.content()
-    await shot(page, "11-keys")
+    await shot(page, "12-keys")
     await page.get_by_role("button", name="Revoke ci deploys").click()
     await expect(page.locator(".notice")).to_contain_text("revoked")
     r = await client.get(org.path("/broadcasts"), headers={"Authorization": f"Bearer {key}"})

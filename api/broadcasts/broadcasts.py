@@ -129,7 +129,7 @@ async def update_template(call: Call[schemas.TemplatePatch]) -> web.Response:
         k: msgspec.to_builtins(v) for k, v in msgspec.structs.asdict(call.body).items() if v is not msgspec.UNSET
     }
     updated = await broadcasts.update_template(
-        call.state.pool, call.org_id, broadcast_id, template_id, changes, _complete_template
+        call.state.pool, call.org_id, broadcast_id, template_id, changes, complete_template
     )
     call.state.broadcast_cache.invalidate(call.org_id, broadcast_id)
     return json_response(broadcasts.template_json(updated))
@@ -196,7 +196,7 @@ async def resume(call: Call[None]) -> web.Response:
     return await _set_status(call, "resume")
 
 
-def _complete_template(merged: dict[str, Any]) -> dict[str, Any]:
+def complete_template(merged: dict[str, Any]) -> dict[str, Any]:
     """A stored template body with changes merged in -> validated, defaults filled, as stored."""
     try:
         validated = msgspec.convert(merged, schemas.TemplateIn)

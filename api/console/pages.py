@@ -15,7 +15,7 @@ from aiohttp import web
 
 from api.broadcasts import messages as api_messages
 from api.broadcasts import schemas
-from api.broadcasts.broadcasts import template_body
+from api.broadcasts.broadcasts import complete_template, template_body
 from api.console import chart
 from api.console.web import Page, page, redirect
 from api.middleware import REQUEST_ID
@@ -35,6 +35,7 @@ NOTICES = {
     "created": "Broadcast created.",
     "template": "Template added.",
     "template_removed": "Template removed.",
+    "template_saved": "Template saved.",
     "variables": "Variables saved.",
     "activate": "The broadcast is active: triggers are accepted.",
     "pause": "The broadcast is paused: triggers are refused.",
@@ -306,6 +307,64 @@ async def template_preview(p: Page) -> web.StreamResponse:
     except msgspec.ValidationError as exc:
         channel, preview = p.field("channel"), {"error": "; ".join(f"{k} {v}" for k, v in _problems(exc, "").items())}
     return p.render("_preview.html", {"channel": channel, "preview": preview})
+
+
+def _template_values(t: dict[str, Any]) -> dict[str, str]:
+    """A stored template as the editor's fields."""
+    values = {k: ("" if v is None else str(v)) for k, v in t.items() if isinstance(v, str | None)}
+    values["body_parameters"] = "\n".join(t.get("body_parameters") or [])
+    return values
+
+
+async def _template_page(
+    p: Page, *, inputs: dict[str, str] | None = None, problems: dict[str, str] | None = None, status: int = 200
+) -> web.Response:
+    b = await broadcasts.get(p.state.pool, p.org_id, p.path_uuid("broadcast_id"))
+    template_id = p.path_uuid("template_id")
+    t = next((t for t in b["templates"] if t["id"] == template_id), None)
+    if t is None:
+        raise errors.NotFound("no such template")
+    data = _sample_data(b["variables"], p.state.settings.public_base)
+    return p.render(
+        "template.html",
+        {
+            "nav": "broadcasts",
+            "b": b,
+            "t": t,
+            "ti": inputs if inputs is not None else _template_values(t),
+            "tp": problems or {},
+            "initial_preview": await _preview(t["channel"], t, data),
+            "channels": [c.value for c in Channel],
+            "categories": ["utility", "authentication", "marketing"],
+            "builtins": sorted(BUILTIN_VARIABLES),
+        },
+        status=status,
+    )
+
+
+@page
+async def template_show(p: Page) -> web.StreamResponse:
+    return await _template_page(p)
+
+
+@page
+async def template_save(p: Page) -> web.StreamResponse:
+    """Save an edited template through `shared.broadcasts.update_template` with the API's own
+    completion (its schema and defaults): fields the editor does not show (a reply-to, a
+    preheader set through the API) are kept."""
+    broadcast_id, template_id = p.path_uuid("broadcast_id"), p.path_uuid("template_id")
+    changes = _template_fields(p)
+    changes.pop("channel")
+    if "from_email" in changes:
+        for optional in ("from_name", "html_body", "text_body"):
+            changes.setdefault(optional, None)
+    try:
+        await broadcasts.update_template(p.state.pool, p.org_id, broadcast_id, template_id, changes, complete_template)
+    except errors.ValidationFailed as exc:
+        inputs = {k: p.field(k) for k in _TEMPLATE_INPUTS}
+        return await _template_page(p, inputs=inputs, problems=_problems(exc, "channel"), status=422)
+    p.state.broadcast_cache.invalidate(p.org_id, broadcast_id)
+    return redirect(f"/console/broadcasts/{broadcast_id}?notice=template_saved")
 
 
 @page

@@ -77,6 +77,8 @@ def setup(app: web.Application) -> None:
     r.add_get("/console/broadcasts/{broadcast_id}/live", pages.broadcast_live)
     r.add_post("/console/broadcasts/{broadcast_id}/templates", pages.template_add)
     r.add_post("/console/broadcasts/{broadcast_id}/preview", pages.template_preview)
+    r.add_get("/console/broadcasts/{broadcast_id}/templates/{template_id}", pages.template_show)
+    r.add_post("/console/broadcasts/{broadcast_id}/templates/{template_id}", pages.template_save)
     r.add_post("/console/broadcasts/{broadcast_id}/templates/{template_id}/remove", pages.template_remove)
     r.add_post("/console/broadcasts/{broadcast_id}/variables", pages.variables_save)
     for action in ("activate", "pause", "resume"):
