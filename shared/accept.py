@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import asyncpg
 from redis.asyncio import Redis
 
-from shared import doorbell, metrics, sending, transactionals
+from shared import doorbell, errors, ids, metrics, sending, transactionals
 from shared.batching import Batcher
 from shared.broadcast_cache import NO_CACHE, BroadcastCache
 from shared.config import Settings
@@ -35,6 +36,11 @@ from shared.redis_keys import RedisKeys
 from shared.send_waiter import SendWaiter
 
 Prepared = sending.PreparedSend | transactionals.PreparedTransactional
+T = TypeVar("T")
+
+# How many of a batch's items are validated and resolved at once: most cost no round trip
+# (the caches), the others one or two each, and each holds a pool connection meanwhile.
+PREPARE_CONCURRENCY = 8
 
 
 class Acceptor:
@@ -64,6 +70,8 @@ class Acceptor:
         # most one commit before its own, and batches grow instead of splitting).
         self.batcher: Batcher[Prepared, asyncio.Future[bool]] = Batcher(self._flush, max_in_flight=1)
         self._rings: set[asyncio.Future[bool]] = set()
+        # A batch request's sends refused at commit for their own reason, until it reads them.
+        self._refusals: dict[int, errors.TidingsError] = {}
 
     # ---- the Broadcasts API and the CLI ----
 
@@ -166,6 +174,158 @@ class Acceptor:
         assert prepared.row is not None
         return prepared.row
 
+    # ---- batch requests: many sends, each resolved alone, committed together ----
+
+    async def trigger_many(
+        self,
+        org_id: uuid.UUID,
+        broadcast_id: uuid.UUID,
+        triggers: Sequence[sending.Trigger | errors.TidingsError],
+        *,
+        source: str,
+        request_id: str | None,
+        claim: sending.KeyClaim | None = None,
+    ) -> list[sending.PreparedSend | errors.TidingsError]:
+        """Accept a batch of triggers of one broadcast, in the background (no one waits for
+        outcomes). Per item, in order: its send as accepted, or the error that refused it
+        alone (an item given as an error, e.g. a body that did not decode, stays refused).
+        All accepted sends are committed in one statement. Raises what refuses the whole
+        request: the broadcast cannot send, Postgres is unreachable, the key was taken over."""
+        await sending.sendable_broadcast(self.pool, org_id, broadcast_id, self.broadcast_cache)
+        send_ids, committed = await self._batch_ids(
+            claim, len(triggers), lambda ids_: sending.load_committed_many(self.pool, org_id, ids_)
+        )
+
+        Item = sending.PreparedSend | errors.TidingsError
+
+        async def one(i: int, trigger: sending.Trigger | errors.TidingsError) -> Item:
+            if isinstance(trigger, errors.TidingsError):
+                return trigger
+            done = committed.get(send_ids[i])
+            if done is not None:
+                return done  # committed by this key's first request, which died before answering
+            try:
+                prepared = await sending.prepare(
+                    self.pool,
+                    org_id,
+                    broadcast_id,
+                    trigger,
+                    cache=self.broadcast_cache,
+                    contact_cache=self.contact_cache,
+                    public_base=self.settings.public_base,
+                    source=source,
+                    request_id=request_id,
+                )
+            except errors.TidingsError as exc:
+                if not _item_refusal(exc):
+                    raise
+                return exc
+            prepared.send_id = send_ids[i]
+            if claim is not None:
+                prepared.fence = claim.fence
+            return prepared
+
+        items = await _in_lanes(len(triggers), lambda i: one(i, triggers[i]), PREPARE_CONCURRENCY)
+        fresh = [p for p in items if isinstance(p, sending.PreparedSend) and p.send_id not in committed]
+        await self._commit_group(fresh)
+        return [self._refusals.pop(id(p), p) if isinstance(p, sending.PreparedSend) else p for p in items]
+
+    async def transactional_many(
+        self,
+        org_id: uuid.UUID,
+        submissions: Sequence[transactionals.Submission | errors.TidingsError],
+        *,
+        request_id: str | None,
+        claim: sending.KeyClaim | None = None,
+    ) -> list[asyncpg.Record | errors.TidingsError]:
+        """Accept a batch of `/api/v1` emails. Per item, in order: the transactional as
+        accepted (as `transactionals.get` reads it), or the error that refused it alone. Each
+        is validated alone; their recipients are looked up together and all accepted ones
+        committed in one transaction. Raises what refuses the whole request."""
+        send_ids, committed = await self._batch_ids(
+            claim, len(submissions), lambda ids_: transactionals.get_many_by_sends(self.pool, org_id, ids_)
+        )
+
+        async def check(i: int, s: transactionals.Submission | errors.TidingsError) -> object:
+            if isinstance(s, errors.TidingsError) or send_ids[i] in committed:
+                return s
+            try:
+                return await transactionals.validate(self.pool, org_id, s)
+            except errors.TidingsError as exc:
+                if not _item_refusal(exc):
+                    raise
+                return exc
+
+        checked = await _in_lanes(len(submissions), lambda i: check(i, submissions[i]), PREPARE_CONCURRENCY)
+        valid = [(i, r) for i, r in enumerate(checked) if isinstance(r, transactionals.Request)]
+        prepared = await transactionals.prepare_many(
+            self.pool,
+            self.settings,
+            org_id,
+            [r for _, r in valid],
+            request_id=request_id,
+            fence=claim.fence if claim is not None else None,
+        )
+        for (i, _), p in zip(valid, prepared, strict=True):
+            p.send_id = send_ids[i]
+        ring = await self._commit_group(prepared)
+        if ring is not None:
+            # As a single send does: answered once the workers were rung (bounded).
+            await asyncio.shield(ring)
+        out: list[asyncpg.Record | errors.TidingsError] = []
+        by_index = {i: p for (i, _), p in zip(valid, prepared, strict=True)}
+        for i, item in enumerate(checked):
+            accepted = by_index.get(i)
+            if accepted is not None:
+                refusal = self._refusals.pop(id(accepted), None)
+                if refusal is not None:
+                    out.append(refusal)
+                else:
+                    assert accepted.row is not None
+                    out.append(accepted.row)
+            elif send_ids[i] in committed:
+                out.append(committed[send_ids[i]])
+            else:
+                assert isinstance(item, errors.TidingsError)
+                out.append(item)
+        return out
+
+    async def _batch_ids(
+        self,
+        claim: sending.KeyClaim | None,
+        count: int,
+        load: Callable[[list[uuid.UUID]], Awaitable[dict[uuid.UUID, T]]],
+    ) -> tuple[list[uuid.UUID], dict[uuid.UUID, T]]:
+        """The send ids of a batch's items, and those a first request under the same key
+        committed before it died (`load`ed): those items are answered from what was
+        committed; the rest run again under the same ids (never a second send per item)."""
+        if claim is not None and claim.committed_send_id is not None:
+            send_ids = ids.batch_ids(ids.batch_base(claim.committed_send_id), count)
+            return send_ids, await load(send_ids)
+        return ids.batch_ids(ids.new_id(), count), {}
+
+    async def _commit_group(self, group: Sequence[Prepared]) -> asyncio.Future[bool] | None:
+        """Commit a batch request's sends together (one flush, never split); a send refused
+        for its own reason is kept in `_refusals` for its caller to pick up. Returns the
+        flush's ring (None: nothing committed). Raises what refuses the whole request."""
+        if not group:
+            return None
+        results = await self.batcher.submit_group(group)
+        ring: asyncio.Future[bool] | None = None
+        whole: BaseException | None = None
+        for p, result in zip(group, results, strict=True):
+            if isinstance(result, asyncio.Future):
+                ring = result
+            elif isinstance(result, errors.TidingsError) and _item_refusal(result):
+                self._refusals[id(p)] = result
+            else:
+                whole = whole or result
+        if whole is not None:
+            for p in group:
+                self._refusals.pop(id(p), None)
+            raise whole
+        return ring
+
     # ---- the batch: commit, then one ring ----
 
     async def _commit(self, prepared: Prepared) -> asyncio.Future[bool]:
@@ -207,6 +367,36 @@ class Acceptor:
         await self.batcher.close()
         if self._rings:
             await asyncio.gather(*self._rings, return_exceptions=True)
+
+
+def _item_refusal(exc: BaseException) -> bool:
+    """A refusal of one item of a batch, answered in that item's place; anything else (an
+    unreachable Postgres, a key taken over) refuses the whole request."""
+    return isinstance(exc, errors.ValidationFailed | errors.NotFound | errors.Conflict) and not isinstance(
+        exc, errors.IdempotencyKeyInFlight
+    )
+
+
+async def _in_lanes(count: int, job: Callable[[int], Awaitable[T]], lanes: int) -> list[T]:
+    """`job(i)` for i in range(count), at most `lanes` at a time (each may hold a pool
+    connection), results in order. A few tasks, each taking every `lanes`-th item in turn,
+    not a task per item: most items cost no round trip, and a task would cost more than
+    the item. The first exception stops the other lanes and is raised."""
+    out: list[Any] = [None] * count
+
+    async def lane(start: int) -> None:
+        for i in range(start, count, lanes):
+            out[i] = await job(i)
+
+    tasks = [asyncio.ensure_future(lane(start)) for start in range(min(lanes, count))]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    return out
 
 
 def _wakes_workers(p: Prepared) -> bool:
