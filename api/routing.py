@@ -99,6 +99,7 @@ def route(
     error_statuses: tuple[int, ...] = (),
     content_type: str = "application/json",
     services: bool = True,
+    max_body_setting: str = "max_body_bytes",
 ) -> Callable[[Handler], Handler]:
     """Declare a route. `scope=None` means no bearer auth (health, webhooks, public pages).
     `raw=True` leaves the body undecoded (webhooks must verify the exact bytes).
@@ -107,7 +108,8 @@ def route(
     For the OpenAPI document only: `also` lists other success statuses (same body), `error_statuses`
     the error statuses the handler itself can answer beyond those the flags imply,
     `content_type` the success body's type, `services=False` a route that needs neither
-    Postgres nor Redis (never 503)."""
+    Postgres nor Redis (never 503). `max_body_setting` names the Settings field that limits
+    the body (batch routes take larger bodies than the others)."""
 
     def decorate(fn: Handler) -> Handler:
         async def endpoint(request: web.Request) -> web.StreamResponse:
@@ -132,7 +134,7 @@ def route(
             raw_body = b""
             if body is not None or raw:
                 # Webhook batches from a provider may be larger than any client request.
-                limit = WEBHOOK_MAX_BODY_BYTES if raw else state.settings.max_body_bytes
+                limit = WEBHOOK_MAX_BODY_BYTES if raw else getattr(state.settings, max_body_setting)
                 raw_body = await read_body(request, limit, state.settings.http_body_timeout_s)
             if body is not None:
                 decoded = jsonio.decode(raw_body, body)

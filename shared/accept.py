@@ -38,6 +38,9 @@ from shared.send_waiter import SendWaiter
 Prepared = sending.PreparedSend | transactionals.PreparedTransactional
 T = TypeVar("T")
 
+# A batch request holds 1 to this many items (both APIs).
+MAX_BATCH_ITEMS = 500
+
 # How many of a batch's items are validated and resolved at once: most cost no round trip
 # (the caches), the others one or two each, and each holds a pool connection meanwhile.
 PREPARE_CONCURRENCY = 8

@@ -111,6 +111,10 @@ class Settings:
     # Set by `tidings dev` for the processes it starts: a local stack, where http links are fine.
     tidings_dev: bool = False
 
+    # Batch sends (`POST .../send/batch`, `POST /api/v1/transactionals/batch.json`) take up to
+    # 500 items a request: their bodies have this limit instead of MAX_BODY_BYTES (413 above it).
+    batch_max_body_bytes: int = 8 * 1024 * 1024
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read every field from its upper-cased environment variable, converting by the field's type."""
@@ -156,6 +160,7 @@ class Settings:
             "db_pool_max_size",
             "max_body_bytes",
             "bounce_max_message_bytes",
+            "batch_max_body_bytes",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.upper()} must be at least 1, not {getattr(self, name)}")
