@@ -20,6 +20,7 @@ from api.broadcasts import batch as broadcast_batch
 from api.broadcasts import schemas
 from api.idempotency import request_hash
 from api.state import STATE
+from api.transactionals import batch as transactionals_batch
 from api.transactionals import schemas as v1_schemas
 from shared import idempotency_keys, sending
 from shared.config import Settings
@@ -203,6 +204,13 @@ async def test_broadcast_batch_body_must_be_a_list_of_1_to_500(client: Any, org:
     assert "items" in (await r.json())["error"]["fields"]
     assert await count(pool, "sends", org.id) == 0
 
+    # What Postgres cannot store (a NUL) refuses its own item only.
+    nul = {"email": unique_email(), "name": "A\u0000B", "variables": {"otp": "1"}}
+    r = await client.post(batch_path(org, b), headers=org.auth("write"), json={"items": [nul, item]})
+    assert r.status == 202
+    bad, good = (await r.json())["data"]
+    assert bad["error"]["fields"] == {"name": ["must not contain the NUL character (\\u0000)"]} and good["send_id"]
+
 
 async def test_broadcast_batch_refused_whole_when_the_broadcast_cannot_send(client: Any, org: Any) -> None:
     b = await make_broadcast(client, org)
@@ -340,6 +348,41 @@ async def test_transactional_batch_replays_under_its_idempotency_key(client: Any
     assert again.status == 200 and again.headers.get("Idempotent-Replayed") == "true"
     assert await again.json() == await first.json()
     assert await count(pool, "transactionals", org.id) == 1
+
+
+async def test_transactional_batch_retry_after_a_lost_first_request_sends_nothing_twice(
+    client: Any, org: Any, pool: asyncpg.Pool
+) -> None:
+    items = [
+        {"to": unique_email(), "subject": "one", "body": "b"},
+        {"to": "not-an-address", "subject": "two", "body": "b"},
+        {"to": unique_email(), "subject": "three", "body": "b"},
+    ]
+    raw = json.dumps({"transactionals": items}).encode()
+    key = f"v1-batch-{uuid.uuid4()}"
+    path = f"{V1}/transactionals/batch.json"
+    state = client.app[STATE]
+    holder = uuid.uuid4()
+    assert await idempotency_keys.claim(pool, org.id, key, request_hash("POST", path, raw), holder, 60.0)
+    claim = sending.KeyClaim(sending.KeyFence(org.id, key, holder), None)
+    first = await state.acceptor.transactional_many(
+        org.id,
+        [transactionals_batch.decode_item(msgspec.Raw(json.dumps(item).encode())) for item in items],
+        request_id=None,
+        claim=claim,
+    )
+    assert not isinstance(first[0], Exception) and not isinstance(first[2], Exception)
+    await pool.execute(
+        "UPDATE idempotency_keys SET lease_expires_at = now() WHERE org_id = $1 AND key = $2", org.id, key
+    )
+
+    headers = {**org.auth("write"), "Idempotency-Key": key, "Content-Type": "application/json"}
+    r = await client.post(path, headers=headers, data=raw)
+    assert r.status == 200, await r.text()
+    data = (await r.json())["data"]
+    assert data[0]["id"] == str(first[0]["id"]) and data[2]["id"] == str(first[2]["id"])
+    assert data[1]["errors"] == {"recipient_email": ["is invalid"]}
+    assert await count(pool, "transactionals", org.id) == 2
 
 
 async def test_transactional_batch_body_must_be_a_list_of_1_to_500(client: Any, org: Any, pool: asyncpg.Pool) -> None:
