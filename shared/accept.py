@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
+import structlog
 from redis.asyncio import Redis
 
 from shared import doorbell, errors, ids, metrics, sending, transactionals
@@ -40,6 +41,8 @@ from shared.config import Settings
 from shared.contact_cache import NO_CONTACT_CACHE, ContactCache
 from shared.redis_keys import RedisKeys
 from shared.send_waiter import SendWaiter
+
+log = structlog.get_logger("tidings.accept")
 
 Prepared = sending.PreparedSend | transactionals.PreparedTransactional
 T = TypeVar("T")
@@ -331,18 +334,25 @@ class Acceptor:
             return None
         results = await self.group_batcher.submit_group(group)
         ring: asyncio.Future[bool] | None = None
-        whole: BaseException | None = None
+        failed: list[tuple[Prepared, BaseException]] = []
         for p, result in zip(group, results, strict=True):
             if isinstance(result, asyncio.Future):
                 ring = result
             elif isinstance(result, errors.TidingsError) and _item_refusal(result):
                 self._refusals[id(p)] = result
             else:
-                whole = whole or result
-        if whole is not None:
+                failed.append((p, result))
+        if failed and ring is None:
+            # Nothing of the group was committed: the request fails whole, and may be retried.
             for p in group:
                 self._refusals.pop(id(p), None)
-            raise whole
+            raise failed[0][1]
+        for p, exc in failed:
+            # Others of the group were committed (written one by one after the group's statement
+            # failed): failing the request would invite a retry that sends them twice. This item
+            # alone is answered as not sent.
+            log.error("batch_item_not_committed", error=repr(exc))
+            self._refusals[id(p)] = errors.Unavailable(ITEM_NOT_STORED)
         return ring
 
     # ---- the batch: commit, then one ring ----
@@ -387,6 +397,9 @@ class Acceptor:
         await self.group_batcher.close()
         if self._rings:
             await asyncio.gather(*self._rings, return_exceptions=True)
+
+
+ITEM_NOT_STORED = "this item could not be stored and nothing was sent for it; send it again"
 
 
 def _item_refusal(exc: BaseException) -> bool:

@@ -436,10 +436,23 @@ async def commit_many(pool: asyncpg.Pool, sends: list[PreparedTransactional]) ->
         except db.UNREACHABLE:
             raise
         except asyncpg.PostgresError as exc:
-            results.append(exc)
+            results.append(_as_domain_error(exc))
         else:
             results.append(result)
     return results
+
+
+def _as_domain_error(exc: BaseException) -> BaseException:
+    """One send's own failure as the domain names it (a template or subscriber deleted meanwhile:
+    NotFound), so that it is answered to that send alone; else the driver's error as it is."""
+    try:
+        with db.translate_errors():
+            raise exc
+    except errors.TidingsError as translated:
+        return translated
+    except asyncpg.PostgresError:
+        pass
+    return exc
 
 
 async def _commit(pool: asyncpg.Pool, sends: list[PreparedTransactional]) -> list[errors.TidingsError | None]:

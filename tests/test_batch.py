@@ -22,7 +22,7 @@ from api.idempotency import request_hash
 from api.state import STATE
 from api.transactionals import batch as transactionals_batch
 from api.transactionals import schemas as v1_schemas
-from shared import idempotency_keys, sending
+from shared import errors, idempotency_keys, sending, transactionals
 from shared.config import Settings
 from tests.helpers import eventually, make_broadcast, unique_email
 from tests.transactionals_helpers import V1
@@ -421,3 +421,23 @@ def test_batch_item_schema_is_the_single_send_schema() -> None:
     """Items decode as the single send's body, so a field it gains is a batch item's too."""
     assert broadcast_batch.decode_item.__annotations__  # documented
     assert isinstance(broadcast_batch.decode_item(msgspec.Raw(b'{"email": "a@b.example"}')), schemas.SendRequest)
+
+
+async def test_a_group_item_that_fails_alone_is_answered_alone(
+    org: Any, pool: asyncpg.Pool, settings: Settings, client: Any
+) -> None:
+    """When a group's statement fails and its sends are written one by one, one that still fails
+    is that item's answer: the others were committed, so the request must not fail whole."""
+    acceptor = client.app[STATE].acceptor
+    reqs = [
+        await transactionals.validate(pool, org.id, transactionals.Submission(to=unique_email(), subject="s", body="b"))
+        for _ in range(3)
+    ]
+    group = await transactionals.prepare_many(pool, settings, org.id, reqs, request_id=None)
+    group[1].contact_id = uuid.uuid4()  # no such contact: its insert fails
+    ring = await acceptor._commit_group(group)
+    assert ring is not None
+    assert isinstance(acceptor._refusals.pop(id(group[1])), errors.NotFound)
+    assert not acceptor._refusals
+    assert group[0].row is not None and group[2].row is not None
+    assert await count(pool, "transactionals", org.id) == 2
