@@ -34,11 +34,12 @@ import asyncpg
 import structlog
 from redis.asyncio import Redis
 
-from shared import doorbell, errors, ids, metrics, sending, transactionals
+from shared import contacts, doorbell, errors, ids, metrics, sending, transactionals
 from shared.batching import Batcher
 from shared.broadcast_cache import NO_CACHE, BroadcastCache
 from shared.config import Settings
-from shared.contact_cache import NO_CONTACT_CACHE, ContactCache
+from shared.contact_cache import NO_CONTACT_CACHE, ContactCache, PreloadedContacts
+from shared.domain import Channel
 from shared.redis_keys import RedisKeys
 from shared.send_waiter import SendWaiter
 
@@ -218,6 +219,7 @@ class Acceptor:
             claim, len(triggers), lambda ids_: sending.load_committed_many(self.pool, org_id, ids_)
         )
 
+        contact_cache = await self._preload_contacts(org_id, triggers)
         Item = sending.PreparedSend | errors.TidingsError
 
         async def one(i: int, trigger: sending.Trigger | errors.TidingsError) -> Item:
@@ -233,7 +235,7 @@ class Acceptor:
                     broadcast_id,
                     trigger,
                     cache=self.broadcast_cache,
-                    contact_cache=self.contact_cache,
+                    contact_cache=contact_cache,
                     public_base=self.settings.public_base,
                     source=source,
                     request_id=request_id,
@@ -311,6 +313,29 @@ class Acceptor:
                 assert isinstance(item, errors.TidingsError)
                 out.append(item)
         return out
+
+    async def _preload_contacts(
+        self, org_id: uuid.UUID, triggers: Sequence[sending.Trigger | errors.TidingsError]
+    ) -> ContactCache:
+        """The known recipients of a batch given by address, found in one query instead of one
+        or two per item; the process cache's fresh entries are not asked again."""
+        wanted: dict[tuple[uuid.UUID, str | None, str | None], None] = {}
+        for t in triggers:
+            if isinstance(t, errors.TidingsError) or t.contact_channel_id or t.contact_id:
+                continue
+            try:
+                email = contacts.normalize(Channel.email, t.email) if t.email else None
+                phone = contacts.normalize(Channel.whatsapp, t.phone) if t.phone else None
+            except errors.TidingsError:
+                continue  # `prepare` refuses it
+            key = (org_id, email, phone)
+            if (email or phone) and not self.contact_cache.has(key):
+                wanted[key] = None
+        if len(wanted) < 2:
+            return self.contact_cache
+        keys = list(wanted)
+        found = await contacts.find_many(self.pool, org_id, [(email, phone) for _, email, phone in keys])
+        return PreloadedContacts({k: v for k, v in zip(keys, found, strict=True) if v is not None}, self.contact_cache)
 
     async def _batch_ids(
         self,

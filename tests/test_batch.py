@@ -441,3 +441,27 @@ async def test_a_group_item_that_fails_alone_is_answered_alone(
     assert not acceptor._refusals
     assert group[0].row is not None and group[2].row is not None
     assert await count(pool, "transactionals", org.id) == 2
+
+
+async def test_batch_recipients_resolve_as_single_sends_do(client: Any, org: Any) -> None:
+    """Known recipients are found together; one given with an address its contact lacks still
+    gets it attached, and a new address still makes a contact."""
+    b = await make_broadcast(client, org)
+    known, other = unique_email("known"), unique_email("other")
+    created = []
+    for address in (known, other):
+        r = await client.post(org.path("/contacts"), headers=org.auth("admin"), json={"email": address})
+        created.append((await r.json())["id"])
+    phone = "+14155550177"
+    items = [
+        {"email": known, "variables": {"otp": "1"}},
+        {"email": other, "phone": phone, "variables": {"otp": "2"}},
+        {"email": unique_email("fresh"), "variables": {"otp": "3"}},
+    ]
+    r = await client.post(batch_path(org, b), headers=org.auth("write"), json={"items": items})
+    assert r.status == 202
+    data = (await r.json())["data"]
+    assert [d["recipients"][0]["contact_id"] for d in data[:2]] == created
+    assert data[2]["recipients"][0]["contact_id"] not in created
+    r = await client.get(org.path(f"/contacts/{created[1]}"), headers=org.auth("read"))
+    assert phone in {c["address"] for c in (await r.json())["channels"]}
