@@ -9,8 +9,8 @@ from aiohttp import web
 
 # Importing the route modules registers their routes (see api.routing.route).
 from api import docs, health, whatsapp_webhooks  # noqa: F401
-from api.auth import KeyCache
-from api.broadcasts import batch, broadcasts, contacts, messages, send  # noqa: F401
+from api.auth import KeyCache, KeyUsage
+from api.broadcasts import api_keys, batch, broadcasts, contacts, messages, send  # noqa: F401
 from api.middleware import request_middleware
 from api.ratelimit import RateLimiter
 from api.routing import WEBHOOK_MAX_BODY_BYTES, add_routes
@@ -79,8 +79,11 @@ def create_app(settings: Settings) -> web.Application:
             ),
             broadcast_cache=broadcast_cache,
             contact_cache=contact_cache,
+            key_usage=KeyUsage(pool),
         )
+        app[STATE].key_usage.start()
         yield
+        await app[STATE].key_usage.close()
         await app[STATE].acceptor.close()
         await waiter.close()
         await subscriber.aclose()

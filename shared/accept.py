@@ -108,10 +108,12 @@ class Acceptor:
         request_id: str | None,
         wait: bool,
         claim: sending.KeyClaim | None = None,
+        test: bool = False,
     ) -> tuple[sending.PreparedSend, bool]:
         """Accept one trigger; returns the send as it stands and whether it is settled (every
         message has its outcome: with `wait`, as reported by the worker within
-        `sync_send_timeout_s`). Raises the error that refused it."""
+        `sync_send_timeout_s`). Raises the error that refused it. `test`: a test key's send,
+        whose messages reach no provider."""
         if claim is not None and claim.committed_send_id is not None:
             # This key's first request committed a send and died before answering: that send
             # is the answer (as it stands now), never a second one.
@@ -128,9 +130,11 @@ class Acceptor:
             public_base=self.settings.public_base,
             source=source,
             request_id=request_id,
+            max_attachment_bytes=self.settings.max_attachment_bytes,
         )
         if claim is not None:
             prepared.fence = claim.fence
+        prepared.test = test
         return prepared, await self._accept_send(prepared, wait=wait)
 
     async def _accept_send(self, prepared: sending.PreparedSend, *, wait: bool) -> bool:
@@ -173,15 +177,19 @@ class Acceptor:
         *,
         request_id: str | None,
         claim: sending.KeyClaim | None = None,
+        test: bool = False,
     ) -> asyncpg.Record:
-        """Accept one transactional email; returns it as `transactionals.get` reads it."""
+        """Accept one transactional email; returns it as `transactionals.get` reads it. `test`:
+        a test key's, which reaches no provider."""
         if claim is not None and claim.committed_send_id is not None:
             # This key's first request committed the email and died before answering: that
             # email is the answer, never a second one.
             committed = await transactionals.get_by_send(self.pool, org_id, claim.committed_send_id)
             if committed is not None:
                 return committed
-        request = await transactionals.validate(self.pool, org_id, submission)
+        request = await transactionals.validate(
+            self.pool, org_id, submission, max_attachment_bytes=self.settings.max_attachment_bytes
+        )
         prepared = await transactionals.prepare(
             self.pool,
             self.settings,
@@ -190,6 +198,7 @@ class Acceptor:
             request_id=request_id,
             fence=claim.fence if claim is not None else None,
         )
+        prepared.test = test
         ring = await self._commit(prepared)
         # This API answers once the workers were rung, as it always has (the ring is bounded
         # by doorbell.RING_TIMEOUT_S, and a failed one only means a worker looks later).
@@ -208,12 +217,14 @@ class Acceptor:
         source: str,
         request_id: str | None,
         claim: sending.KeyClaim | None = None,
+        test: bool = False,
     ) -> list[sending.PreparedSend | errors.TidingsError]:
         """Accept a batch of triggers of one broadcast, in the background (no one waits for
         outcomes). Per item, in order: its send as accepted, or the error that refused it
         alone (an item given as an error, e.g. a body that did not decode, stays refused).
         All accepted sends are committed in one statement. Raises what refuses the whole
-        request: the broadcast cannot send, Postgres is unreachable, the key was taken over."""
+        request: the broadcast cannot send, Postgres is unreachable, the key was taken over.
+        `test`: a test key's batch, whose messages reach no provider (as `trigger`)."""
         await sending.sendable_broadcast(self.pool, org_id, broadcast_id, self.broadcast_cache)
         send_ids, committed = await self._batch_ids(
             claim, len(triggers), lambda ids_: sending.load_committed_many(self.pool, org_id, ids_)
@@ -239,6 +250,7 @@ class Acceptor:
                     public_base=self.settings.public_base,
                     source=source,
                     request_id=request_id,
+                    max_attachment_bytes=self.settings.max_attachment_bytes,
                 )
             except errors.TidingsError as exc:
                 if not _item_refusal(exc):
@@ -247,6 +259,7 @@ class Acceptor:
             prepared.send_id = send_ids[i]
             if claim is not None:
                 prepared.fence = claim.fence
+            prepared.test = test
             return prepared
 
         items = await _in_lanes(len(triggers), lambda i: one(i, triggers[i]), PREPARE_CONCURRENCY)
@@ -261,11 +274,13 @@ class Acceptor:
         *,
         request_id: str | None,
         claim: sending.KeyClaim | None = None,
+        test: bool = False,
     ) -> list[asyncpg.Record | errors.TidingsError]:
         """Accept a batch of `/api/v1` emails. Per item, in order: the transactional as
         accepted (as `transactionals.get` reads it), or the error that refused it alone. Each
         is validated alone; their recipients are looked up together and all accepted ones
-        committed in one transaction. Raises what refuses the whole request."""
+        committed in one transaction. Raises what refuses the whole request. `test`: a test
+        key's batch, which reaches no provider (as `transactional`)."""
         send_ids, committed = await self._batch_ids(
             claim, len(submissions), lambda ids_: transactionals.get_many_by_sends(self.pool, org_id, ids_)
         )
@@ -274,7 +289,9 @@ class Acceptor:
             if isinstance(s, errors.TidingsError) or send_ids[i] in committed:
                 return s
             try:
-                return await transactionals.validate(self.pool, org_id, s)
+                return await transactionals.validate(
+                    self.pool, org_id, s, max_attachment_bytes=self.settings.max_attachment_bytes
+                )
             except errors.TidingsError as exc:
                 if not _item_refusal(exc):
                     raise
@@ -292,6 +309,7 @@ class Acceptor:
         )
         for (i, _), p in zip(valid, prepared, strict=True):
             p.send_id = send_ids[i]
+            p.test = test
         ring = await self._commit_group(prepared)
         if ring is not None:
             # As a single send does: answered once the workers were rung (bounded).

@@ -28,7 +28,9 @@ import msgspec
 import structlog
 
 from shared import (
+    attachments,
     confirmations,
+    cursors,
     db,
     errors,
     field_errors,
@@ -38,6 +40,7 @@ from shared import (
     transactional_templates,
     unsubscribes,
 )
+from shared.attachments import Attachment, AttachmentIn
 from shared.config import Settings
 from shared.domain import ContactStatus, MessageStatus
 from shared.field_errors import FieldErrors
@@ -79,6 +82,8 @@ class Submission(msgspec.Struct, forbid_unknown_fields=True):
     double_opt_in: bool | None = None
     confirmation_template_id: str | int | None = None
     subscriber: SubscriberAttributes | None = None
+    # Files attached to the email (shared/attachments.py).
+    attachments: list[AttachmentIn] | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -97,6 +102,8 @@ class Request:
     confirmation_template_id: uuid.UUID | None
     first_name: str | None
     last_name: str | None
+    # Written with the send (its message keeps no copy of its own).
+    attachments: tuple[Attachment, ...] = ()
 
 
 def parse_time(raw: str) -> dt.datetime | None:
@@ -111,7 +118,15 @@ def parse_time(raw: str) -> dt.datetime | None:
 
 
 @db.translated
-async def validate(pool: asyncpg.Pool, org_id: uuid.UUID, s: Submission) -> Request:
+async def validate(
+    pool: asyncpg.Pool,
+    org_id: uuid.UUID,
+    s: Submission,
+    *,
+    max_attachment_bytes: int = attachments.DEFAULT_MAX_TOTAL_BYTES,
+) -> Request:
+    """Every problem at once; the attachments may hold `max_attachment_bytes` (MAX_ATTACHMENT_BYTES)
+    in total."""
     problems = FieldErrors()
     # The product's model calls the recipient `recipient_email`; its errors use that name.
     email = problems.email("recipient_email", s.to, required=True)
@@ -162,6 +177,9 @@ async def validate(pool: asyncpg.Pool, org_id: uuid.UUID, s: Submission) -> Requ
     named = s.subscriber or SubscriberAttributes()
     first_name = problems.text("subscriber.first_name", named.first_name, maximum=MAX_NAME, header=True)
     last_name = problems.text("subscriber.last_name", named.last_name, maximum=MAX_NAME, header=True)
+    files, file_problems = await attachments.decode(s.attachments, max_attachment_bytes)
+    for problem in file_problems:
+        problems.add(attachments.FIELD, problem)
     await problems.check_liquid()
     problems.raise_if_any()
     assert email is not None and subject is not None and body is not None
@@ -178,6 +196,7 @@ async def validate(pool: asyncpg.Pool, org_id: uuid.UUID, s: Submission) -> Requ
         confirmation_template_id=confirmation_template_id,
         first_name=first_name.strip() if first_name else None,
         last_name=last_name.strip() if last_name else None,
+        attachments=tuple(files),
     )
 
 
@@ -317,6 +336,8 @@ class PreparedTransactional:
     confirmation_token: str | None
     unsubscribe_token: str | None
     fence: sending.KeyFence | None = None
+    # Made with a test key: never reaches a provider (worker/channels/testmode.py).
+    test: bool = False
     # The transactional as accepted (read back in the commit's transaction).
     row: asyncpg.Record | None = None
 
@@ -463,6 +484,9 @@ async def _commit(pool: asyncpg.Pool, sends: list[PreparedTransactional]) -> lis
             for p in await _write_many(conn, sends):
                 # A retry took the key over while this request ran: it answers for the key.
                 refused[p.send_id] = errors.IdempotencyKeyInFlight(sending.KEY_TAKEN_OVER)
+            # The batch's files at once, after their messages (a rejected one's are not kept).
+            files = [(p.send_id, p.org_id, p.req.attachments) for p in sends if p.send_id not in refused]
+            await attachments.insert_many(conn, files)
             written = True
     except db.UNREACHABLE:
         kept = [p for p in sends if p.send_id not in refused]
@@ -549,6 +573,7 @@ async def _write_many(conn: asyncpg.Connection, sends: list[PreparedTransactiona
         [p.req.double_opt_in for p in sends],
         [p.confirmation_token for p in sends],
         [p.req.queue_at for p in sends],
+        [p.test for p in sends],
     )
     # Read back inside the transaction: the answer is the transactional as accepted
     # (queued, scheduled or rejected), known as soon as the commit is, and not
@@ -582,13 +607,17 @@ async def get_by_send(pool: asyncpg.Pool, org_id: uuid.UUID, send_id: uuid.UUID)
     """The transactional a committed send made (a retry that took its Idempotency-Key over answers with it)."""
     for message in await pool.fetch(Q.select_sends_messages, [send_id]):
         if message["org_id"] == org_id:
-            return await get(pool, org_id, message["id"])
+            return await get(pool, org_id, message["id"], test=message["test"])
     return None
 
 
 @db.translated
-async def get(pool: asyncpg.Pool, org_id: uuid.UUID, transactional_id: uuid.UUID) -> asyncpg.Record | None:
-    return await pool.fetchrow(Q.select_transactional, transactional_id, org_id)
+async def get(
+    pool: asyncpg.Pool, org_id: uuid.UUID, transactional_id: uuid.UUID, *, test: bool = False
+) -> asyncpg.Record | None:
+    """One transactional of the org; only a test one for `test` (a test key), only a live one
+    otherwise: the two modes never see each other's messages."""
+    return await pool.fetchrow(Q.select_transactional, transactional_id, org_id, test)
 
 
 def status_url(public_base: str, transactional_id: object) -> str:
@@ -611,6 +640,7 @@ def transactional_json(row: Mapping[str, Any], public_base: str) -> dict[str, An
         "status": row["status"],
         "error": row["error"],
         "status_url": status_url(public_base, row["id"]),
+        "test": row["test"],
     }
     if row["double_opt_in"]:
         out.update(_confirmation_fields(row, public_base))
@@ -632,3 +662,17 @@ def _confirmation_fields(row: Mapping[str, Any], public_base: str) -> dict[str, 
     else:
         state = "pending"
     return {"confirmation_status": state, "confirmation_url": url}
+
+
+@db.translated
+async def page(
+    pool: asyncpg.Pool, org_id: uuid.UUID, *, test: bool, cursor: str | None, limit: int
+) -> tuple[list[asyncpg.Record], str | None]:
+    """The org's transactionals of one mode, newest first (rows for `transactional_json`), and
+    the next cursor."""
+    after_at, after_id = cursors.decode_from_top(cursor)
+    rows = await pool.fetch(Q.select_transactionals_page, org_id, test, after_at, after_id, limit + 1)
+    chosen = list(rows[:limit])
+    # The cursor is the transactional's own (created_at, id): the order the index walks.
+    next_cursor = cursors.encode(chosen[-1]["listed_at"], chosen[-1]["id"]) if len(rows) > limit else None
+    return chosen, next_cursor

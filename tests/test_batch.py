@@ -8,9 +8,14 @@ Idempotency-Key covers the whole batch.
 
 from __future__ import annotations
 
+import base64
+import email
+import email.policy
 import io
 import json
+import os
 import uuid
+from email.message import EmailMessage
 from typing import Any
 
 import asyncpg
@@ -19,10 +24,11 @@ import msgspec
 from api.broadcasts import batch as broadcast_batch
 from api.broadcasts import schemas
 from api.idempotency import request_hash
+from api.routing import batch_body_limit
 from api.state import STATE
 from api.transactionals import batch as transactionals_batch
 from api.transactionals import schemas as v1_schemas
-from shared import errors, idempotency_keys, sending, transactionals
+from shared import attachments, errors, idempotency_keys, sending, transactionals
 from shared.config import Settings
 from tests.helpers import eventually, make_broadcast, unique_email
 from tests.transactionals_helpers import V1
@@ -253,7 +259,9 @@ async def test_batch_bodies_have_their_own_size_limit(client: Any, org: Any, set
     r = await client.post(batch_path(org, b), headers=headers, data=io.BytesIO(raw))
     assert r.status == 202, (await r.text())[:500]
     assert len((await r.json())["data"]) == BATCH_SIZE
-    too_big = b'{"items": [' + b" " * settings.batch_max_body_bytes + b"]}"
+    # The limit is BATCH_MAX_BODY_BYTES plus one email's attachments' base64.
+    assert batch_body_limit(settings) > settings.batch_max_body_bytes
+    too_big = b'{"items": [' + b" " * batch_body_limit(settings) + b"]}"
     r = await client.post(batch_path(org, b), headers=headers, data=io.BytesIO(too_big))
     assert r.status == 413 and (await r.json())["error"]["code"] == "body_too_large"
     r = await client.post(f"{V1}/transactionals/batch.json", headers=headers, data=io.BytesIO(too_big))
@@ -465,3 +473,166 @@ async def test_batch_recipients_resolve_as_single_sends_do(client: Any, org: Any
     assert data[2]["recipients"][0]["contact_id"] not in created
     r = await client.get(org.path(f"/contacts/{created[1]}"), headers=org.auth("read"))
     assert phone in {c["address"] for c in (await r.json())["channels"]}
+
+
+# ---- batches with attachments and test keys (the two meet in a batch item) ----
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _files_of(smtp_server: Any, address: str) -> list[tuple[str | None, bytes]]:
+    (mail,) = [m for m in smtp_server.messages if address.lower() in (r.lower() for r in m.rcpt_tos)]
+    message = email.message_from_bytes(mail.raw, policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    return [(p.get_filename(), p.get_payload(decode=True)) for p in message.iter_attachments()]
+
+
+async def _test_key_headers(client: Any, org: Any) -> dict[str, str]:
+    r = await client.post(
+        org.path("/keys"), headers=org.auth("admin"), json={"scopes": ["read", "write"], "mode": "test"}
+    )
+    assert r.status == 201, await r.text()
+    return {"Authorization": f"Bearer {(await r.json())['key']}"}
+
+
+async def test_broadcast_batch_items_carry_their_attachments(
+    client: Any, org: Any, pool: asyncpg.Pool, worker: Any, smtp_server: Any
+) -> None:
+    b = await make_broadcast(client, org)
+    pdf = os.urandom(30_000)
+    with_file, without, bad = unique_email("file"), unique_email("plain"), unique_email("exe")
+    items = [
+        {
+            "email": with_file,
+            "variables": {"otp": "1"},
+            "attachments": [{"filename": "terms.pdf", "content": _b64(pdf)}],
+        },
+        {"email": without, "variables": {"otp": "2"}},
+        {"email": bad, "variables": {"otp": "3"}, "attachments": [{"filename": "x.exe", "content": _b64(b"MZ")}]},
+    ]
+    r = await client.post(batch_path(org, b), headers=org.auth("write"), json={"items": items})
+    assert r.status == 202, await r.text()
+    data = (await r.json())["data"]
+    assert [d["index"] for d in data] == [0, 1, 2]
+    assert data[0]["recipients"][0]["status"] == "queued" and data[1]["recipients"][0]["status"] == "queued"
+    # The bad file refuses its own item only, as a single send would (nothing stored for it).
+    assert data[2]["error"]["code"] == "validation_error" and "attachments" in data[2]["error"]["fields"]
+    assert await pool.fetchval("SELECT count(*) FROM messages WHERE to_address = $1", bad) == 0
+
+    await delivered_to(smtp_server, [with_file, without])
+    assert _files_of(smtp_server, with_file) == [("terms.pdf", pdf)]
+    assert _files_of(smtp_server, without) == []
+    # Settled: the stored copy is erased.
+    send_id = uuid.UUID(data[0]["send_id"])
+    await eventually(lambda: _no_files(pool, send_id), timeout_s=10)
+
+
+async def _no_files(pool: asyncpg.Pool, send_id: uuid.UUID) -> bool:
+    return await attachments.count_for_send(pool, send_id) == 0
+
+
+async def test_transactional_batch_items_carry_their_attachments(
+    client: Any, org: Any, pool: asyncpg.Pool, worker: Any, smtp_server: Any
+) -> None:
+    text = "Grüße\n".encode()
+    with_file, bad = unique_email("v1file"), unique_email("v1bad")
+    items = [
+        {
+            "to": with_file,
+            "subject": "Your receipt",
+            "body": "<p>Attached.</p>",
+            "attachments": [{"filename": "receipt.txt", "content": _b64(text), "content_type": "text/plain"}],
+        },
+        {"to": bad, "subject": "Hi", "body": "<p>Hi</p>", "attachments": [{"filename": "a.txt", "content": "!!"}]},
+    ]
+    r = await client.post(f"{V1}/transactionals/batch.json", headers=org.auth("write"), json={"transactionals": items})
+    assert r.status == 200, await r.text()
+    data = (await r.json())["data"]
+    assert data[0]["status"] == "queued" and data[0]["test"] is False
+    assert set(data[1]) == {"index", "errors"} and "attachments" in data[1]["errors"]
+    await delivered_to(smtp_server, [with_file])
+    assert _files_of(smtp_server, with_file) == [("receipt.txt", text)]
+    assert await pool.fetchval("SELECT count(*) FROM messages WHERE to_address = $1", bad) == 0
+
+
+async def test_a_test_keys_broadcast_batch_makes_test_sends(
+    client: Any, org: Any, pool: asyncpg.Pool, worker: Any, smtp_server: Any
+) -> None:
+    test = await _test_key_headers(client, org)
+    b = await make_broadcast(client, org)
+    domain = f"t{uuid.uuid4().hex[:12]}.example.com"
+    items = [
+        {"email": f"bounce@{domain}", "variables": {"otp": "1"}},
+        {"email": f"ok@{domain}", "variables": {"otp": "2"}},
+    ]
+    r = await client.post(batch_path(org, b), headers=test, json={"items": items})
+    assert r.status == 202, await r.text()
+    data = (await r.json())["data"]
+    assert all(d["recipients"][0]["test"] is True for d in data)
+    ids = [uuid.UUID(d["recipients"][0]["id"]) for d in data]
+
+    async def final() -> list[str] | None:
+        rows = await pool.fetch("SELECT id, status, test FROM messages WHERE id = ANY($1::uuid[])", ids)
+        assert all(row["test"] for row in rows)
+        by_id = {row["id"]: row["status"] for row in rows}
+        statuses = [by_id[i] for i in ids]
+        return statuses if statuses == ["bounced", "sent"] else None
+
+    assert await eventually(final, timeout_s=15) == ["bounced", "sent"]
+    assert not any(r.endswith("@" + domain) for m in smtp_server.messages for r in m.rcpt_tos)
+    # A live key never sees them.
+    live = org.auth("read")
+    assert (await client.get(org.path(f"/messages/{ids[0]}"), headers=live)).status == 404
+
+
+async def test_a_test_keys_transactional_batch_makes_test_emails(
+    client: Any, org: Any, pool: asyncpg.Pool, worker: Any, smtp_server: Any
+) -> None:
+    test = await _test_key_headers(client, org)
+    domain = f"t{uuid.uuid4().hex[:12]}.example.com"
+    items = [
+        {"to": f"complaint@{domain}", "subject": "Hi", "body": "<p>Hi</p>"},
+        {
+            "to": f"fine@{domain}",
+            "subject": "Hi",
+            "body": "<p>Hi</p>",
+            "attachments": [{"filename": "a.txt", "content": _b64(b"a")}],
+        },
+    ]
+    r = await client.post(f"{V1}/transactionals/batch.json", headers=test, json={"transactionals": items})
+    assert r.status == 200, await r.text()
+    data = (await r.json())["data"]
+    assert [d["test"] for d in data] == [True, True]
+    for d in data:
+        v1_schemas.TransactionalOut(**{k: v for k, v in d.items() if k != "index"})
+
+    async def status(transactional_id: str, wanted: str) -> str | None:
+        r = await client.get(f"{V1}/transactionals/{transactional_id}.json", headers=test)
+        assert r.status == 200
+        s: str = (await r.json())["status"]
+        return s if s == wanted else None
+
+    assert await eventually(lambda: status(data[0]["id"], "complained"), timeout_s=15) == "complained"
+    assert await eventually(lambda: status(data[1]["id"], "sent"), timeout_s=15) == "sent"
+    assert not any(r.endswith("@" + domain) for m in smtp_server.messages for r in m.rcpt_tos)
+    assert await pool.fetchval("SELECT count(*) FROM suppressions WHERE org_id = $1", org.id) == 0
+    live = org.auth("read")
+    assert (await client.get(f"{V1}/transactionals/{data[0]['id']}.json", headers=live)).status == 404
+    # The test emails are listed for the test key only.
+    r = await client.get(f"{V1}/transactionals.json", headers=test)
+    assert {d["id"] for d in data} <= {t["id"] for t in (await r.json())["data"]}
+    r = await client.get(f"{V1}/transactionals.json", headers=live)
+    assert not {d["id"] for d in data} & {t["id"] for t in (await r.json())["data"]}
+
+
+async def test_a_batch_idempotency_key_never_replays_across_modes(client: Any, org: Any) -> None:
+    test = await _test_key_headers(client, org)
+    b = await make_broadcast(client, org)
+    body = {"items": [{"email": unique_email(), "variables": {"otp": "1"}}]}
+    key = {"Idempotency-Key": f"mode-{uuid.uuid4().hex}"}
+    r = await client.post(batch_path(org, b), headers={**org.auth("write"), **key}, json=body)
+    assert r.status == 202, await r.text()
+    r = await client.post(batch_path(org, b), headers={**test, **key}, json=body)
+    assert r.status == 422, await r.text()

@@ -20,7 +20,7 @@ from api import idempotency, jsonio
 from api.broadcasts import schemas
 from api.jsonio import json_response
 from api.middleware import REQUEST_ID
-from api.routing import Call, route
+from api.routing import Call, batch_body_limit, route
 from shared import errors, sending
 from shared.accept import MAX_BATCH_ITEMS
 
@@ -71,7 +71,7 @@ def decode_item(raw: msgspec.Raw) -> sending.Trigger | errors.TidingsError:
     status=202,
     idempotent=True,
     rate_limited=True,
-    max_body_setting="batch_max_body_bytes",
+    body_limit=batch_body_limit,
 )
 async def send_batch(call: Call[BatchSendRequest]) -> web.Response:
     """202 with one entry per item, in order: its send (messages `queued`) or its error."""
@@ -83,6 +83,7 @@ async def send_batch(call: Call[BatchSendRequest]) -> web.Response:
         source="api",
         request_id=call.request[REQUEST_ID],
         claim=idempotency.claim_of(call.request),
+        test=call.key is not None and call.key.test,
     )
     base = state.settings.public_base
     data: list[dict[str, Any]] = []

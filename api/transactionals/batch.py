@@ -19,7 +19,7 @@ from api import errors as http_errors
 from api import idempotency, jsonio
 from api.jsonio import json_response
 from api.middleware import REQUEST_ID
-from api.routing import Call, route
+from api.routing import Call, batch_body_limit, route
 from api.transactionals import schemas
 from shared import errors, transactionals
 from shared.accept import MAX_BATCH_ITEMS
@@ -73,7 +73,7 @@ def decode_item(raw: msgspec.Raw) -> transactionals.Submission | errors.TidingsE
     response=TransactionalBatchOut,
     idempotent=True,
     rate_limited=True,
-    max_body_setting="batch_max_body_bytes",
+    body_limit=batch_body_limit,
 )
 async def create_batch(call: Call[TransactionalBatch]) -> web.Response:
     """200 with one entry per item, in order: the transactional as accepted, or its errors."""
@@ -83,6 +83,7 @@ async def create_batch(call: Call[TransactionalBatch]) -> web.Response:
         [decode_item(raw) for raw in call.body.transactionals],
         request_id=call.request[REQUEST_ID],
         claim=idempotency.claim_of(call.request),
+        test=call.key is not None and call.key.test,
     )
     base = state.settings.public_base
     data: list[dict[str, Any]] = []

@@ -23,7 +23,8 @@ ON CONFLICT (org_id, email) DO NOTHING;
 -- `rejected` here, so the check costs nothing per request. Returns each message written
 -- with its final status and error; a send with no rows was refused (its broadcast paused, or
 -- its contact unsubscribed or blocked, after the request looked, or its Idempotency-Key taken
--- over by a retry). A send made under an Idempotency-Key ($18-$21: send, org, key, holder) is
+-- over by a retry). $22: per message, whether a test key made it. A send made under an
+-- Idempotency-Key ($18-$21: send, org, key, holder) is
 -- bound to its key by this same statement, and only while its request still holds the key:
 -- a retry that takes the key over then finds this send, and one that took it first refuses it.
 -- A batch request's sends share one key: the key is bound to the first of them (in input
@@ -58,16 +59,16 @@ WITH f AS (
                     WHERE r.org_id = s.org_id AND r.channel = 'email' AND r.address_hash = v.address_hash))
            END AS block
     FROM unnest($8::uuid[], $9::uuid[], $10::uuid[], $11::uuid[], $12::channel[], $13::text[],
-                $14::message_status[], $15::text[], $16::bytea[])
-        AS v(id, send_id, template_id, contact_channel_id, channel, to_address, status, error, address_hash)
+                $14::message_status[], $15::text[], $16::bytea[], $22::boolean[])
+        AS v(id, send_id, template_id, contact_channel_id, channel, to_address, status, error, address_hash, test)
     JOIN s ON s.id = v.send_id
 ), m AS (
     INSERT INTO messages (id, send_id, org_id, broadcast_id, template_id, contact_id, contact_channel_id,
-                          channel, to_address, status, source, error)
+                          channel, to_address, status, source, error, test)
     SELECT v.id, v.send_id, v.org_id, v.broadcast_id, v.template_id, v.contact_id, v.contact_channel_id,
            v.channel, v.to_address,
            CASE WHEN v.block IS NULL THEN v.status ELSE 'rejected'::message_status END,
-           v.source, coalesce(v.block, v.error)
+           v.source, coalesce(v.block, v.error), v.test
     FROM v
     RETURNING id, send_id, status, error
 ), e AS (
@@ -86,7 +87,7 @@ ORDER BY u.n;
 -- name: select_sends_messages
 -- Committed sends' messages as their answer shows them (after a commit's lost reply, or for a retry that took a key over).
 SELECT m.send_id, s.org_id, s.broadcast_id, s.contact_id, m.id, m.template_id, m.channel, m.contact_channel_id, m.to_address,
-       m.status, m.error, m.external_message_id
+       m.status, m.error, m.external_message_id, m.test
 FROM messages m
 JOIN sends s ON s.id = m.send_id
 LEFT JOIN templates t ON t.id = m.template_id

@@ -130,6 +130,10 @@ class Harness:
             "SMTP_TLS": "none",
             "SMTP_USERNAME": "",
             "SMTP_PASSWORD": "",
+            # The sink is the relay (SMTP_RELAYS would replace it), and the sandbox is not Meta:
+            # no throughput ceiling, so P3 measures tidings, not Meta's 80/s default.
+            "SMTP_RELAYS": "",
+            "WHATSAPP_MAX_PER_S": "0",
             "WHATSAPP_API_BASE_URL": self.wa_url,
             "WHATSAPP_ACCESS_TOKEN": common.WA_ACCESS_TOKEN,
             "WHATSAPP_PHONE_NUMBER_ID": common.WA_PHONE_NUMBER_ID,
