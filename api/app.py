@@ -10,11 +10,12 @@ from aiohttp import web
 # Importing the route modules registers their routes (see api.routing.route).
 from api import console, docs, health, whatsapp_webhooks  # noqa: F401
 from api.auth import KeyCache, KeyUsage
-from api.broadcasts import api_keys, broadcasts, contacts, messages, send  # noqa: F401
+from api.broadcasts import api_keys, batch, broadcasts, contacts, messages, send  # noqa: F401
 from api.middleware import request_middleware
 from api.ratelimit import RateLimiter
 from api.routing import WEBHOOK_MAX_BODY_BYTES, add_routes
 from api.state import STATE, State
+from api.transactionals import batch as transactionals_batch  # noqa: F401
 from api.transactionals import pages, subscribers, templates, transactionals  # noqa: F401
 from shared import db, redis_clients, templating
 from shared.accept import Acceptor

@@ -110,7 +110,7 @@ def route(
     the error statuses the handler itself can answer beyond those the flags imply,
     `content_type` the success body's type, `services=False` a route that needs neither
     Postgres nor Redis (never 503). `body_limit`: the route's body size limit, when not
-    MAX_BODY_BYTES (a send that carries attachments)."""
+    MAX_BODY_BYTES (a send that carries attachments, a batch)."""
 
     def decorate(fn: Handler) -> Handler:
         async def endpoint(request: web.Request) -> web.StreamResponse:
@@ -200,6 +200,14 @@ async def read_body(request: web.Request, limit_bytes: int, timeout_s: float) ->
 def attachment_body_limit(settings: Settings) -> int:
     """The body limit of a send that may carry attachments: MAX_BODY_BYTES plus their base64."""
     return attachments.body_limit_bytes(settings.max_body_bytes, settings.max_attachment_bytes)
+
+
+def batch_body_limit(settings: Settings) -> int:
+    """The body limit of a batch route: BATCH_MAX_BODY_BYTES plus the base64 of one email's
+    MAX_ATTACHMENT_BYTES, so that any item the single send route accepts, files and all, can
+    also go in a batch; the batch's files together are held to that one allowance (their
+    bytes are decoded and kept in memory until the batch commits)."""
+    return attachments.body_limit_bytes(settings.batch_max_body_bytes, settings.max_attachment_bytes)
 
 
 def _too_large(limit_bytes: int) -> errors.BodyTooLarge:

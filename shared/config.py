@@ -124,6 +124,11 @@ class Settings:
     # Set by `tidings dev` for the processes it starts: a local stack, where http links are fine.
     tidings_dev: bool = False
 
+    # Batch sends (`POST .../send/batch`, `POST /api/v1/transactionals/batch.json`) take up to
+    # 500 items a request: their bodies have this limit instead of MAX_BODY_BYTES, plus the base64 of
+    # one email's MAX_ATTACHMENT_BYTES (api/routing.py batch_body_limit; 413 above it).
+    batch_max_body_bytes: int = 8 * 1024 * 1024
+
     # Email attachments: at most this many bytes (decoded) in total per message. The body limit
     # of the routes that take them grows by their base64 (shared/attachments.py body_limit_bytes).
     max_attachment_bytes: int = 10 * 1024 * 1024
@@ -176,6 +181,7 @@ class Settings:
             "db_pool_max_size",
             "max_body_bytes",
             "bounce_max_message_bytes",
+            "batch_max_body_bytes",
             "max_attachment_bytes",
             "retention_days",
         ):

@@ -193,13 +193,7 @@ async def prepare(
     """`public_base` (PUBLIC_BASE_URL) makes `{{ unsubscribe_url }}` for templates that use it;
     `source` (`api` or `manual`) and `request_id` are written with the send; its attachments
     may hold `max_attachment_bytes` (MAX_ATTACHMENT_BYTES) in total."""
-    broadcast, templates = await cache.get(pool, org_id, broadcast_id)
-    if broadcast is None:
-        raise errors.NotFound("no such broadcast")
-    if broadcast["type"] != BroadcastType.transactional:
-        raise errors.NotTransactional()
-    if broadcast["status"] != BroadcastStatus.active:
-        raise errors.BroadcastNotActive(f"the broadcast is {broadcast['status']}; activate or resume it first")
+    broadcast, templates = await sendable_broadcast(pool, org_id, broadcast_id, cache)
     selected = _select_templates(templates, trigger.template_ids)
     if not selected:
         # Possible only if every template was removed after activation.
@@ -312,6 +306,23 @@ async def prepare(
         unsubscribe=unsubscribe,
         attachments=files,
     )
+
+
+@db.translated
+async def sendable_broadcast(
+    pool: asyncpg.Pool, org_id: uuid.UUID, broadcast_id: uuid.UUID, cache: BroadcastCache = NO_CACHE
+) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
+    """The broadcast and its templates, if it can be triggered now; else the refusal. A batch
+    asks this once for all its items: a broadcast that cannot send is the request's fault,
+    not an item's."""
+    broadcast, templates = await cache.get(pool, org_id, broadcast_id)
+    if broadcast is None:
+        raise errors.NotFound("no such broadcast")
+    if broadcast["type"] != BroadcastType.transactional:
+        raise errors.NotTransactional()
+    if broadcast["status"] != BroadcastStatus.active:
+        raise errors.BroadcastNotActive(f"the broadcast is {broadcast['status']}; activate or resume it first")
+    return broadcast, templates
 
 
 def _select_templates(templates: list[asyncpg.Record], template_ids: list[str] | None) -> list[asyncpg.Record]:
@@ -460,9 +471,22 @@ async def after_lost_commit(probe: Callable[[], Awaitable[T]], wait_s: float = L
 @db.translated
 async def load_committed(pool: asyncpg.Pool, org_id: uuid.UUID, send_id: uuid.UUID) -> PreparedSend | None:
     """A committed send of the org, with its messages as they are now (None: no such send)."""
-    rows = [r for r in await pool.fetch(Q.select_sends_messages, [send_id]) if r["org_id"] == org_id]
-    if not rows:
-        return None
+    return (await load_committed_many(pool, org_id, [send_id])).get(send_id)
+
+
+@db.translated
+async def load_committed_many(
+    pool: asyncpg.Pool, org_id: uuid.UUID, send_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, PreparedSend]:
+    """The committed sends of the org among `send_ids`, in one query (absent: never committed)."""
+    by_send: dict[uuid.UUID, list[asyncpg.Record]] = {}
+    for r in await pool.fetch(Q.select_sends_messages, send_ids):
+        if r["org_id"] == org_id:
+            by_send.setdefault(r["send_id"], []).append(r)
+    return {send_id: _committed(org_id, send_id, rows) for send_id, rows in by_send.items()}
+
+
+def _committed(org_id: uuid.UUID, send_id: uuid.UUID, rows: list[asyncpg.Record]) -> PreparedSend:
     first = rows[0]
     return PreparedSend(
         send_id=send_id,

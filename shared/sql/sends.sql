@@ -27,11 +27,17 @@ ON CONFLICT (org_id, email) DO NOTHING;
 -- Idempotency-Key ($18-$21: send, org, key, holder) is
 -- bound to its key by this same statement, and only while its request still holds the key:
 -- a retry that takes the key over then finds this send, and one that took it first refuses it.
-WITH k AS (
-    UPDATE idempotency_keys ik SET send_id = f.send_id
-    FROM unnest($18::uuid[], $19::uuid[], $20::text[], $21::uuid[]) AS f(send_id, org_id, key, holder)
-    WHERE ik.org_id = f.org_id AND ik.key = f.key AND ik.holder = f.holder AND ik.response_status IS NULL
-    RETURNING f.send_id
+-- A batch request's sends share one key: the key is bound to the first of them (in input
+-- order) and every send under a key still held is written.
+WITH f AS (
+    SELECT * FROM unnest($18::uuid[], $19::uuid[], $20::text[], $21::uuid[]) WITH ORDINALITY
+        AS f(send_id, org_id, key, holder, n)
+), k AS (
+    UPDATE idempotency_keys ik SET send_id = first.send_id
+    FROM (SELECT DISTINCT ON (org_id, key) * FROM f ORDER BY org_id, key, n) AS first
+    WHERE ik.org_id = first.org_id AND ik.key = first.key AND ik.holder = first.holder
+      AND ik.response_status IS NULL
+    RETURNING ik.org_id, ik.key, ik.holder
 ), s AS (
     INSERT INTO sends (id, org_id, broadcast_id, contact_id, source, request_id, variables, notify)
     SELECT u.id, u.org_id, u.broadcast_id, u.contact_id, u.source, u.request_id, u.variables, u.notify
@@ -40,7 +46,7 @@ WITH k AS (
         AS u(id, org_id, broadcast_id, contact_id, source, request_id, variables, notify)
     WHERE EXISTS (SELECT 1 FROM broadcasts b WHERE b.id = u.broadcast_id AND b.status = 'active')
       AND EXISTS (SELECT 1 FROM contacts c WHERE c.id = u.contact_id AND c.status = 'subscribed')
-      AND (u.id <> ALL($18::uuid[]) OR u.id IN (SELECT send_id FROM k))
+      AND (u.id <> ALL($18::uuid[]) OR u.id IN (SELECT f.send_id FROM f JOIN k USING (org_id, key, holder)))
     RETURNING id, org_id, broadcast_id, contact_id, source
 ), v AS (
     SELECT v.*, s.org_id, s.broadcast_id, s.contact_id, s.source,
