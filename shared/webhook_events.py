@@ -89,6 +89,8 @@ def message_data(snapshot: Mapping[str, Any]) -> dict[str, Any]:
     """The message object (as the status_url target answers it, without `events`) from the
     trigger's snapshot, plus `bounce` for message.bounced."""
     row = {k: (_time(v) if k in _TIMES else v) for k, v in snapshot.items()}
+    # An event written before messages.test existed (migration 0008) was a live message's.
+    row.setdefault("test", False)
     data = messages.message_json(row)
     if "bounce" in snapshot:
         data["bounce"] = snapshot["bounce"]

@@ -774,3 +774,63 @@ def test_settings_are_checked_at_start() -> None:
     ):
         with pytest.raises(ValueError, match=named):
             Settings.from_env(env)
+
+
+async def test_a_test_keys_messages_fire_their_events_marked_test(
+    client: TestClient[Any, Any], org: Any, hooks: Endpoints, settings: Settings, worker: Any
+) -> None:
+    """Test mode runs records, statuses, events and webhooks: a test key's bounce is a
+    message.bounced like any other, its data saying `test: true`."""
+    made = await hooks.create(org, "test-mode", events=["message.sent", "message.bounced"])
+    r = await client.post(
+        org.path("/keys"), headers=org.auth("admin"), json={"scopes": ["read", "write"], "mode": "test"}
+    )
+    assert r.status == 201, await r.text()
+    test_key = {"Authorization": f"Bearer {(await r.json())['key']}"}
+    b = await make_broadcast(client, org)
+    r = await client.post(
+        org.path(f"/broadcasts/{b['id']}/send"),
+        headers=test_key,
+        json={"email": f"bounce@t{uuid.uuid4().hex[:12]}.example.com", "variables": {"otp": "1"}},
+    )
+    assert r.status == 200, await r.text()
+    (record,) = (await r.json())["recipients"]
+    assert record["test"] is True and record["status"] == "bounced", record
+
+    async with deliverer(settings):
+        hits = await hooks.receiver.wait(made["name"], 2, timeout_s=20)
+    got = _by_type(hits)
+    assert sorted(got) == ["message.bounced", "message.sent"]
+    for event_type in ("message.sent", "message.bounced"):
+        (payload,) = got[event_type]
+        assert payload["data"]["id"] == record["id"] and payload["data"]["test"] is True
+    assert got["message.bounced"][0]["data"]["status"] == "bounced"
+    assert got["message.bounced"][0]["data"]["bounce"]["type"] == "hard"
+
+
+async def test_a_cancel_fires_no_event_and_breaks_nothing(
+    client: TestClient[Any, Any], org: Any, hooks: Endpoints, pool: asyncpg.Pool
+) -> None:
+    """`canceled` has no event type: a cancel (which logs a message_events row) writes no
+    event, even for an endpoint subscribed to everything, and still answers 200."""
+    await hooks.create(org)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    r = await client.post(
+        "/api/v1/transactionals.json",
+        headers=org.auth("write"),
+        json={"to": unique_email("later"), "subject": "S", "body": "B", "queue_at": later.isoformat()},
+    )
+    assert r.status in (200, 201), await r.text()
+    message = await r.json()
+    assert message["status"] == "scheduled"
+    r = await client.post(org.path(f"/messages/{message['id']}/cancel"), headers=org.auth("write"))
+    assert r.status == 200, await r.text()
+    assert (await r.json())["status"] == "canceled"
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM webhook_events WHERE org_id = $1 AND subject_id = $2",
+            org.id,
+            uuid.UUID(message["id"]),
+        )
+        == 0
+    )
