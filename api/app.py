@@ -11,6 +11,7 @@ from aiohttp import web
 from api import docs, health, whatsapp_webhooks  # noqa: F401
 from api.auth import KeyCache
 from api.broadcasts import broadcasts, contacts, messages, send  # noqa: F401
+from api.broadcasts import domains as sending_domain_routes  # noqa: F401
 from api.middleware import request_middleware
 from api.ratelimit import RateLimiter
 from api.routing import WEBHOOK_MAX_BODY_BYTES, add_routes

@@ -106,6 +106,13 @@ class Settings:
     # (retry later), never a request that hangs. The doorbell is simply skipped.
     redis_timeout_s: float = 2.0
 
+    # Sending domains (per-org DKIM): their private keys are stored encrypted under a key
+    # derived from SECRET_KEY (any secret string); required once a domain exists. Never printed.
+    secret_key: str = dataclasses.field(default="", repr=False)
+    # How long a worker reuses an org's domain key (or its absence) before looking again: a
+    # domain added, removed or registered anew is signed with within this long, no restart.
+    dkim_key_cache_ttl_s: float = 10.0
+
     log_level: str = "INFO"
     log_format: LogFormat = "json"
     # Set by `tidings dev` for the processes it starts: a local stack, where http links are fine.
@@ -172,6 +179,8 @@ class Settings:
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name.upper()} must be a positive number of seconds, not {getattr(self, name)}")
+        if self.dkim_key_cache_ttl_s < 0:
+            raise ValueError(f"DKIM_KEY_CACHE_TTL_S must be 0 or more seconds, not {self.dkim_key_cache_ttl_s}")
 
     @property
     def public_base(self) -> str:

@@ -236,12 +236,18 @@ async def _resolve_recipient(pool: asyncpg.Pool, org_id: uuid.UUID, req: Request
     return _Recipient(subscriber, rejection, first_name, last_name, display_name)
 
 
-def _content(settings: Settings, req: Request, unsubscribe_url: str) -> dict[str, Any]:
-    """The email as the worker renders it: an email template body, every text field Liquid."""
+def _content(
+    settings: Settings, req: Request, unsubscribe_url: str, sender: tuple[str | None, str | None] = (None, None)
+) -> dict[str, Any]:
+    """The email as the worker renders it: an email template body, every text field Liquid.
+    From is the org's default sender (`tidings org update`, which refuses Liquid markup in
+    it), else DEFAULT_FROM_EMAIL / DEFAULT_FROM_NAME."""
     html_body, text_body = html_and_text(req.body)
+    from_email, from_name = sender
     return {
-        "from_email": settings.default_from_email,
-        "from_name": settings.default_from_name,
+        "from_email": from_email or settings.default_from_email,
+        # The service's display name does not go with an org's own address.
+        "from_name": from_name or ("" if from_email else settings.default_from_name),
         "reply_to": req.reply_to,
         "subject": req.subject,
         "html_body": html_body,
@@ -301,6 +307,7 @@ async def prepare(
     *,
     request_id: str | None,
     fence: sending.KeyFence | None = None,
+    sender: tuple[str | None, str | None] = (None, None),
 ) -> PreparedTransactional:
     """Decide the recipient's fate and make the links; nothing of the send is written yet
     (a double opt-in may create its subscriber, as a Broadcasts trigger may create its contact).
@@ -321,7 +328,7 @@ async def prepare(
 
     address: str | None = req.email
     recipient_name = recipient.display_name
-    content = _content(settings, req, unsubscribe_url)
+    content = _content(settings, req, unsubscribe_url, sender)
     variables = _variables(req, recipient, confirmation_url, unsubscribe_url)
     if rejection == subscribers.REDACTED_ERROR:
         # Nothing about a redacted address is stored again, not even in the rejected record.

@@ -32,6 +32,9 @@ RUN_ID = uuid.uuid4().hex[:10]
 SCOPES = ("admin", "read", "write")
 
 
+TEST_SECRET_KEY = "tidings-test-secret-key-not-for-production"
+
+
 @pytest.fixture(scope="session")
 def embedded_dir() -> Iterator[pathlib.Path]:
     with tempfile.TemporaryDirectory(prefix="tidings-test-") as d:
@@ -141,6 +144,9 @@ def settings(database_url: str, redis_url: str, smtp_server: Any, wa_sandbox: An
         db_pool_max_size=10,
         log_level="WARNING",
         worker_metrics_port=0,
+        # Sending domains' keys are stored under it (tests/test_domains.py); picked up quickly.
+        secret_key=TEST_SECRET_KEY,
+        dkim_key_cache_ttl_s=0.2,
     )
 
 

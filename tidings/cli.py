@@ -44,6 +44,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
     from api.main import run
 
     _need_services(settings)
+    preflight.require_secret_key(settings)
     run(settings, host=args.host, port=args.port, processes=args.processes)
 
 
@@ -51,6 +52,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
     from worker.main import run
 
     _need_services(settings)
+    preflight.require_secret_key(settings)
     run(settings)
 
 
@@ -76,6 +78,44 @@ def cmd_org_create(settings: Settings, args: argparse.Namespace) -> None:
             await pool.close()
 
     print(_run(go()))
+
+
+def cmd_org_update(settings: Settings, args: argparse.Namespace) -> None:
+    from shared import addresses, db, sending_domains
+
+    _need_database(settings)
+    try:
+        org_id = uuid.UUID(args.org)
+    except ValueError:
+        sys.exit(f"--org takes an org id (a UUID), not {args.org!r}")
+    from_email, from_name = args.from_email, args.from_name
+    if from_email is None and from_name is None:
+        sys.exit("nothing to change: give --from-email and/or --from-name")
+    if from_email:
+        try:
+            from_email = addresses.normalize_email(from_email)
+        except ValueError as exc:
+            sys.exit(f"--from-email: {exc}")
+    if from_name and ("{{" in from_name or "{%" in from_name or addresses.has_line_break(from_name)):
+        # It is rendered as a template's from_name: no markup, no header injection.
+        sys.exit("--from-name: must be plain text (no line break, no {{ or {%)")
+
+    async def go() -> tuple[str | None, str | None]:
+        pool = await db.create_pool(settings.database_url, min_size=1, max_size=2)
+        try:
+            row = await sending_domains.set_org_sender(pool, org_id, from_email=from_email, from_name=from_name)
+        finally:
+            await pool.close()
+        if row is None:
+            sys.exit(f"no org {org_id}")
+        return row["from_email"], row["from_name"]
+
+    email, name = _run(go())
+    print(
+        f"/api/v1 sends of org {org_id} come from {email or settings.default_from_email + ' (DEFAULT_FROM_EMAIL)'}"
+        + (f", name {name!r}" if name else ""),
+        file=sys.stderr,
+    )
 
 
 def cmd_key_create(settings: Settings, args: argparse.Namespace) -> None:
@@ -159,6 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
     org_create = org.add_parser("create", help="create an org; prints its id")
     org_create.add_argument("name")
     org_create.set_defaults(fn=cmd_org_create)
+    org_update = org.add_parser("update", help="change an org's settings")
+    org_update.add_argument("--org", required=True)
+    org_update.add_argument(
+        "--from-email", help="default sender of the org's /api/v1 sends ('' : back to DEFAULT_FROM_EMAIL)"
+    )
+    org_update.add_argument("--from-name", help="its display name ('' : none)")
+    org_update.set_defaults(fn=cmd_org_update)
 
     key = sub.add_parser("key", help="API keys").add_subparsers(dest="key_command", required=True)
     key_create = key.add_parser("create", help="create a key; prints it once")

@@ -14,15 +14,18 @@ from shared.config import Settings
 from shared.domain import Channel
 from shared.redis_keys import RedisKeys
 from worker.channels.base import DeliveryChannel
+from worker.channels.domain_keys import DomainKeys
 from worker.channels.email import EmailChannel
 from worker.channels.whatsapp import WhatsAppChannel
 from worker.outcomes import OutcomeWriter
 from worker.render_sandbox import RenderPool
 
 
-def open_channels(settings: Settings) -> dict[Channel, DeliveryChannel[Any]]:
-    """One channel of each kind; they connect on first use and are closed by `close`."""
-    return {Channel.email: EmailChannel(settings), Channel.whatsapp: WhatsAppChannel(settings)}
+def open_channels(settings: Settings, pool: db.Pool | None = None) -> dict[Channel, DeliveryChannel[Any]]:
+    """One channel of each kind; they connect on first use and are closed by `close`. With a
+    `pool`, email From an org's sending domain is signed with that domain's key."""
+    domain_keys = DomainKeys(settings, pool) if pool is not None else None
+    return {Channel.email: EmailChannel(settings, domain_keys), Channel.whatsapp: WhatsAppChannel(settings)}
 
 
 @dataclasses.dataclass(slots=True)

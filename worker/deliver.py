@@ -143,6 +143,9 @@ async def _deliver_one(ctx: WorkerContext, message: Mapping[str, Any]) -> Outcom
     draft = Draft(message_id, body, data, message["to_address"])
     try:
         rendered = await ctx.renderer.render(kind, draft, fallback_domain=ctx.settings.message_id_domain)
+        if isinstance(rendered, RenderedEmail):
+            # The org's sending domains decide the DKIM key (worker/channels/domain_keys.py).
+            rendered = dataclasses.replace(rendered, org_id=message["org_id"])
         if isinstance(rendered, RenderedEmail) and ctx.settings.bounce_domain:
             # VERP: bounces and complaints come back to an address naming this message.
             rendered = dataclasses.replace(

@@ -110,7 +110,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         pool=pool,
         redis=redis,
         keys=RedisKeys(settings.redis_prefix),
-        channels=open_channels(settings),
+        channels=open_channels(settings, pool),
     )
     pump = Pump(ctx, capacity=settings.worker_concurrency)
     await pump.start()

@@ -37,6 +37,7 @@ from worker.channels.base import (
     TransientDeliveryError,
 )
 from worker.channels.dkim import DkimSigner
+from worker.channels.domain_keys import DomainKeys
 
 # CRLF line endings, RFC 2047 encoded words for non-ASCII header text, 7-bit bodies.
 SMTP_POLICY = SMTP.clone(cte_type="7bit")
@@ -254,8 +255,10 @@ def _reply(code: int, message: str) -> str:
 
 
 class EmailChannel:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, domain_keys: DomainKeys | None = None) -> None:
         self.settings = settings
+        # The orgs' sending domains' keys (None: the global DKIM_* key alone).
+        self._domain_keys = domain_keys
         self._idle: asyncio.LifoQueue[aiosmtplib.SMTP] = asyncio.LifoQueue()
         self._slots = asyncio.Semaphore(settings.smtp_pool_size)
         # Built once: a half-configured DKIM or an unreadable key fails the worker's start-up.
@@ -273,9 +276,19 @@ class EmailChannel:
             start_tls=s.smtp_tls == "starttls",
         )
 
+    async def _signer(self, message: RenderedEmail) -> DkimSigner | None:
+        """The org's key when its From domain is one of the org's sending domains, else the
+        global DKIM_* key (None: unsigned)."""
+        if self._domain_keys is not None and message.org_id is not None:
+            signer = await self._domain_keys.signer(message.org_id, message.from_email)
+            if signer is not None:
+                return signer
+        return self._dkim
+
     async def send(self, message: RenderedEmail) -> DeliveryResult:
+        signer = await self._signer(message)
         try:
-            data = message_bytes(message, self._dkim)
+            data = message_bytes(message, signer)
         except ValueError as exc:
             # Content the email package refuses (header_text removes what we know of):
             # sending it again cannot help.
