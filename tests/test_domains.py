@@ -247,6 +247,9 @@ async def test_the_private_key_is_stored_encrypted_and_bound_to_its_row(
         sending_domains.open_key(SecretBox("another secret"), row)
     with pytest.raises(SecretKeyWrong):  # copied onto another row, it does not open
         SecretBox(settings.secret_key).open(sealed, bound_to=uuid.uuid4().bytes)
+    # Neither the settings nor the box print the secret (a settings object in a log line or a
+    # traceback's locals).
+    assert settings.secret_key not in repr(settings) and settings.secret_key not in repr(SecretBox("x"))
 
 
 # ---- signing ----

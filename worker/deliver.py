@@ -145,15 +145,13 @@ async def _deliver_one(ctx: WorkerContext, message: Mapping[str, Any]) -> Outcom
         rendered = await ctx.renderer.render(kind, draft, fallback_domain=ctx.settings.message_id_domain)
         if isinstance(rendered, RenderedEmail):
             # The org's sending domains decide the DKIM key (worker/channels/domain_keys.py).
-            rendered = dataclasses.replace(rendered, org_id=message["org_id"])
-        if isinstance(rendered, RenderedEmail) and ctx.settings.bounce_domain:
-            # VERP: bounces and complaints come back to an address naming this message.
-            rendered = dataclasses.replace(
-                rendered,
-                envelope_from=verp.envelope_sender(
+            changes: dict[str, Any] = {"org_id": message.get("org_id")}
+            if ctx.settings.bounce_domain:
+                # VERP: bounces and complaints come back to an address naming this message.
+                changes["envelope_from"] = verp.envelope_sender(
                     message_id, domain=ctx.settings.bounce_domain, secret=ctx.settings.bounce_secret
-                ),
-            )
+                )
+            rendered = dataclasses.replace(rendered, **changes)
         result = await ctx.channels[kind].send(rendered)
     except errors.ValidationFailed as exc:
         return Outcome(message_id, MessageStatus.failed, error=exc.message)

@@ -70,7 +70,14 @@ class DomainKeys:
         if loading is None:
             loading = asyncio.ensure_future(self._load(key, hit))
             self._loading[key] = loading
-            loading.add_done_callback(lambda _: self._loading.pop(key, None))
+
+            def done(future: asyncio.Future[DkimSigner | None]) -> None:
+                self._loading.pop(key, None)
+                if not future.cancelled():
+                    future.exception()  # retrieved: every waiter may have been cancelled
+
+            loading.add_done_callback(done)
+        # Shielded: one waiter cancelled (its message's deadline) does not cancel the others' look-up.
         return await asyncio.shield(loading)
 
     async def _load(self, key: Key, stale: tuple[DkimSigner | None, float] | None) -> DkimSigner | None:
