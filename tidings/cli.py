@@ -96,6 +96,8 @@ def cmd_org_update(settings: Settings, args: argparse.Namespace) -> None:
             from_email = addresses.normalize_email(from_email)
         except ValueError as exc:
             sys.exit(f"--from-email: {exc}")
+        if "{{" in from_email or "{%" in from_email:  # `{` is legal in an address; Liquid markup is not
+            sys.exit("--from-email: must be a plain address (no {{ or {%)")
     if from_name and ("{{" in from_name or "{%" in from_name or addresses.has_line_break(from_name)):
         # It is rendered as a template's from_name: no markup, no header injection.
         sys.exit("--from-name: must be plain text (no line break, no {{ or {%)")
