@@ -46,3 +46,15 @@ $(BENCH_STAMP): tests/perf/requirements.txt $(STAMP)
 
 bench: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python tests/perf/bench.py $(BENCH_ARGS)
+
+# The console's browser tests (tests/test_console.py) drive Debian's chromium with Playwright
+# (never a browser Playwright downloads): installed here when missing, as root or through sudo.
+CHROMIUM := /usr/bin/chromium
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; \
+	else echo "install Debian's chromium (apt-get install chromium) as root for the console's browser tests" >&2; exit 1; fi; \
+	APT="$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get"; \
+	$$APT install -y chromium || { $$APT update && $$APT install -y chromium; }
+
+test: $(CHROMIUM)

@@ -8,14 +8,15 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 # Importing the route modules registers their routes (see api.routing.route).
-from api import docs, health, whatsapp_webhooks  # noqa: F401
-from api.auth import KeyCache
-from api.broadcasts import broadcasts, contacts, messages, send  # noqa: F401
+from api import console, docs, health, whatsapp_webhooks  # noqa: F401
+from api.auth import KeyCache, KeyUsage
+from api.broadcasts import api_keys, batch, broadcasts, contacts, messages, send  # noqa: F401
 from api.broadcasts import domains as sending_domain_routes  # noqa: F401
 from api.middleware import request_middleware
 from api.ratelimit import RateLimiter
 from api.routing import WEBHOOK_MAX_BODY_BYTES, add_routes
 from api.state import STATE, State
+from api.transactionals import batch as transactionals_batch  # noqa: F401
 from api.transactionals import pages, subscribers, templates, transactionals  # noqa: F401
 from shared import db, redis_clients, templating
 from shared.accept import Acceptor
@@ -33,6 +34,8 @@ SEND_POOL_SIZE = 3
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[request_middleware], client_max_size=WEBHOOK_MAX_BODY_BYTES)
     add_routes(app)
+    # The console (/console/): server-rendered pages over the same domain code (api/console).
+    console.setup(app)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         pool = await db.create_pool(
@@ -79,8 +82,11 @@ def create_app(settings: Settings) -> web.Application:
             ),
             broadcast_cache=broadcast_cache,
             contact_cache=contact_cache,
+            key_usage=KeyUsage(pool),
         )
+        app[STATE].key_usage.start()
         yield
+        await app[STATE].key_usage.close()
         await app[STATE].acceptor.close()
         await waiter.close()
         await subscriber.aclose()

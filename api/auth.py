@@ -1,27 +1,59 @@
-"""Bearer-key authentication with a short per-process cache, and scope/org checks."""
+"""Bearer-key authentication with a short per-process cache, and scope/org checks.
+
+Revocation across replicas: every api process caches a resolved key for KEY_CACHE_TTL_S and
+then asks Postgres again, so a key revoked anywhere is refused everywhere within that time,
+with no message to deliver or lose (a Redis pub/sub invalidation would be faster but leaves
+a revoked key working for as long as Redis is away). The process that revokes drops its own
+entry at once. The cache holds the org's rate limit too, so `tidings org update
+--rate-limit` also takes effect within KEY_CACHE_TTL_S.
+
+A key's last use (`api_keys.last_used_at`) is recorded in the background: at most one
+write per key per LAST_USED_EVERY_S per process, many keys in one statement (`KeyUsage`).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
+import datetime as dt
 import time
 import uuid
 from typing import TYPE_CHECKING
 
+import structlog
 from aiohttp import web
 
-from shared import errors, keys, orgs
+from shared import db, errors, keys, orgs
+from shared.domain import KeyMode
 
 if TYPE_CHECKING:
     from api.state import State
 
+log = structlog.get_logger("tidings.auth")
+
+# A key's last use is written at most this often per api process (a listing shows it to
+# about a minute), and the writes of every key used meanwhile go together every FLUSH_S.
+LAST_USED_EVERY_S = 60.0
+LAST_USED_FLUSH_S = 1.0
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class AuthKey:
+    """The authenticated principal of a request."""
+
     key_id: uuid.UUID
     org_id: uuid.UUID
     scopes: frozenset[str]
     rate_limit_requests: int | None
     rate_limit_window_s: int | None
+    mode: KeyMode = KeyMode.live
+
+    @property
+    def test(self) -> bool:
+        """A test key: its sends reach no provider, and it sees only test messages (what the
+        message statements take as their `test` parameter)."""
+        return self.mode is KeyMode.test
 
 
 class KeyCache:
@@ -44,6 +76,71 @@ class KeyCache:
             self._entries.clear()
         self._entries[key_hash] = (value, time.monotonic() + self.ttl_s)
 
+    def forget(self, key_id: uuid.UUID) -> None:
+        """Drop a revoked key from this process's cache (the others expire it within ttl_s)."""
+        for key_hash, (value, _) in list(self._entries.items()):
+            if value is not None and value.key_id == key_id:
+                del self._entries[key_hash]
+
+
+class KeyUsage:
+    """Records when keys are used without a write per request: a key's use is noted in memory
+    (at most once per LAST_USED_EVERY_S) and written by a background task, every key noted
+    meanwhile in one statement. A failed write is dropped: the next use notes it again."""
+
+    def __init__(self, pool: db.Pool, every_s: float = LAST_USED_EVERY_S, flush_s: float = LAST_USED_FLUSH_S) -> None:
+        self.pool = pool
+        self.every_s = every_s
+        self.flush_s = flush_s
+        self._pending: dict[uuid.UUID, dt.datetime] = {}
+        self._next_note: dict[uuid.UUID, float] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def note(self, key_id: uuid.UUID) -> None:
+        now = time.monotonic()
+        if self._next_note.get(key_id, 0.0) > now:
+            return
+        if len(self._next_note) >= 100_000:
+            self._next_note.clear()  # bounded memory; at worst a few extra writes
+        self._next_note[key_id] = now + self.every_s
+        self._pending[key_id] = dt.datetime.now(dt.UTC)
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush()
+
+    async def flush(self) -> None:
+        used, self._pending = self._pending, {}
+        if not used:
+            return
+        try:
+            await orgs.touch_keys(self.pool, used)
+        except errors.TidingsError as exc:
+            # Only a listing's "last used" waits for the next use; requests never do.
+            log.warning("key_last_used_unwritten", keys=len(used), error=str(exc))
+            for key_id in used:
+                self._next_note.pop(key_id, None)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            # Gather what arrives meanwhile into the same statement.
+            await asyncio.sleep(self.flush_s)
+            self._wake.clear()
+            try:
+                await self.flush()
+            except Exception:
+                # A bug must not end the recording for the process's lifetime.
+                log.exception("key_last_used_failed")
+
 
 async def authenticate(request: web.Request, state: State) -> AuthKey:
     header = request.headers.get("Authorization", "")
@@ -54,26 +151,25 @@ async def authenticate(request: web.Request, state: State) -> AuthKey:
         # Keys are ASCII; bytes that are not UTF-8 arrive as lone surrogates, which cannot be hashed.
         raise errors.Unauthorized("this API key is not valid")
     key_hash = keys.hash_key(token.strip())
-    found, cached = state.key_cache.get(key_hash)
-    if found:
-        if cached is None:
-            raise errors.Unauthorized("this API key is not valid")
-        return cached
-    row = await orgs.find_key(state.pool, key_hash)
-    value = (
-        None
-        if row is None
-        else AuthKey(
-            key_id=row["id"],
-            org_id=row["org_id"],
-            scopes=frozenset(row["scopes"]),
-            rate_limit_requests=row["rate_limit_requests"],
-            rate_limit_window_s=row["rate_limit_window_s"],
+    found, value = state.key_cache.get(key_hash)
+    if not found:
+        row = await orgs.find_key(state.pool, key_hash)
+        value = (
+            None
+            if row is None
+            else AuthKey(
+                key_id=row["id"],
+                org_id=row["org_id"],
+                scopes=frozenset(row["scopes"]),
+                rate_limit_requests=row["rate_limit_requests"],
+                rate_limit_window_s=row["rate_limit_window_s"],
+                mode=KeyMode(row["mode"]),
+            )
         )
-    )
-    state.key_cache.put(key_hash, value)
+        state.key_cache.put(key_hash, value)
     if value is None:
         raise errors.Unauthorized("this API key is not valid")
+    state.key_usage.note(value.key_id)
     return value
 
 

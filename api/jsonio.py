@@ -64,8 +64,16 @@ def decode(body: bytes, type_: type[T]) -> T:
         raise _too_deep() from exc
     # The full walk only when the bytes suggest a NUL, a long number or deep nesting.
     if b"\\u0000" in body or _LONG_NUMBER.search(body) or body.count(b"{") + body.count(b"[") > MAX_DEPTH:
-        _check_storable(msgspec.to_builtins(value))
+        _check_storable(msgspec.to_builtins(value, enc_hook=_skip_raw))
     return value
+
+
+def _skip_raw(value: Any) -> Any:
+    # A batch's items stay raw JSON until each is decoded (and checked) on its own by
+    # `decode`, so that a fault in one item is that item's refusal, not the whole batch's.
+    if isinstance(value, msgspec.Raw):
+        return None
+    raise TypeError(f"cannot check a {type(value).__name__}")
 
 
 def _too_deep(field: str = "body") -> errors.ValidationFailed:

@@ -11,7 +11,7 @@ import msgspec
 from api.broadcasts import schemas
 from api.routing import ROUTES, RouteSpec
 from shared import suppressions
-from shared.domain import Channel, MessageStatus
+from shared.domain import Channel, MessageSource, MessageStatus
 
 _PARAM = re.compile(r"{(\w+)}")
 
@@ -26,6 +26,16 @@ _QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
     "contact_id": {"type": "string", "format": "uuid"},
     "reason": {"type": "string", "enum": [r.value for r in suppressions.Reason]},
 }
+# Message search (GET /orgs/{org_id}/messages).
+_QUERY_SCHEMAS.update(
+    {
+        "to": {"type": "string", "minLength": 1},
+        "broadcast_id": {"type": "string", "format": "uuid"},
+        "source": {"type": "string", "enum": [s.value for s in MessageSource]},
+        "since": {"type": "string", "format": "date-time"},
+        "until": {"type": "string", "format": "date-time"},
+    }
+)
 _TOKEN = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,100}$"}
 
 # Why each error status can be answered, for the description.

@@ -18,7 +18,8 @@ from aiohttp import web
 
 from api import auth, idempotency, jsonio, ratelimit
 from api.state import STATE, State
-from shared import errors
+from shared import attachments, errors
+from shared.config import Settings
 
 B = TypeVar("B")
 
@@ -99,6 +100,7 @@ def route(
     error_statuses: tuple[int, ...] = (),
     content_type: str = "application/json",
     services: bool = True,
+    body_limit: Callable[[Settings], int] | None = None,
 ) -> Callable[[Handler], Handler]:
     """Declare a route. `scope=None` means no bearer auth (health, webhooks, public pages).
     `raw=True` leaves the body undecoded (webhooks must verify the exact bytes).
@@ -107,7 +109,8 @@ def route(
     For the OpenAPI document only: `also` lists other success statuses (same body), `error_statuses`
     the error statuses the handler itself can answer beyond those the flags imply,
     `content_type` the success body's type, `services=False` a route that needs neither
-    Postgres nor Redis (never 503)."""
+    Postgres nor Redis (never 503). `body_limit`: the route's body size limit, when not
+    MAX_BODY_BYTES (a send that carries attachments, a batch)."""
 
     def decorate(fn: Handler) -> Handler:
         async def endpoint(request: web.Request) -> web.StreamResponse:
@@ -133,13 +136,17 @@ def route(
             if body is not None or raw:
                 # Webhook batches from a provider may be larger than any client request.
                 limit = WEBHOOK_MAX_BODY_BYTES if raw else state.settings.max_body_bytes
+                if body_limit is not None:
+                    limit = body_limit(state.settings)
                 raw_body = await read_body(request, limit, state.settings.http_body_timeout_s)
             if body is not None:
                 decoded = jsonio.decode(raw_body, body)
             call = Call(request=request, state=state, key=key, body=decoded, raw_body=raw_body)
             if idempotent and key is not None:
                 _check_idempotency_key(request)
-                return await idempotency.run_once(request, state.pool, key.org_id, raw_body, lambda: fn(call))
+                return await idempotency.run_once(
+                    request, state.pool, key.org_id, raw_body, lambda: fn(call), test=key.test
+                )
             return await fn(call)
 
         ROUTES.append(
@@ -173,7 +180,7 @@ async def read_body(request: web.Request, limit_bytes: int, timeout_s: float) ->
     or RequestTimeout when it has not all arrived within `timeout_s`: a client that trickles a
     body cannot hold a connection and a handler open for longer."""
     if request.content_length is not None and request.content_length > limit_bytes:
-        raise errors.BodyTooLarge()
+        raise _too_large(limit_bytes)
     chunks: list[bytes] = []
     size = 0
     try:
@@ -184,10 +191,27 @@ async def read_body(request: web.Request, limit_bytes: int, timeout_s: float) ->
                     return b"".join(chunks)
                 size += len(chunk)
                 if size > limit_bytes:
-                    raise errors.BodyTooLarge()
+                    raise _too_large(limit_bytes)
                 chunks.append(chunk)
     except TimeoutError:
         raise errors.RequestTimeout(f"the request body did not arrive within {timeout_s:g} s") from None
+
+
+def attachment_body_limit(settings: Settings) -> int:
+    """The body limit of a send that may carry attachments: MAX_BODY_BYTES plus their base64."""
+    return attachments.body_limit_bytes(settings.max_body_bytes, settings.max_attachment_bytes)
+
+
+def batch_body_limit(settings: Settings) -> int:
+    """The body limit of a batch route: BATCH_MAX_BODY_BYTES plus the base64 of one email's
+    MAX_ATTACHMENT_BYTES, so that any item the single send route accepts, files and all, can
+    also go in a batch; the batch's files together are held to that one allowance (their
+    bytes are decoded and kept in memory until the batch commits)."""
+    return attachments.body_limit_bytes(settings.batch_max_body_bytes, settings.max_attachment_bytes)
+
+
+def _too_large(limit_bytes: int) -> errors.BodyTooLarge:
+    return errors.BodyTooLarge(f"the request body is larger than {limit_bytes} bytes")
 
 
 def _check_idempotency_key(request: web.Request) -> None:

@@ -7,7 +7,7 @@ import dataclasses
 from aiohttp import web
 from redis.asyncio import Redis
 
-from api.auth import KeyCache
+from api.auth import KeyCache, KeyUsage
 from api.ratelimit import RateLimiter
 from shared import db
 from shared.accept import Acceptor
@@ -30,6 +30,8 @@ class State:
     acceptor: Acceptor
     broadcast_cache: BroadcastCache
     contact_cache: ContactCache
+    # Keys' last use, written in the background (api.auth).
+    key_usage: KeyUsage
 
 
 STATE = web.AppKey("state", State)

@@ -4,12 +4,14 @@ Under load, committing each request's send on its own costs one fsync per reques
 waking the workers for each one a Redis round trip. A `Batcher` runs at most
 `max_in_flight` flushes at a time; items submitted while those run wait and go together
 in the next flush. When idle, an item is flushed at once, so batching adds no latency to
-a quiet system. `shared.accept` batches the sends it accepts this way.
+a quiet system. `shared.accept` batches the sends it accepts this way; a batch request's
+sends are submitted as one group (`submit_group`), so they are always committed together.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -25,27 +27,49 @@ class Batcher(Generic[T, R]):
         self._flush = flush
         self.max_size = max_size
         self._slots = asyncio.Semaphore(max_in_flight)
-        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        # Groups of items that must share a flush (a single `submit` is a group of one).
+        self._pending: collections.deque[list[tuple[T, asyncio.Future[R]]]] = collections.deque()
+        self._pending_size = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: T) -> R:
-        fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._pending.append((item, fut))
-        if len(self._pending) == 1 or len(self._pending) >= self.max_size:
-            task = asyncio.create_task(self._run())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        (fut,) = self._enqueue([item])
         return await fut
+
+    async def submit_group(self, items: Sequence[T]) -> list[R | BaseException]:
+        """Flush `items` together, in one flush of their own or with others (a group larger
+        than `max_size` is never split); per item, its result or the exception for it."""
+        if not items:
+            return []
+        futures = self._enqueue(items)
+        return list(await asyncio.gather(*futures, return_exceptions=True))
+
+    def _enqueue(self, items: Sequence[T]) -> list[asyncio.Future[R]]:
+        loop = asyncio.get_running_loop()
+        group = [(item, loop.create_future()) for item in items]
+        was_idle = not self._pending
+        self._pending.append(group)
+        self._pending_size += len(group)
+        if was_idle or self._pending_size >= self.max_size:
+            self._start()
+        return [fut for _, fut in group]
+
+    def _start(self) -> None:
+        task = asyncio.create_task(self._run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _run(self) -> None:
         async with self._slots:
-            # Take whatever gathered while we waited for a slot (possibly nothing).
-            batch, self._pending = self._pending[: self.max_size], self._pending[self.max_size :]
-            if self._pending and len(self._pending) < self.max_size:
-                # Leftovers beyond max_size need a flush of their own.
-                task = asyncio.create_task(self._run())
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            # Take whatever gathered while we waited for a slot (possibly nothing), whole
+            # groups only, up to max_size items (or one larger group alone).
+            batch: list[tuple[T, asyncio.Future[R]]] = []
+            while self._pending and (not batch or len(batch) + len(self._pending[0]) <= self.max_size):
+                batch.extend(self._pending.popleft())
+            self._pending_size -= len(batch)
+            if self._pending and self._pending_size < self.max_size:
+                # Leftovers need a flush of their own.
+                self._start()
             if not batch:
                 return
             try:

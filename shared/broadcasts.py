@@ -308,6 +308,23 @@ async def set_status(
         await conn.execute(Q.update_broadcast_status, broadcast_id, org_id, to.value)
 
 
+# What an operator asks of a broadcast's status (the API's routes and the console's buttons):
+# the statuses it may start from, and the one it ends in. Asking for the status it already
+# has changes nothing and is no error (a retried click or request).
+STATUS_ACTIONS: dict[str, tuple[frozenset[str], BroadcastStatus]] = {
+    "activate": (frozenset({BroadcastStatus.draft, BroadcastStatus.active}), BroadcastStatus.active),
+    "pause": (frozenset({BroadcastStatus.active, BroadcastStatus.paused}), BroadcastStatus.paused),
+    "resume": (frozenset({BroadcastStatus.paused, BroadcastStatus.active}), BroadcastStatus.active),
+}
+
+
+@db.translated
+async def change_status(pool: asyncpg.Pool, org_id: uuid.UUID, broadcast_id: uuid.UUID, action: str) -> None:
+    """Activate, pause or resume (`STATUS_ACTIONS`)."""
+    allowed_from, to = STATUS_ACTIONS[action]
+    await set_status(pool, org_id, broadcast_id, allowed_from, to)
+
+
 async def _lock(conn: asyncpg.Connection, org_id: uuid.UUID, broadcast_id: uuid.UUID) -> asyncpg.Record:
     row = await conn.fetchrow(Q.select_broadcast_for_update, broadcast_id, org_id)
     if row is None:

@@ -112,11 +112,35 @@ class Settings:
     # How long a worker reuses an org's domain key (or its absence) before looking again: a
     # domain added, removed or registered anew is signed with within this long, no restart.
     dkim_key_cache_ttl_s: float = 10.0
+    # Relays and provider throughput (shared/relays.py, worker/throughput.py). SMTP_RELAYS, when
+    # set, replaces SMTP_HOST/PORT/TLS/USERNAME/PASSWORD: mail goes to the first relay that is
+    # up; one that refuses connections or times out is skipped for SMTP_RELAY_COOLDOWN_S.
+    smtp_relays: str = ""
+    smtp_relay_cooldown_s: float = 30.0
+    # Messages a second to WhatsApp across every worker process together (Meta's default per
+    # phone number is 80); 0: no ceiling.
+    whatsapp_max_per_s: float = 80.0
+    # Retention: message content (bodies, subjects, variables) older than this many days is
+    # erased by the reconciler; statuses, timestamps and events stay. An org may have its own
+    # (orgs.retention_days, the operator's setting).
+    retention_days: int = 30
 
     log_level: str = "INFO"
     log_format: LogFormat = "json"
     # Set by `tidings dev` for the processes it starts: a local stack, where http links are fine.
     tidings_dev: bool = False
+
+    # Batch sends (`POST .../send/batch`, `POST /api/v1/transactionals/batch.json`) take up to
+    # 500 items a request: their bodies have this limit instead of MAX_BODY_BYTES, plus the base64 of
+    # one email's MAX_ATTACHMENT_BYTES (api/routing.py batch_body_limit; 413 above it).
+    batch_max_body_bytes: int = 8 * 1024 * 1024
+
+    # Email attachments: at most this many bytes (decoded) in total per message. The body limit
+    # of the routes that take them grows by their base64 (shared/attachments.py body_limit_bytes).
+    max_attachment_bytes: int = 10 * 1024 * 1024
+
+    # The console (/console/): a browser session ends this long after its sign-in (12 h).
+    console_session_s: float = 43200.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -163,6 +187,9 @@ class Settings:
             "db_pool_max_size",
             "max_body_bytes",
             "bounce_max_message_bytes",
+            "batch_max_body_bytes",
+            "max_attachment_bytes",
+            "retention_days",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.upper()} must be at least 1, not {getattr(self, name)}")
@@ -176,11 +203,23 @@ class Settings:
             "http_header_timeout_s",
             "http_body_timeout_s",
             "http_keepalive_timeout_s",
+            "console_session_s",
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name.upper()} must be a positive number of seconds, not {getattr(self, name)}")
         if self.dkim_key_cache_ttl_s < 0:
             raise ValueError(f"DKIM_KEY_CACHE_TTL_S must be 0 or more seconds, not {self.dkim_key_cache_ttl_s}")
+        self._validate_relays()
+
+    def _validate_relays(self) -> None:
+        from shared.relays import parse_relays
+
+        if self.smtp_relays.strip():
+            parse_relays(self.smtp_relays)  # ValueError: one line naming the relay and what is wrong
+        if not self.smtp_relay_cooldown_s >= 0:
+            raise ValueError(f"SMTP_RELAY_COOLDOWN_S must be 0 or more seconds, not {self.smtp_relay_cooldown_s}")
+        if not 0 <= self.whatsapp_max_per_s < float("inf"):
+            raise ValueError(f"WHATSAPP_MAX_PER_S must be 0 (no ceiling) or more, not {self.whatsapp_max_per_s}")
 
     @property
     def public_base(self) -> str:

@@ -13,7 +13,7 @@ import dataclasses
 import datetime as dt
 import secrets
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Any
 
@@ -73,15 +73,15 @@ def expiry_for(queue_at: dt.datetime) -> dt.datetime:
 
 
 @db.translated
-async def create(
+async def create_many(
     conn: asyncpg.Connection,
-    org_id: uuid.UUID,
-    contact_id: uuid.UUID,
-    confirmation_template_id: uuid.UUID | None,
-    token: str,
-    expires_at: dt.datetime,
+    links: Sequence[tuple[str, uuid.UUID, uuid.UUID | None, uuid.UUID | None, dt.datetime]],
 ) -> None:
-    await conn.execute(Q.insert_confirmation, token, org_id, contact_id, confirmation_template_id, expires_at)
+    """New double opt-in links in one statement: (token, org, subscriber, page copy, expiry)."""
+    await conn.execute(
+        Q.insert_confirmations,
+        *([link[i] for link in links] for i in range(5)),
+    )
 
 
 def page_copy(state: PageState, *candidates: Mapping[str, Any] | None) -> Page:

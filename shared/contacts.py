@@ -128,6 +128,26 @@ async def add_channel(
 
 
 @db.translated
+async def find_many(
+    pool: asyncpg.Pool, org_id: uuid.UUID, pairs: Sequence[tuple[str | None, str | None]]
+) -> list[tuple[asyncpg.Record, list[Any]] | None]:
+    """For each (email, phone), what `find_or_create` would find without writing anything: the
+    contact owning the email (else the phone) when it already has every address given, with its
+    channels; else None (it must be created, or given a channel: `find_or_create` does that)."""
+    rows = await pool.fetch(Q.select_contacts_by_addresses_batch, org_id, [e for e, _ in pairs], [p for _, p in pairs])
+    out: list[tuple[asyncpg.Record, list[Any]] | None] = []
+    for (email, phone), row in zip(pairs, rows, strict=True):
+        if row["id"] is None:
+            out.append(None)
+            continue
+        channels: list[Any] = row["channels"] or []
+        have = {(c["type"], c["address"]) for c in channels}
+        wanted = {(t, a) for t, a in ((Channel.email, email), (Channel.whatsapp, phone)) if a}
+        out.append((row, channels) if wanted <= have else None)
+    return out
+
+
+@db.translated
 async def find_or_create(
     pool: asyncpg.Pool, org_id: uuid.UUID, *, email: str | None, phone: str | None, name: str | None
 ) -> tuple[asyncpg.Record, list[Any]]:

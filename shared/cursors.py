@@ -56,3 +56,18 @@ def parse_uuid(raw: str, field: str) -> uuid.UUID:
         return uuid.UUID(raw)
     except ValueError:
         raise errors.ValidationFailed(f"{field} is not a valid id", fields={field: ["is not a valid id"]}) from None
+
+
+# A position before every real row (created_at < infinity; the greatest id): the first page's
+# "cursor" for statements whose keyset condition must never be NULL, so that it stays an index
+# condition in a generic plan too (an `$n IS NULL OR ...` cannot be one).
+TOP_AT = dt.datetime.max.replace(tzinfo=dt.UTC)
+TOP_ID = uuid.UUID(int=(1 << 128) - 1)
+
+
+def decode_from_top(cursor: str | None) -> tuple[dt.datetime, uuid.UUID]:
+    """`decode`, with TOP_AT/TOP_ID for no cursor (the first page)."""
+    at, row_id = decode(cursor)
+    if at is None or row_id is None:
+        return TOP_AT, TOP_ID
+    return at, row_id

@@ -35,6 +35,10 @@ class Outcome:
     error: str | None = None
     next_attempt_at: dt.datetime | None = None  # a retry's due time (status queued)
     suppress: str | None = None  # an address refused outright: suppressed in the message's org
+    # A test message's status right after `sent` (bounced, complained, delivered), with its
+    # event's detail: written with the outcome, never to a live message (worker/channels/testmode.py).
+    then: MessageStatus | None = None
+    then_detail: str | None = None
 
 
 async def claim_due(pool: db.Pool, limit: int, lease_s: float) -> list[db.Record]:
@@ -92,6 +96,15 @@ async def record_outcomes(pool: db.Pool, batch: Sequence[tuple[uuid.UUID, Sequen
                 [o.next_attempt_at for o in outcomes],
                 [o.attempt for o in outcomes],
             )
+            follow_ups = [o for o in outcomes if o.then is not None and o.status is MessageStatus.sent]
+            if follow_ups:
+                await conn.execute(
+                    Q.record_test_follow_ups,
+                    [o.message_id for o in follow_ups],
+                    [o.then for o in follow_ups],
+                    [o.external_message_id for o in follow_ups],
+                    [o.then_detail for o in follow_ups],
+                )
             for (org_id, address), o in suppressions:
                 await conn.execute(Q.insert_suppression, org_id, address, "hard_bounce", o.error)
                 # Its other unsent messages (scheduled ones above all) must not go out either.

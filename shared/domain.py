@@ -47,6 +47,14 @@ class MessageSource(StrEnum):
     manual = "manual"
 
 
+class KeyMode(StrEnum):
+    """A key's mode (api_keys.mode, a text column): a `test` key's sends reach no provider and
+    its messages are seen only by test keys."""
+
+    live = "live"
+    test = "test"
+
+
 class Scope(StrEnum):
     read = "read"
     write = "write"

@@ -119,6 +119,11 @@ class NotTransactional(Conflict):
     default_message = "marketing broadcasts cannot be triggered one message at a time"
 
 
+class NotCancelable(Conflict):
+    code = "not_cancelable"
+    default_message = "only a scheduled message can be canceled"
+
+
 class IdempotencyKeyInFlight(Conflict):
     code = "idempotency_key_in_flight"
     default_message = "a request with this Idempotency-Key is still being processed"

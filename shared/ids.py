@@ -18,3 +18,23 @@ os.register_at_fork(after_in_child=_random.seed)
 
 def new_id() -> uuid.UUID:
     return uuid.UUID(int=_random.getrandbits(128), version=4)
+
+
+# A batch request's sends get ids that name the batch: one random base with its low bits
+# holding the item's index. A retry that takes over the batch's Idempotency-Key finds any
+# one of them bound to the key, and from it every send the first request committed.
+BATCH_INDEX_BITS = 9  # up to 512 items
+_INDEX_MASK = (1 << BATCH_INDEX_BITS) - 1
+
+
+def batch_ids(base: uuid.UUID, count: int) -> list[uuid.UUID]:
+    """The ids of a batch's `count` sends (the base's index bits are ignored)."""
+    if count > _INDEX_MASK + 1:
+        raise ValueError(f"a batch holds at most {_INDEX_MASK + 1} items")
+    top = base.int & ~_INDEX_MASK
+    return [uuid.UUID(int=top | i) for i in range(count)]
+
+
+def batch_base(send_id: uuid.UUID) -> uuid.UUID:
+    """The batch a send made by `batch_ids` belongs to (its base, index 0)."""
+    return uuid.UUID(int=send_id.int & ~_INDEX_MASK)

@@ -31,3 +31,29 @@ RETRIES = Counter("tidings_retries_total", "Transient failures scheduled for ano
 QUEUE_DEPTH = Gauge("tidings_queue_depth", "Messages due and not yet claimed (sampled by the reconciler)")
 SMTP_IN_USE = Gauge("tidings_smtp_connections_in_use", "SMTP connections of this worker busy sending")
 RECONCILED = Counter("tidings_reconciled_messages_total", "Messages the reconciler took back", ["reason"])
+
+# ---- relays and throughput ceilings (worker/channels/email.py, worker/throughput.py) ----
+# `relay` is the relay's host:port, never its credentials; `ceiling` is `smtp:host:port` or
+# `whatsapp`. Both are bounded: they come from the configuration.
+SMTP_RELAY_MESSAGES = Counter(
+    "tidings_smtp_relay_messages_total",
+    "Emails each relay answered: accepted, or refused with a 4xx/5xx (the recipient's)",
+    ["relay", "result"],
+)
+SMTP_RELAY_DOWN = Counter(
+    "tidings_smtp_relay_down_total",
+    "Connections to a relay refused or timed out: the relay is skipped for SMTP_RELAY_COOLDOWN_S",
+    ["relay"],
+)
+SMTP_RELAY_UP = Gauge("tidings_smtp_relay_up", "1 while the relay takes mail, 0 while it cools down", ["relay"])
+SMTP_RELAY_IN_USE = Gauge(
+    "tidings_smtp_relay_connections_in_use", "SMTP connections busy sending, per relay", ["relay"]
+)
+THROUGHPUT_WAIT = Counter(
+    "tidings_throughput_wait_seconds_total", "Time sends waited for a token of a throughput ceiling", ["ceiling"]
+)
+THROUGHPUT_LOCAL = Gauge(
+    "tidings_throughput_local_share",
+    "1 while Redis is unreachable and this worker keeps its equal share of the ceiling alone",
+    ["ceiling"],
+)

@@ -23,3 +23,7 @@ class RedisKeys:
     def doorbell_channel(self) -> str:
         """Rung when messages are committed or fall due: wakes the workers' idle pumps."""
         return f"{self.prefix}doorbell"
+
+    def console_sign_in(self, client: str, window_start_s: int) -> str:
+        """Sign-in attempts at the console from one client address in one window."""
+        return f"{self.prefix}console:signin:{client}:{window_start_s}"

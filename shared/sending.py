@@ -11,6 +11,7 @@ that an idle one looks at once).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -21,7 +22,8 @@ import msgspec
 import structlog
 from msgspec import Meta
 
-from shared import broadcasts, contacts, db, deadlines, errors, ids, unsubscribes
+from shared import attachments, broadcasts, contacts, db, deadlines, errors, ids, unsubscribes
+from shared.attachments import Attachment, AttachmentIn
 from shared.broadcast_cache import NO_CACHE, BroadcastCache
 from shared.contact_cache import NO_CONTACT_CACHE, ContactCache
 from shared.domain import (
@@ -70,6 +72,8 @@ class Trigger(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     name: Annotated[str, Meta(max_length=300)] | None = None
     variables: dict[str, Any] = {}
     template_ids: list[str] | None = None
+    # Files for the email templates that fire (WhatsApp templates ignore them): shared/attachments.py.
+    attachments: list[AttachmentIn] | None = None
 
 
 @dataclasses.dataclass(slots=True)
@@ -120,6 +124,10 @@ class PreparedSend:
     # The token behind `{{ unsubscribe_url }}` (written with the send), when a template uses it.
     unsubscribe: tuple[str, str] | None = None  # (token, the email address it names or "")
     fence: KeyFence | None = None
+    # Made with a test key: its messages never reach a provider (worker/channels/testmode.py).
+    test: bool = False
+    # Written with the send, once, for all of its email messages.
+    attachments: list[Attachment] = dataclasses.field(default_factory=list)
 
     @property
     def queued(self) -> list[Record]:
@@ -153,6 +161,7 @@ def record_json(public_base: str, send: PreparedSend, r: Record) -> dict[str, An
         "external_message_id": r.external_message_id,
         "error": r.error,
         "status_url": status_url(public_base, send.org_id, r.id),
+        "test": send.test,
     }
 
 
@@ -179,20 +188,18 @@ async def prepare(
     public_base: str | None = None,
     source: str = "api",
     request_id: str | None = None,
+    max_attachment_bytes: int = attachments.DEFAULT_MAX_TOTAL_BYTES,
 ) -> PreparedSend:
     """`public_base` (PUBLIC_BASE_URL) makes `{{ unsubscribe_url }}` for templates that use it;
-    `source` (`api` or `manual`) and `request_id` are written with the send."""
-    broadcast, templates = await cache.get(pool, org_id, broadcast_id)
-    if broadcast is None:
-        raise errors.NotFound("no such broadcast")
-    if broadcast["type"] != BroadcastType.transactional:
-        raise errors.NotTransactional()
-    if broadcast["status"] != BroadcastStatus.active:
-        raise errors.BroadcastNotActive(f"the broadcast is {broadcast['status']}; activate or resume it first")
+    `source` (`api` or `manual`) and `request_id` are written with the send; its attachments
+    may hold `max_attachment_bytes` (MAX_ATTACHMENT_BYTES) in total."""
+    broadcast, templates = await sendable_broadcast(pool, org_id, broadcast_id, cache)
     selected = _select_templates(templates, trigger.template_ids)
     if not selected:
         # Possible only if every template was removed after activation.
         raise errors.ValidationFailed("the broadcast has no templates to send", fields={"template_ids": ["none"]})
+    # Before the recipient is looked up (which may create a contact): a refusal writes nothing.
+    files = await attachments.decode_or_refuse(trigger.attachments, max_attachment_bytes)
 
     if not (trigger.contact_channel_id or trigger.contact_id or trigger.phone or trigger.email):
         raise errors.RecipientRequired()
@@ -297,7 +304,25 @@ async def prepare(
         variables=variables,
         records=records,
         unsubscribe=unsubscribe,
+        attachments=files,
     )
+
+
+@db.translated
+async def sendable_broadcast(
+    pool: asyncpg.Pool, org_id: uuid.UUID, broadcast_id: uuid.UUID, cache: BroadcastCache = NO_CACHE
+) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
+    """The broadcast and its templates, if it can be triggered now; else the refusal. A batch
+    asks this once for all its items: a broadcast that cannot send is the request's fault,
+    not an item's."""
+    broadcast, templates = await cache.get(pool, org_id, broadcast_id)
+    if broadcast is None:
+        raise errors.NotFound("no such broadcast")
+    if broadcast["type"] != BroadcastType.transactional:
+        raise errors.NotTransactional()
+    if broadcast["status"] != BroadcastStatus.active:
+        raise errors.BroadcastNotActive(f"the broadcast is {broadcast['status']}; activate or resume it first")
+    return broadcast, templates
 
 
 def _select_templates(templates: list[asyncpg.Record], template_ids: list[str] | None) -> list[asyncpg.Record]:
@@ -357,9 +382,11 @@ async def commit_many(pool: asyncpg.Pool, sends: list[PreparedSend]) -> list[err
             pool, [(s.org_id, s.contact_id, *s.unsubscribe) for s in links if s.unsubscribe is not None]
         )
     fenced = [(s.send_id, s.fence) for s in sends if s.fence is not None]
+    # Sends with attachments: their files are written in the sends' transaction, after them.
+    files = [(s.send_id, s.org_id, s.attachments) for s in sends if s.attachments]
     statement_sent = False
     try:
-        async with pool.acquire() as conn:
+        async with pool.acquire() as conn, conn.transaction() if files else contextlib.nullcontext():
             statement_sent = True
             written = await conn.fetch(
                 Q.insert_sends_batch,
@@ -384,7 +411,9 @@ async def commit_many(pool: asyncpg.Pool, sends: list[PreparedSend]) -> list[err
                 [fence.org_id for _, fence in fenced],
                 [fence.key for _, fence in fenced],
                 [fence.holder for _, fence in fenced],
+                [s.test for s in sends for _ in s.records],
             )
+            await attachments.insert_many(conn, files)
     except db.UNREACHABLE:
         if not statement_sent:
             raise  # no connection, so nothing was written: the caller may retry
@@ -442,9 +471,22 @@ async def after_lost_commit(probe: Callable[[], Awaitable[T]], wait_s: float = L
 @db.translated
 async def load_committed(pool: asyncpg.Pool, org_id: uuid.UUID, send_id: uuid.UUID) -> PreparedSend | None:
     """A committed send of the org, with its messages as they are now (None: no such send)."""
-    rows = [r for r in await pool.fetch(Q.select_sends_messages, [send_id]) if r["org_id"] == org_id]
-    if not rows:
-        return None
+    return (await load_committed_many(pool, org_id, [send_id])).get(send_id)
+
+
+@db.translated
+async def load_committed_many(
+    pool: asyncpg.Pool, org_id: uuid.UUID, send_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, PreparedSend]:
+    """The committed sends of the org among `send_ids`, in one query (absent: never committed)."""
+    by_send: dict[uuid.UUID, list[asyncpg.Record]] = {}
+    for r in await pool.fetch(Q.select_sends_messages, send_ids):
+        if r["org_id"] == org_id:
+            by_send.setdefault(r["send_id"], []).append(r)
+    return {send_id: _committed(org_id, send_id, rows) for send_id, rows in by_send.items()}
+
+
+def _committed(org_id: uuid.UUID, send_id: uuid.UUID, rows: list[asyncpg.Record]) -> PreparedSend:
     first = rows[0]
     return PreparedSend(
         send_id=send_id,
@@ -454,6 +496,7 @@ async def load_committed(pool: asyncpg.Pool, org_id: uuid.UUID, send_id: uuid.UU
         source="api",
         request_id=None,
         variables={},
+        test=first["test"],
         records=[
             Record(
                 id=r["id"],

@@ -20,7 +20,7 @@ import datetime as dt
 import html
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -28,7 +28,9 @@ import msgspec
 import structlog
 
 from shared import (
+    attachments,
     confirmations,
+    cursors,
     db,
     errors,
     field_errors,
@@ -38,6 +40,7 @@ from shared import (
     transactional_templates,
     unsubscribes,
 )
+from shared.attachments import Attachment, AttachmentIn
 from shared.config import Settings
 from shared.domain import ContactStatus, MessageStatus
 from shared.field_errors import FieldErrors
@@ -79,6 +82,8 @@ class Submission(msgspec.Struct, forbid_unknown_fields=True):
     double_opt_in: bool | None = None
     confirmation_template_id: str | int | None = None
     subscriber: SubscriberAttributes | None = None
+    # Files attached to the email (shared/attachments.py).
+    attachments: list[AttachmentIn] | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -97,6 +102,8 @@ class Request:
     confirmation_template_id: uuid.UUID | None
     first_name: str | None
     last_name: str | None
+    # Written with the send (its message keeps no copy of its own).
+    attachments: tuple[Attachment, ...] = ()
 
 
 def parse_time(raw: str) -> dt.datetime | None:
@@ -111,7 +118,15 @@ def parse_time(raw: str) -> dt.datetime | None:
 
 
 @db.translated
-async def validate(pool: asyncpg.Pool, org_id: uuid.UUID, s: Submission) -> Request:
+async def validate(
+    pool: asyncpg.Pool,
+    org_id: uuid.UUID,
+    s: Submission,
+    *,
+    max_attachment_bytes: int = attachments.DEFAULT_MAX_TOTAL_BYTES,
+) -> Request:
+    """Every problem at once; the attachments may hold `max_attachment_bytes` (MAX_ATTACHMENT_BYTES)
+    in total."""
     problems = FieldErrors()
     # The product's model calls the recipient `recipient_email`; its errors use that name.
     email = problems.email("recipient_email", s.to, required=True)
@@ -162,6 +177,9 @@ async def validate(pool: asyncpg.Pool, org_id: uuid.UUID, s: Submission) -> Requ
     named = s.subscriber or SubscriberAttributes()
     first_name = problems.text("subscriber.first_name", named.first_name, maximum=MAX_NAME, header=True)
     last_name = problems.text("subscriber.last_name", named.last_name, maximum=MAX_NAME, header=True)
+    files, file_problems = await attachments.decode(s.attachments, max_attachment_bytes)
+    for problem in file_problems:
+        problems.add(attachments.FIELD, problem)
     await problems.check_liquid()
     problems.raise_if_any()
     assert email is not None and subject is not None and body is not None
@@ -178,6 +196,7 @@ async def validate(pool: asyncpg.Pool, org_id: uuid.UUID, s: Submission) -> Requ
         confirmation_template_id=confirmation_template_id,
         first_name=first_name.strip() if first_name else None,
         last_name=last_name.strip() if last_name else None,
+        attachments=tuple(files),
     )
 
 
@@ -217,10 +236,43 @@ async def _resolve_recipient(pool: asyncpg.Pool, org_id: uuid.UUID, req: Request
     if await subscribers.is_redacted(pool, org_id, req.email):
         return _Recipient(None, subscribers.REDACTED_ERROR, None, None, None)
     subscriber = await subscribers.find_by_email(pool, org_id, req.email)
-    rejection = None
     reason = await suppressions.reason_for(pool, org_id, req.email)
-    if reason is not None:
-        rejection = suppressions.rejection_error(reason)
+    return await _recipient_from(pool, org_id, req, redacted=False, subscriber=subscriber, suppression=reason)
+
+
+async def _resolve_recipients(pool: asyncpg.Pool, org_id: uuid.UUID, reqs: Sequence[Request]) -> list[_Recipient]:
+    """`_resolve_recipient` for a batch: two queries for all its addresses (then one more per
+    double opt-in that creates its subscriber)."""
+    emails = [r.email for r in reqs]
+    flags = await pool.fetch(
+        Q.select_transactional_recipients,
+        org_id,
+        [suppressions.key(e) for e in emails],
+        [subscribers.address_hash(org_id, "email", e) for e in emails],
+    )
+    owners = {row["email"]: row for row in await pool.fetch(Q.select_subscribers_by_emails, org_id, emails)}
+    return [
+        await _recipient_from(
+            pool, org_id, req, redacted=f["redacted"], subscriber=owners.get(req.email), suppression=f["suppression"]
+        )
+        for req, f in zip(reqs, flags, strict=True)
+    ]
+
+
+async def _recipient_from(
+    pool: asyncpg.Pool,
+    org_id: uuid.UUID,
+    req: Request,
+    *,
+    redacted: bool,
+    subscriber: asyncpg.Record | None,
+    suppression: str | None,
+) -> _Recipient:
+    if redacted:
+        return _Recipient(None, subscribers.REDACTED_ERROR, None, None, None)
+    rejection = None
+    if suppression is not None:
+        rejection = suppressions.rejection_error(suppression)
     elif subscriber is not None and subscriber["status"] == ContactStatus.blocked:
         rejection = BLOCKED_ERROR
     if rejection is None and req.double_opt_in:
@@ -290,6 +342,8 @@ class PreparedTransactional:
     confirmation_token: str | None
     unsubscribe_token: str | None
     fence: sending.KeyFence | None = None
+    # Made with a test key: never reaches a provider (worker/channels/testmode.py).
+    test: bool = False
     # The transactional as accepted (read back in the commit's transaction).
     row: asyncpg.Record | None = None
 
@@ -314,9 +368,43 @@ async def prepare(
 
     Made under an Idempotency-Key (`fence`), the send is bound to the key in its commit,
     and refused if a retry took the key over meanwhile."""
+    recipient = await _resolve_recipient(pool, org_id, req)
+    return _prepared(settings, org_id, req, recipient, request_id=request_id, fence=fence, sender=sender)
+
+
+@db.translated
+async def prepare_many(
+    pool: asyncpg.Pool,
+    settings: Settings,
+    org_id: uuid.UUID,
+    reqs: Sequence[Request],
+    *,
+    request_id: str | None,
+    fence: sending.KeyFence | None = None,
+    sender: tuple[str | None, str | None] = (None, None),
+) -> list[PreparedTransactional]:
+    """`prepare` for a batch's valid items, their recipients looked up together."""
+    if not reqs:
+        return []
+    recipients = await _resolve_recipients(pool, org_id, reqs)
+    return [
+        _prepared(settings, org_id, req, recipient, request_id=request_id, fence=fence, sender=sender)
+        for req, recipient in zip(reqs, recipients, strict=True)
+    ]
+
+
+def _prepared(
+    settings: Settings,
+    org_id: uuid.UUID,
+    req: Request,
+    recipient: _Recipient,
+    *,
+    request_id: str | None,
+    fence: sending.KeyFence | None,
+    sender: tuple[str | None, str | None],
+) -> PreparedTransactional:
     now = dt.datetime.now(dt.UTC)
     base = settings.public_base
-    recipient = await _resolve_recipient(pool, org_id, req)
     subscriber, rejection = recipient.subscriber, recipient.rejection
 
     confirmation_token = None
@@ -378,10 +466,23 @@ async def commit_many(pool: asyncpg.Pool, sends: list[PreparedTransactional]) ->
         except db.UNREACHABLE:
             raise
         except asyncpg.PostgresError as exc:
-            results.append(exc)
+            results.append(_as_domain_error(exc))
         else:
             results.append(result)
     return results
+
+
+def _as_domain_error(exc: BaseException) -> BaseException:
+    """One send's own failure as the domain names it (a template or subscriber deleted meanwhile:
+    NotFound), so that it is answered to that send alone; else the driver's error as it is."""
+    try:
+        with db.translate_errors():
+            raise exc
+    except errors.TidingsError as translated:
+        return translated
+    except asyncpg.PostgresError:
+        pass
+    return exc
 
 
 async def _commit(pool: asyncpg.Pool, sends: list[PreparedTransactional]) -> list[errors.TidingsError | None]:
@@ -389,10 +490,12 @@ async def _commit(pool: asyncpg.Pool, sends: list[PreparedTransactional]) -> lis
     written = False
     try:
         async with pool.acquire() as conn, conn.transaction():
-            for p in sends:
-                if not await _write(conn, p):
-                    # A retry took the key over while this request ran: it answers for the key.
-                    refused[p.send_id] = errors.IdempotencyKeyInFlight(sending.KEY_TAKEN_OVER)
+            for p in await _write_many(conn, sends):
+                # A retry took the key over while this request ran: it answers for the key.
+                refused[p.send_id] = errors.IdempotencyKeyInFlight(sending.KEY_TAKEN_OVER)
+            # The batch's files at once, after their messages (a rejected one's are not kept).
+            files = [(p.send_id, p.org_id, p.req.attachments) for p in sends if p.send_id not in refused]
+            await attachments.insert_many(conn, files)
             written = True
     except db.UNREACHABLE:
         kept = [p for p in sends if p.send_id not in refused]
@@ -403,68 +506,109 @@ async def _commit(pool: asyncpg.Pool, sends: list[PreparedTransactional]) -> lis
         rows = await sending.after_lost_commit(lambda: pool.fetch(Q.select_sends_messages, [kept[0].send_id]))
         if not rows:
             raise
+        read = await sending.after_lost_commit(
+            lambda: pool.fetch(Q.select_transactionals_by_ids, [p.message_id for p in kept])
+        )
+        by_id = {row["id"]: row for row in read}
         for p in kept:
-            p.row = await _read_back(pool, p)
+            p.row = by_id.get(p.message_id)
     return [refused.get(p.send_id) for p in sends]
 
 
-async def _read_back(pool: asyncpg.Pool, p: PreparedTransactional) -> asyncpg.Record | None:
-    return await sending.after_lost_commit(lambda: get(pool, p.org_id, p.message_id))
-
-
-async def _write(conn: asyncpg.Connection, p: PreparedTransactional) -> bool:
-    """Write one transactional in the caller's transaction; False (and nothing written) when
-    its Idempotency-Key is no longer held by its request."""
-    req, fence = p.req, p.fence
-    p.row = None
-    if fence is not None and (
-        await conn.fetchval(Q.bind_idempotency_key, fence.org_id, fence.key, fence.holder, p.send_id) is None
-    ):
-        return False
-    if p.confirmation_token is not None:
-        assert p.contact_id is not None
-        expires_at = confirmations.expiry_for(req.queue_at)
-        await confirmations.create(
-            conn, p.org_id, p.contact_id, req.confirmation_template_id, p.confirmation_token, expires_at
+async def _write_many(conn: asyncpg.Connection, sends: list[PreparedTransactional]) -> list[PreparedTransactional]:
+    """Write transactionals in the caller's transaction, a statement for all of them per
+    table (whatever their number); returns those refused, with nothing written, because
+    their request no longer holds their Idempotency-Key."""
+    for p in sends:
+        p.row = None
+    fenced = [p for p in sends if p.fence is not None]
+    refused: list[PreparedTransactional] = []
+    if fenced:
+        held = {
+            (r["org_id"], r["key"], r["holder"])
+            for r in await conn.fetch(
+                Q.bind_idempotency_keys,
+                [p.send_id for p in fenced],
+                *([getattr(p.fence, f) for p in fenced] for f in ("org_id", "key", "holder")),
+            )
+        }
+        refused = [p for p in fenced if p.fence is not None and _key_of(p.fence) not in held]
+        if refused:
+            gone = {id(p) for p in refused}
+            sends = [p for p in sends if id(p) not in gone]
+    if not sends:
+        return refused
+    links = [p for p in sends if p.confirmation_token is not None]
+    if links:
+        await confirmations.create_many(
+            conn,
+            [
+                (
+                    p.confirmation_token or "",
+                    p.org_id,
+                    p.contact_id,
+                    p.req.confirmation_template_id,
+                    confirmations.expiry_for(p.req.queue_at),
+                )
+                for p in links
+            ],
         )
-    if p.unsubscribe_token is not None:
-        await unsubscribes.create(conn, p.org_id, req.email, p.contact_id, p.unsubscribe_token)
-    await conn.execute(Q.insert_send, p.send_id, p.org_id, None, p.contact_id, "api", p.request_id, p.variables)
+    unsubscribe_links = [p for p in sends if p.unsubscribe_token is not None]
+    if unsubscribe_links:
+        await unsubscribes.create_many(
+            conn, [(p.org_id, p.contact_id, p.unsubscribe_token or "", p.req.email) for p in unsubscribe_links]
+        )
     await conn.execute(
-        Q.insert_transactional_message,
-        p.message_id,
-        p.send_id,
-        p.org_id,
-        p.contact_id,
-        p.contact_channel_id,
-        p.address,
-        p.status,
-        p.rejection,
-        p.content,
-        req.queue_at if p.status == MessageStatus.scheduled else None,
-    )
-    await conn.execute(Q.insert_events, [p.message_id], [p.status], [p.rejection])
-    await conn.execute(
-        Q.insert_transactional,
-        p.message_id,
-        p.org_id,
-        p.address,
-        p.recipient_name,
-        req.subject if p.address else None,
-        req.body if p.address else None,
-        req.preheader if p.address else None,
-        req.reply_to,
-        req.template_id,
-        req.include_unsubscribe_link,
-        req.double_opt_in,
-        p.confirmation_token,
-        req.queue_at,
+        Q.insert_transactionals_batch,
+        [p.send_id for p in sends],
+        [p.org_id for p in sends],
+        [p.contact_id for p in sends],
+        [p.request_id for p in sends],
+        [p.variables for p in sends],
+        [p.message_id for p in sends],
+        [p.contact_channel_id for p in sends],
+        [p.address for p in sends],
+        [p.status for p in sends],
+        [p.rejection for p in sends],
+        [p.content for p in sends],
+        [p.req.queue_at if p.status == MessageStatus.scheduled else None for p in sends],
+        [p.recipient_name for p in sends],
+        [p.req.subject if p.address else None for p in sends],
+        [p.req.body if p.address else None for p in sends],
+        [p.req.preheader if p.address else None for p in sends],
+        [p.req.reply_to for p in sends],
+        [p.req.template_id for p in sends],
+        [p.req.include_unsubscribe_link for p in sends],
+        [p.req.double_opt_in for p in sends],
+        [p.confirmation_token for p in sends],
+        [p.req.queue_at for p in sends],
+        [p.test for p in sends],
     )
     # Read back inside the transaction: the answer is the transactional as accepted
     # (queued, scheduled or rejected), known as soon as the commit is, and not
     # whichever step a fast worker has reached meanwhile.
-    p.row = await conn.fetchrow(Q.select_transactional, p.message_id, p.org_id)
-    return True
+    by_id = {row["id"]: row for row in await conn.fetch(Q.select_transactionals_by_ids, [p.message_id for p in sends])}
+    for p in sends:
+        p.row = by_id[p.message_id]
+    return refused
+
+
+def _key_of(fence: sending.KeyFence) -> tuple[uuid.UUID, str, uuid.UUID]:
+    return fence.org_id, fence.key, fence.holder
+
+
+@db.translated
+async def get_many_by_sends(
+    pool: asyncpg.Pool, org_id: uuid.UUID, send_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, asyncpg.Record]:
+    """The transactionals committed sends of the org made, by send (a retry that took a
+    batch's Idempotency-Key over answers with them)."""
+    found = await pool.fetch(Q.select_sends_messages, send_ids)
+    messages = {m["id"]: m["send_id"] for m in found if m["org_id"] == org_id}
+    if not messages:
+        return {}
+    rows = await pool.fetch(Q.select_transactionals_by_ids, list(messages))
+    return {messages[row["id"]]: row for row in rows}
 
 
 @db.translated
@@ -472,13 +616,17 @@ async def get_by_send(pool: asyncpg.Pool, org_id: uuid.UUID, send_id: uuid.UUID)
     """The transactional a committed send made (a retry that took its Idempotency-Key over answers with it)."""
     for message in await pool.fetch(Q.select_sends_messages, [send_id]):
         if message["org_id"] == org_id:
-            return await get(pool, org_id, message["id"])
+            return await get(pool, org_id, message["id"], test=message["test"])
     return None
 
 
 @db.translated
-async def get(pool: asyncpg.Pool, org_id: uuid.UUID, transactional_id: uuid.UUID) -> asyncpg.Record | None:
-    return await pool.fetchrow(Q.select_transactional, transactional_id, org_id)
+async def get(
+    pool: asyncpg.Pool, org_id: uuid.UUID, transactional_id: uuid.UUID, *, test: bool = False
+) -> asyncpg.Record | None:
+    """One transactional of the org; only a test one for `test` (a test key), only a live one
+    otherwise: the two modes never see each other's messages."""
+    return await pool.fetchrow(Q.select_transactional, transactional_id, org_id, test)
 
 
 def status_url(public_base: str, transactional_id: object) -> str:
@@ -501,6 +649,7 @@ def transactional_json(row: Mapping[str, Any], public_base: str) -> dict[str, An
         "status": row["status"],
         "error": row["error"],
         "status_url": status_url(public_base, row["id"]),
+        "test": row["test"],
     }
     if row["double_opt_in"]:
         out.update(_confirmation_fields(row, public_base))
@@ -522,3 +671,17 @@ def _confirmation_fields(row: Mapping[str, Any], public_base: str) -> dict[str, 
     else:
         state = "pending"
     return {"confirmation_status": state, "confirmation_url": url}
+
+
+@db.translated
+async def page(
+    pool: asyncpg.Pool, org_id: uuid.UUID, *, test: bool, cursor: str | None, limit: int
+) -> tuple[list[asyncpg.Record], str | None]:
+    """The org's transactionals of one mode, newest first (rows for `transactional_json`), and
+    the next cursor."""
+    after_at, after_id = cursors.decode_from_top(cursor)
+    rows = await pool.fetch(Q.select_transactionals_page, org_id, test, after_at, after_id, limit + 1)
+    chosen = list(rows[:limit])
+    # The cursor is the transactional's own (created_at, id): the order the index walks.
+    next_cursor = cursors.encode(chosen[-1]["listed_at"], chosen[-1]["id"]) if len(rows) > limit else None
+    return chosen, next_cursor

@@ -57,14 +57,9 @@ def headers_for_template(sources: frozenset[str], data: Mapping[str, Any]) -> di
 
 
 @db.translated
-async def create(
-    conn: asyncpg.Connection, org_id: uuid.UUID, email: str, contact_id: uuid.UUID | None, token: str
+async def create_many(
+    pool: asyncpg.Pool | asyncpg.Connection, links: Sequence[tuple[uuid.UUID, uuid.UUID | None, str, str]]
 ) -> None:
-    await conn.execute(Q.insert_unsubscribe_token, token, org_id, email, contact_id)
-
-
-@db.translated
-async def create_many(pool: asyncpg.Pool, links: Sequence[tuple[uuid.UUID, uuid.UUID | None, str, str]]) -> None:
     """Many links in one statement: (org id, contact id, token, email address or "")."""
     await pool.execute(
         Q.insert_unsubscribe_tokens,

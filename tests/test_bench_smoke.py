@@ -90,6 +90,13 @@ async def test_bench_smoke(tmp_path: Path, admin_dsn: str, redis_url: str) -> No
     assert result["P7"]["ceiling"] == result["P2"]["ceiling"]
     assert result["P7"]["p2_value"] == result["P2"]["value"] and result["P7"]["dkim_key_bits"] == 2048
 
+    # P1b: triggers through the batch route, beside P1 of the same run and its ceiling.
+    p1b = result["P1b"]
+    assert p1b["unit"] == "triggers/s" and p1b["batch_size"] == 100
+    assert _positive(p1b["value"]) and p1b["p1_value"] == result["P1"]["value"]
+    assert p1b["p1_ceiling"] == result["P1"]["ceiling"]
+    assert math.isclose(p1b["of_p1"], p1b["value"] / p1b["p1_value"], abs_tol=0.001)
+
     for key in ("p50_ms", "p99_ms", "rate", "sink_ms"):
         assert _positive(result["P4"][key]), (key, result["P4"])
     assert result["P4"]["p50_ms"] <= result["P4"]["p99_ms"]

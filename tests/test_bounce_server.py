@@ -68,6 +68,7 @@ async def insert_message(
             None,
             CONTENT,
             queue_at,
+            False,
         )
         if status == "sent":
             await conn.execute(

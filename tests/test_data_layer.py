@@ -137,7 +137,7 @@ async def test_a_unique_key_is_a_conflict_and_a_missing_reference_not_found(pool
         await pool.execute("INSERT INTO orgs (id, name) VALUES ($1, 'again')", org_id)
     with pytest.raises(errors.NotFound), db.translate_errors():
         await pool.execute(
-            "INSERT INTO api_keys (id, org_id, key_hash, key_prefix, scopes) VALUES ($1, $2, 'x', 'x', '{}')",
+            "INSERT INTO api_keys (id, org_id, key_hash, prefix, scopes) VALUES ($1, $2, 'x', 'x', '{}')",
             uuid.uuid4(),
             uuid.uuid4(),
         )

@@ -493,6 +493,57 @@ def test_org_update_of_an_unknown_org_says_so(settings: Settings) -> None:
     assert done.returncode != 0 and f"no org {missing}" in done.stderr
 
 
+async def test_org_update_takes_every_option_together(settings: Settings, org: Org, pool: Any) -> None:
+    # The sender options sit beside the rate limit and retention of the same command: one run
+    # changes all four, and a later run with one option leaves the others as they are.
+    done = cli(
+        settings,
+        "org",
+        "update",
+        "--org",
+        str(org.id),
+        "--rate-limit",
+        "50/60",
+        "--retention-days",
+        "7",
+        "--from-email",
+        "hello@acme.example",
+        "--from-name",
+        "Acme",
+    )
+    assert done.returncode == 0, done.stderr
+    row = await pool.fetchrow(
+        "SELECT rate_limit_requests, retention_days, from_email, from_name FROM orgs WHERE id = $1", org.id
+    )
+    assert tuple(row) == (50, 7, "hello@acme.example", "Acme")
+    done = cli(settings, "org", "update", "--org", str(org.id), "--from-name", "")
+    assert done.returncode == 0, done.stderr
+    row = await pool.fetchrow(
+        "SELECT rate_limit_requests, retention_days, from_email, from_name FROM orgs WHERE id = $1", org.id
+    )
+    assert tuple(row) == (50, 7, "hello@acme.example", None)
+
+
+async def test_v1_batch_sends_use_the_orgs_default_sender(client: Any, org: Org, pool: Any) -> None:
+    # A batch is prepared apart from a single send (transactionals.prepare_many): it takes the
+    # org's sender too.
+    await sending_domains.set_org_sender(pool, org.id, from_email="batch@acme.example", from_name="Acme")
+    to = [unique_email("v1-batch"), unique_email("v1-batch")]
+    r = await client.post(
+        "/api/v1/transactionals/batch.json",
+        headers=org.auth("write"),
+        json={"transactionals": [{"to": t, "subject": "Hi", "body": "Hello"} for t in to]},
+    )
+    assert r.status == 200, await r.text()
+    rows = await pool.fetch(
+        "SELECT content->>'from_email' AS email, content->>'from_name' AS name FROM messages"
+        " WHERE org_id = $1 AND to_address = ANY($2::text[])",
+        org.id,
+        to,
+    )
+    assert sorted((row["email"], row["name"]) for row in rows) == [("batch@acme.example", "Acme")] * 2
+
+
 # ---- SECRET_KEY at start-up ----
 
 

@@ -95,6 +95,7 @@ async def insert_messages(
                     None,
                     CONTENT,
                     queue_at,
+                    False,
                 )
                 message_ids.append(message_id)
         await conn.execute(Q.insert_events, message_ids, [status] * len(message_ids), [None] * len(message_ids))

@@ -25,8 +25,8 @@ async def test_keys_and_secrets_never_reach_the_logs(client, org, worker, settin
 
 
 async def test_api_keys_are_stored_only_as_hashes(org, pool) -> None:
-    rows = await pool.fetch("SELECT key_hash, key_prefix FROM api_keys WHERE org_id = $1", org.id)
-    stored = " ".join(f"{bytes(r['key_hash']).hex()} {r['key_prefix']}" for r in rows)
+    rows = await pool.fetch("SELECT key_hash, prefix FROM api_keys WHERE org_id = $1", org.id)
+    stored = " ".join(f"{bytes(r['key_hash']).hex()} {r['prefix']}" for r in rows)
     for key in org.keys.values():
         assert key not in stored
         assert any(len(bytes(r["key_hash"])) == 32 for r in rows)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 import uuid
-from collections.abc import Coroutine, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
 from shared import logs
 from shared.config import Settings
 from tidings import preflight
+
+T = TypeVar("T")
 
 
 def _run(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -80,17 +82,114 @@ def cmd_org_create(settings: Settings, args: argparse.Namespace) -> None:
     print(_run(go()))
 
 
-def cmd_org_update(settings: Settings, args: argparse.Namespace) -> None:
-    from shared import addresses, db, sending_domains
+def _with_pool(settings: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
+    """Run `fn(pool)` against a small pool made for one command; a domain error (no such org,
+    no such key) ends the command with its message, never a traceback."""
+    from shared import db, errors
+
+    async def go() -> T:
+        pool = await db.create_pool(settings.database_url, min_size=1, max_size=2)
+        try:
+            return await fn(pool)
+        finally:
+            await pool.close()
+
+    try:
+        result: T = _run(go())
+    except errors.TidingsError as exc:
+        sys.exit(exc.message)
+    return result
+
+
+def _org_id(raw: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        sys.exit(f"--org takes an org id (a UUID), not {raw!r}")
+
+
+def cmd_key_create(settings: Settings, args: argparse.Namespace) -> None:
+    from shared import keys, orgs
+    from shared.domain import KeyMode
 
     _need_database(settings)
     try:
-        org_id = uuid.UUID(args.org)
+        scopes = keys.parse_scopes(args.scopes)
+    except ValueError as exc:
+        sys.exit(str(exc))
+    org_id = _org_id(args.org)
+    mode = KeyMode.test if args.test else KeyMode.live
+
+    async def go(pool: Any) -> str:
+        if not await orgs.exists(pool, org_id):
+            sys.exit(f"no org {org_id}")
+        return await orgs.create_key(pool, org_id, scopes, name=args.name, mode=mode)
+
+    key = _with_pool(settings, go)
+    print("the key is shown once; store it now", file=sys.stderr)
+    if mode is KeyMode.test:
+        print("a test key: its sends run the whole pipeline but reach no mail server or WhatsApp", file=sys.stderr)
+    print(key)
+
+
+def cmd_key_list(settings: Settings, args: argparse.Namespace) -> None:
+    from shared import orgs
+
+    _need_database(settings)
+    org_id = _org_id(args.org)
+
+    async def go(pool: Any) -> list[dict[str, Any]]:
+        if not await orgs.exists(pool, org_id):
+            sys.exit(f"no org {org_id}")
+        found: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            page, cursor = await orgs.keys_page(pool, org_id, cursor=cursor, limit=200)
+            found.extend(page)
+            if cursor is None:
+                return found
+
+    # One key a line, tab-separated, newest first; never the key itself (only its hash is kept).
+    columns = ("id", "prefix", "mode", "scopes", "name", "created_at", "last_used_at", "revoked_at")
+    print("\t".join(columns))
+    for key in _with_pool(settings, go):
+        cells = {**key, "scopes": ",".join(key["scopes"])}
+        print("\t".join("-" if cells[c] is None else str(cells[c]) for c in columns))
+
+
+def cmd_key_revoke(settings: Settings, args: argparse.Namespace) -> None:
+    from shared import orgs
+
+    _need_database(settings)
+    org_id = _org_id(args.org)
+    try:
+        key_id = uuid.UUID(args.key_id)
     except ValueError:
-        sys.exit(f"--org takes an org id (a UUID), not {args.org!r}")
+        sys.exit(f"KEY_ID is a key's id (a UUID, see `tidings key list`), not {args.key_id!r}")
+    _with_pool(settings, lambda pool: orgs.revoke_key(pool, org_id, key_id))
+    print(f"revoked {key_id}; every api process refuses it within KEY_CACHE_TTL_S", file=sys.stderr)
+
+
+def cmd_org_update(settings: Settings, args: argparse.Namespace) -> None:
+    """Each option changes one setting of the org; options not given are left as they are."""
+    from shared import addresses, orgs, sending_domains
+
+    _need_database(settings)
+    org_id = _org_id(args.org)
+    changes: list[Callable[[Any], Awaitable[Any]]] = []
+    if args.rate_limit is not None:
+        try:
+            budget = orgs.parse_rate_limit(args.rate_limit)
+        except ValueError as exc:
+            sys.exit(str(exc))
+        changes.append(lambda pool: orgs.set_rate_limit(pool, org_id, budget))
+    if args.retention_days is not None:
+        try:
+            days = orgs.parse_retention_days(args.retention_days)
+        except ValueError as exc:
+            sys.exit(str(exc))
+        changes.append(lambda pool: orgs.set_retention_days(pool, org_id, days))
     from_email, from_name = args.from_email, args.from_name
-    if from_email is None and from_name is None:
-        sys.exit("nothing to change: give --from-email and/or --from-name")
     if from_email:
         try:
             from_email = addresses.normalize_email(from_email)
@@ -101,47 +200,34 @@ def cmd_org_update(settings: Settings, args: argparse.Namespace) -> None:
     if from_name and ("{{" in from_name or "{%" in from_name or addresses.has_line_break(from_name)):
         # It is rendered as a template's from_name: no markup, no header injection.
         sys.exit("--from-name: must be plain text (no line break, no {{ or {%)")
+    sender: list[tuple[str | None, str | None]] = []  # the /api/v1 sender after the change, to print
+    if from_email is not None or from_name is not None:
 
-    async def go() -> tuple[str | None, str | None]:
-        pool = await db.create_pool(settings.database_url, min_size=1, max_size=2)
-        try:
+        async def set_sender(pool: Any) -> None:
             row = await sending_domains.set_org_sender(pool, org_id, from_email=from_email, from_name=from_name)
-        finally:
-            await pool.close()
-        if row is None:
-            sys.exit(f"no org {org_id}")
-        return row["from_email"], row["from_name"]
-
-    email, name = _run(go())
-    print(
-        f"/api/v1 sends of org {org_id} come from {email or settings.default_from_email + ' (DEFAULT_FROM_EMAIL)'}"
-        + (f", name {name!r}" if name else ""),
-        file=sys.stderr,
-    )
-
-
-def cmd_key_create(settings: Settings, args: argparse.Namespace) -> None:
-    from shared import db, keys, orgs
-
-    _need_database(settings)
-    try:
-        scopes = keys.parse_scopes(args.scopes)
-        org_id = uuid.UUID(args.org)
-    except ValueError as exc:
-        sys.exit(str(exc))
-
-    async def go() -> str:
-        pool = await db.create_pool(settings.database_url, min_size=1, max_size=2)
-        try:
-            if not await orgs.exists(pool, org_id):
+            if row is None:
                 sys.exit(f"no org {org_id}")
-            return await orgs.create_key(pool, org_id, scopes)
-        finally:
-            await pool.close()
+            sender.append((row["from_email"], row["from_name"]))
 
-    key = _run(go())
-    print("the key is shown once; store it now", file=sys.stderr)
-    print(key)
+        changes.append(set_sender)
+    if not changes:
+        sys.exit("nothing to change: give at least one option (see `tidings org update --help`)")
+
+    async def go(pool: Any) -> None:
+        if not await orgs.exists(pool, org_id):
+            sys.exit(f"no org {org_id}")
+        for change in changes:
+            await change(pool)
+
+    _with_pool(settings, go)
+    if sender:
+        email, name = sender[0]
+        print(
+            f"/api/v1 sends of org {org_id} come from {email or settings.default_from_email + ' (DEFAULT_FROM_EMAIL)'}"
+            + (f", name {name!r}" if name else ""),
+            file=sys.stderr,
+        )
+    print(f"updated org {org_id}; the api applies it within KEY_CACHE_TTL_S", file=sys.stderr)
 
 
 def cmd_send(settings: Settings, args: argparse.Namespace) -> None:
@@ -201,8 +287,19 @@ def build_parser() -> argparse.ArgumentParser:
     org_create = org.add_parser("create", help="create an org; prints its id")
     org_create.add_argument("name")
     org_create.set_defaults(fn=cmd_org_create)
-    org_update = org.add_parser("update", help="change an org's settings")
+    # One option per setting; each is optional and only those given change (cmd_org_update).
+    org_update = org.add_parser("update", help="change an org's settings (only the options given)")
     org_update.add_argument("--org", required=True)
+    org_update.add_argument(
+        "--rate-limit",
+        metavar="N/SECONDS",
+        help="the org's send budget: N requests per SECONDS-second window (`default`: the service-wide one)",
+    )
+    org_update.add_argument(
+        "--retention-days",
+        metavar="DAYS",
+        help="days the org's message content is kept before the reconciler erases it (`default`: RETENTION_DAYS)",
+    )
     org_update.add_argument(
         "--from-email", help="default sender of the org's /api/v1 sends ('' : back to DEFAULT_FROM_EMAIL)"
     )
@@ -213,7 +310,18 @@ def build_parser() -> argparse.ArgumentParser:
     key_create = key.add_parser("create", help="create a key; prints it once")
     key_create.add_argument("--org", required=True)
     key_create.add_argument("--scopes", default="read,write")
+    key_create.add_argument("--name", help="what the key is for, shown in `key list`")
+    key_create.add_argument(
+        "--test", action="store_true", help="a test key (tdg_test_...): its sends reach no mail server or WhatsApp"
+    )
     key_create.set_defaults(fn=cmd_key_create)
+    key_list = key.add_parser("list", help="list an org's keys (prefix, mode, last use; never the key)")
+    key_list.add_argument("--org", required=True)
+    key_list.set_defaults(fn=cmd_key_list)
+    key_revoke = key.add_parser("revoke", help="revoke a key: refused within KEY_CACHE_TTL_S")
+    key_revoke.add_argument("--org", required=True)
+    key_revoke.add_argument("key_id", metavar="KEY_ID")
+    key_revoke.set_defaults(fn=cmd_key_revoke)
 
     send = sub.add_parser("send", help="trigger a broadcast by hand (source: manual)")
     send.add_argument("--org", required=True)

@@ -97,7 +97,11 @@ async def deliver_group(
     await ctx.outcomes.submit(first["org_id"], outcomes)
     if first["notify"]:
         payload = {
-            str(o.message_id): {"status": o.status, "external_message_id": o.external_message_id, "error": o.error}
+            str(o.message_id): {
+                "status": o.then or o.status,
+                "external_message_id": o.external_message_id,
+                "error": o.then_detail if o.then is MessageStatus.bounced else o.error,
+            }
             for o in outcomes
         }
         try:
@@ -152,7 +156,16 @@ async def _deliver_one(ctx: WorkerContext, message: Mapping[str, Any]) -> Outcom
                     message_id, domain=ctx.settings.bounce_domain, secret=ctx.settings.bounce_secret
                 )
             rendered = dataclasses.replace(rendered, **changes)
-        result = await ctx.channels[kind].send(rendered)
+        # Test mode is the channel's business: a test key's message is rendered as any other
+        # and handed to the test transport, never to a provider.
+        channel = ctx.test_channel if message.get("test") else ctx.channels[kind]
+        if isinstance(rendered, RenderedEmail) and message.get("attachment_bytes"):
+            # Files are added after rendering (never through the render sandbox), shared by
+            # the send's messages in flight and let go when the last of them is done.
+            async with ctx.attachments.hold(message["send_id"], message["attachment_bytes"]) as parts:
+                result = await channel.send(dataclasses.replace(rendered, attachments=parts))
+        else:
+            result = await channel.send(rendered)
     except errors.ValidationFailed as exc:
         return Outcome(message_id, MessageStatus.failed, error=exc.message)
     except TransientDeliveryError as exc:
@@ -176,4 +189,10 @@ async def _deliver_one(ctx: WorkerContext, message: Mapping[str, Any]) -> Outcom
         # siblings' outcomes (already sent) by letting the exception end the whole group.
         log.exception("deliver_unexpected_error", message_id=str(message_id))
         return Outcome(message_id, MessageStatus.failed, error=f"internal error while sending: {type(exc).__name__}")
-    return Outcome(message_id, MessageStatus.sent, external_message_id=result.external_message_id)
+    return Outcome(
+        message_id,
+        MessageStatus.sent,
+        external_message_id=result.external_message_id,
+        then=result.then,
+        then_detail=result.detail if result.then else None,
+    )

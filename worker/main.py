@@ -27,6 +27,7 @@ from shared.runtime import tune_gc
 from worker.context import WorkerContext, open_channels
 from worker.pump import Pump
 from worker.reconcile import reconcile
+from worker.throughput import Throughput
 
 log = structlog.get_logger("tidings.worker")
 
@@ -105,12 +106,15 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     # No command timeout on this client: it holds the doorbell subscription, whose reads block
     # by design; its publishes are bounded where they are made.
     redis = redis_clients.subscriber(settings.redis_url)
+    # Its own client, every command bounded: a hung Redis must not stall sends (worker/throughput.py).
+    throughput = Throughput(redis_clients.commands(settings.redis_url, settings.redis_timeout_s), settings.redis_prefix)
     ctx = WorkerContext(
         settings=settings,
         pool=pool,
         redis=redis,
         keys=RedisKeys(settings.redis_prefix),
-        channels=open_channels(settings, pool),
+        channels=open_channels(settings, pool, throughput),
+        throughput=throughput,
     )
     pump = Pump(ctx, capacity=settings.worker_concurrency)
     await pump.start()

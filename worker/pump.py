@@ -30,11 +30,16 @@ a message by at most `IDLE_CHECK_S`, and never loses it.
 Why not one arq job per send: arq's per-job bookkeeping is four or five Redis round trips,
 which caps a worker near arq's measured 300 jobs/s (tests/perf/README.md); a claim here
 costs one statement per batch. arq still runs the reconciler (worker/reconcile.py).
+
+With throughput ceilings (a relay's max_per_s, WHATSAPP_MAX_PER_S), a worker holds per
+throttled channel only what its share of the ceiling sends in a couple of seconds
+(worker/throughput.py): claims are sized by it, and none is made while that many wait.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import uuid
 from collections.abc import Collection
@@ -82,6 +87,7 @@ class Pump:
         # Claim again once this many have finished: batches stay large and the channel busy.
         self._refill_at = max(1, self.capacity // 2)
         self.in_flight = 0  # claimed, not yet sent
+        self._pending: collections.Counter[str] = collections.Counter()  # the same, per channel
         # Claimed, outcome not yet written: message id -> the claim's attempt number.
         self._held: dict[uuid.UUID, int] = {}
         # Held and done with at the channel (their outcomes known): only the write is owed.
@@ -90,6 +96,7 @@ class Pump:
         self._tasks: set[asyncio.Task[None]] = set()
         self._bell = asyncio.Event()
         self._room = asyncio.Event()
+        self._sent_some = asyncio.Event()  # held messages were done with (throughput ceilings)
         self._written = asyncio.Event()
         self._stopping = False
         self._locked_streak = 0
@@ -113,6 +120,7 @@ class Pump:
         self._stopping = True
         self._bell.set()
         self._room.set()
+        self._sent_some.set()
         self._written.set()
         deadline = loop.time() + drain_s
         await _cancel(self._bell_task)
@@ -170,10 +178,15 @@ class Pump:
             if self._trouble or self.ctx.outcomes.write_failures != self._seen_write_failures:
                 await self._catch_up()
                 continue
+            limit = self._throughput_limit()
+            if limit is not None and limit <= 0:
+                await self._wait_for_tokens()
+                continue
             # Cleared before claiming: a ring that arrives during the claim is not lost.
             self._bell.clear()
             try:
-                rows = await delivery.claim_due(self.ctx.pool, min(room, self.batch_size), self.ctx.settings.lease_s)
+                size = min(room, self.batch_size, limit if limit is not None else room)
+                rows = await delivery.claim_due(self.ctx.pool, size, self.ctx.settings.lease_s)
                 if rows:
                     self._locked_streak = 0
                     self._dispatch(rows)
@@ -223,6 +236,20 @@ class Pump:
                 log.info("pump_caught_up", held=len(self._held))
                 return
 
+    def _throughput_limit(self) -> int | None:
+        """With throughput ceilings, claim only what this worker's share sends in a couple of
+        seconds, less what it holds unsent of each throttled channel (worker/throughput.py
+        `claim_limit`): a throttled worker holds few messages, briefly, and never gives any
+        back (no lease churn)."""
+        throughput = self.ctx.throughput
+        return throughput.claim_limit(self._pending) if throughput is not None else None
+
+    async def _wait_for_tokens(self) -> None:
+        """Until a held message is done with (or IDLE_CHECK_S, bounding any miss)."""
+        self._sent_some.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._sent_some.wait(), IDLE_CHECK_S)
+
     def _unrecorded_full(self) -> bool:
         return len(self._unrecorded) >= self.capacity
 
@@ -233,6 +260,7 @@ class Pump:
             self._held[row["id"]] = row["attempts"]
         for group in by_send.values():
             self.in_flight += len(group)
+            self._pending.update(str(row["channel"]) for row in group)
             task = asyncio.create_task(self._deliver(group))
             self._tasks.add(task)
 
@@ -244,6 +272,8 @@ class Pump:
             if not released:
                 released = True
                 self.in_flight -= len(group)
+                self._pending.subtract(str(row["channel"]) for row in group)
+                self._sent_some.set()
                 if self.in_flight <= self._refill_at:
                     self._room.set()
 

@@ -7,7 +7,9 @@ its worker alive and holding an outcome it could not write: Postgres back, that 
 writes the outcome or takes the message back (worker/pump.py renews its leases within about
 a second), and the grace, counted from the reclaim (so from a moment Postgres answered),
 is there so that it does so before anyone claims the message again. It also sweeps
-expired idempotency keys, and reports the backlog. Nothing here is needed for a message
+expired idempotency keys and the attachments of settled sends that their last outcome write
+did not erase (shared/attachments.py), erases message content past its org's retention
+(shared/retention.py), and reports the backlog. Nothing here is needed for a message
 to be found: due messages are claimed straight from Postgres (worker/pump.py), whatever
 happened to Redis.
 """
@@ -19,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from shared import delivery, doorbell, metrics
+from shared import attachments, delivery, doorbell, metrics, retention
 from worker.context import WorkerContext
 
 log = structlog.get_logger("tidings.reconcile")
@@ -33,6 +35,11 @@ RECLAIM_GRACE_S = 5.0
 # Idempotency keys are honoured 24 h; expired ones are swept this often (per worker).
 IDEMPOTENCY_SWEEP_EVERY_S = 300.0
 _last_sweep_s = 0.0
+# Retention is a slow background chore: a run at most this often (per worker), for at most
+# RETENTION_BUDGET_S, in batches of retention.BATCH_ROWS; a backlog is worked off over runs.
+RETENTION_EVERY_S = 60.0
+RETENTION_BUDGET_S = 5.0
+_last_retention_s = 0.0
 
 
 async def reconcile(arq_ctx: dict[str, Any]) -> dict[str, int]:
@@ -45,10 +52,22 @@ async def reconcile(arq_ctx: dict[str, Any]) -> dict[str, int]:
     if time.monotonic() - _last_sweep_s > IDEMPOTENCY_SWEEP_EVERY_S:
         _last_sweep_s = time.monotonic()
         await delivery.sweep_expired_idempotency_keys(ctx.pool)
+    files_erased = await attachments.sweep_settled(ctx.pool)
+    if files_erased:
+        log.info("attachments_erased", files=files_erased)
+    global _last_retention_s
+    erased = 0
+    if time.monotonic() - _last_retention_s > RETENTION_EVERY_S:
+        _last_retention_s = time.monotonic()
+        erased = await retention.erase_expired(ctx.pool, ctx.settings.retention_days, budget_s=RETENTION_BUDGET_S)
     metrics.QUEUE_DEPTH.set(await delivery.count_due(ctx.pool, BACKLOG_COUNT_LIMIT))
     metrics.RECONCILED.labels("reclaimed").inc(reclaimed)
-    if reclaimed:
+    if reclaimed or erased:
         log.info(
-            "job", job="reconcile", duration_ms=round((time.perf_counter() - started) * 1000, 2), reclaimed=reclaimed
+            "job",
+            job="reconcile",
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            reclaimed=reclaimed,
+            erased=erased,
         )
-    return {"reclaimed": reclaimed}
+    return {"reclaimed": reclaimed, "erased": erased}

@@ -11,7 +11,6 @@ from api.broadcasts import schemas
 from api.jsonio import json_response, validation_error
 from api.routing import Call, route
 from shared import broadcasts, cursors
-from shared.domain import BroadcastStatus
 
 TAG = "broadcasts"
 
@@ -110,7 +109,7 @@ async def update_broadcast(call: Call[schemas.BroadcastUpdate]) -> web.Response:
 async def create_template(call: Call[schemas.TemplateIn]) -> web.Response:
     broadcast_id = call.path_uuid("broadcast_id")
     channel = "email" if isinstance(call.body, schemas.EmailTemplateIn) else "whatsapp"
-    row = await broadcasts.add_template(call.state.pool, call.org_id, broadcast_id, channel, _template_body(call.body))
+    row = await broadcasts.add_template(call.state.pool, call.org_id, broadcast_id, channel, template_body(call.body))
     call.state.broadcast_cache.invalidate(call.org_id, broadcast_id)
     return json_response(broadcasts.template_json(row), status=201)
 
@@ -130,7 +129,7 @@ async def update_template(call: Call[schemas.TemplatePatch]) -> web.Response:
         k: msgspec.to_builtins(v) for k, v in msgspec.structs.asdict(call.body).items() if v is not msgspec.UNSET
     }
     updated = await broadcasts.update_template(
-        call.state.pool, call.org_id, broadcast_id, template_id, changes, _complete_template
+        call.state.pool, call.org_id, broadcast_id, template_id, changes, complete_template
     )
     call.state.broadcast_cache.invalidate(call.org_id, broadcast_id)
     return json_response(broadcasts.template_json(updated))
@@ -151,9 +150,9 @@ async def delete_template(call: Call[None]) -> web.Response:
     return web.Response(status=204)
 
 
-async def _set_status(call: Call[None], allowed_from: set[str], to: BroadcastStatus) -> web.Response:
+async def _set_status(call: Call[None], action: str) -> web.Response:
     broadcast_id = call.path_uuid("broadcast_id")
-    await broadcasts.set_status(call.state.pool, call.org_id, broadcast_id, allowed_from, to)
+    await broadcasts.change_status(call.state.pool, call.org_id, broadcast_id, action)
     call.state.broadcast_cache.invalidate(call.org_id, broadcast_id)
     return json_response(await broadcasts.get(call.state.pool, call.org_id, broadcast_id))
 
@@ -168,7 +167,7 @@ async def _set_status(call: Call[None], allowed_from: set[str], to: BroadcastSta
     error_statuses=(409, 422),
 )
 async def activate(call: Call[None]) -> web.Response:
-    return await _set_status(call, {BroadcastStatus.draft, BroadcastStatus.active}, BroadcastStatus.active)
+    return await _set_status(call, "activate")
 
 
 @route(
@@ -181,7 +180,7 @@ async def activate(call: Call[None]) -> web.Response:
     error_statuses=(409,),
 )
 async def pause(call: Call[None]) -> web.Response:
-    return await _set_status(call, {BroadcastStatus.active, BroadcastStatus.paused}, BroadcastStatus.paused)
+    return await _set_status(call, "pause")
 
 
 @route(
@@ -194,19 +193,20 @@ async def pause(call: Call[None]) -> web.Response:
     error_statuses=(409,),
 )
 async def resume(call: Call[None]) -> web.Response:
-    return await _set_status(call, {BroadcastStatus.paused, BroadcastStatus.active}, BroadcastStatus.active)
+    return await _set_status(call, "resume")
 
 
-def _complete_template(merged: dict[str, Any]) -> dict[str, Any]:
+def complete_template(merged: dict[str, Any]) -> dict[str, Any]:
     """A stored template body with changes merged in -> validated, defaults filled, as stored."""
     try:
         validated = msgspec.convert(merged, schemas.TemplateIn)
     except msgspec.ValidationError as exc:
         raise validation_error(str(exc)) from exc
-    return _template_body(validated)
+    return template_body(validated)
 
 
-def _template_body(template: schemas.TemplateIn) -> dict[str, Any]:
+def template_body(template: schemas.TemplateIn) -> dict[str, Any]:
+    """A validated template as stored (the console stores its forms' templates through this too)."""
     body: dict[str, Any] = msgspec.structs.asdict(template)
     if isinstance(template, schemas.WhatsAppTemplateIn):
         body["button_parameters"] = msgspec.to_builtins(template.button_parameters)  # {index, text} as JSON

@@ -210,6 +210,8 @@ class MessageOut(msgspec.Struct, forbid_unknown_fields=True):
     created_at: dt.datetime
     updated_at: dt.datetime
     sent_at: dt.datetime | None
+    # Made with a test key (reached no provider).
+    test: bool
     events: list[Event] | None = None
 
 
@@ -229,11 +231,49 @@ class SendRecord(msgspec.Struct, forbid_unknown_fields=True):
     external_message_id: str | None
     error: str | None
     status_url: str
+    test: bool
 
 
 class SendResponse(msgspec.Struct, forbid_unknown_fields=True):
     send_id: uuid.UUID
     recipients: list[SendRecord]
+
+
+# ---- API keys ----
+
+ScopeName = Literal["read", "write", "admin"]
+
+
+class KeyCreate(Strict):
+    scopes: Annotated[list[ScopeName], Meta(min_length=1, max_length=3)]
+    name: Name | None = None
+    mode: Literal["live", "test"] = "live"
+
+
+class KeyCreated(msgspec.Struct, forbid_unknown_fields=True):
+    id: uuid.UUID
+    name: str | None
+    scopes: list[ScopeName]
+    mode: Literal["live", "test"]
+    prefix: str
+    key: str  # shown here only: only its hash is stored
+    created_at: dt.datetime
+
+
+class KeyOut(msgspec.Struct, forbid_unknown_fields=True):
+    id: uuid.UUID
+    name: str | None
+    scopes: list[ScopeName]
+    mode: Literal["live", "test"]
+    prefix: str
+    created_at: dt.datetime
+    last_used_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+
+
+class KeyList(msgspec.Struct):
+    data: list[KeyOut]
+    next_cursor: str | None
 
 
 class ErrorBody(msgspec.Struct):

@@ -8,7 +8,7 @@ from api import idempotency
 from api.broadcasts import schemas
 from api.jsonio import json_response
 from api.middleware import REQUEST_ID
-from api.routing import Call, route
+from api.routing import Call, attachment_body_limit, route
 from shared import sending
 
 TAG = "send"
@@ -25,6 +25,7 @@ TAG = "send"
     idempotent=True,
     rate_limited=True,
     also=(202,),
+    body_limit=attachment_body_limit,
 )
 async def send(call: Call[schemas.SendRequest]) -> web.Response:
     """200 when every message has its outcome; 202 when asked not to wait (`background`), or
@@ -39,6 +40,7 @@ async def send(call: Call[schemas.SendRequest]) -> web.Response:
         request_id=call.request[REQUEST_ID],
         wait=not background,
         claim=idempotency.claim_of(call.request),
+        test=call.key is not None and call.key.test,
     )
     status = 200 if settled and not background else 202
     return json_response(sending.send_json(state.settings.public_base, accepted), status=status)

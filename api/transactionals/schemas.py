@@ -86,6 +86,8 @@ class TransactionalOut(msgspec.Struct, forbid_unknown_fields=True):
     status: str
     error: str | None
     status_url: str
+    # Made with a test key (reached no provider).
+    test: bool
     # Only with double_opt_in: pending | confirmed | expired (null when the send was rejected).
     confirmation_status: Literal["pending", "confirmed", "expired"] | UnsetType | None = UNSET
     confirmation_url: str | UnsetType | None = UNSET
@@ -146,4 +148,9 @@ class SuppressionOut(msgspec.Struct, forbid_unknown_fields=True):
 
 class SuppressionList(msgspec.Struct):
     data: list[SuppressionOut]
+    next_cursor: str | None
+
+
+class TransactionalList(msgspec.Struct):
+    data: list[TransactionalOut]
     next_cursor: str | None

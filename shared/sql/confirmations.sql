@@ -1,8 +1,3 @@
--- name: insert_confirmation
--- A new double opt-in link for a subscriber.
-INSERT INTO confirmations (token, org_id, contact_id, confirmation_template_id, expires_at)
-VALUES ($1, $2, $3, $4, $5);
-
 -- name: lock_confirmation
 -- A confirmation link being followed, with its subscriber's state (both rows held).
 SELECT cf.token, cf.org_id, cf.contact_id, cf.confirmation_template_id, cf.expires_at, cf.confirmed_at,
@@ -42,3 +37,8 @@ SELECT * FROM confirmation_templates WHERE id = $1 AND org_id = $2;
 -- The copy a confirmation page may use: the link's own template, then the org's default.
 SELECT (SELECT pages FROM confirmation_templates WHERE id = $2 AND org_id = $1) AS chosen,
        (SELECT pages FROM confirmation_templates WHERE org_id = $1 AND is_default) AS org_default;
+
+-- name: insert_confirmations
+-- Many double opt-in links at once (a batch of transactionals): token, org, subscriber, page copy, expiry.
+INSERT INTO confirmations (token, org_id, contact_id, confirmation_template_id, expires_at)
+SELECT * FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::uuid[], $5::timestamptz[]);

@@ -49,3 +49,20 @@ WHERE c.id = (
     ORDER BY type = 'email' DESC
     LIMIT 1
 );
+
+-- name: select_contacts_by_addresses_batch
+-- `select_contact_by_addresses` for many (email, phone) pairs of an org at once (a batch's
+-- recipients), in input order; a pair no contact owns has a row of NULLs.
+SELECT c.id, c.org_id, c.name, c.status, c.properties, c.created_at, c.updated_at,
+       (SELECT jsonb_agg(jsonb_build_object('id', ch.id, 'contact_id', ch.contact_id, 'type', ch.type,
+                                            'address', ch.address) ORDER BY ch.created_at, ch.id)
+        FROM contact_channels ch WHERE ch.contact_id = c.id) AS channels
+FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS u(email, phone, n)
+LEFT JOIN LATERAL (
+    SELECT contact_id FROM contact_channels
+    WHERE org_id = $1 AND ((type = 'email' AND address = u.email) OR (type = 'whatsapp' AND address = u.phone))
+    ORDER BY type = 'email' DESC
+    LIMIT 1
+) owner ON true
+LEFT JOIN contacts c ON c.id = owner.contact_id
+ORDER BY u.n;

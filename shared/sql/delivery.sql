@@ -1,5 +1,6 @@
 -- name: record_outcomes
--- Settle claimed messages: sent, failed, or back to queued for a retry; log each event.
+-- Settle claimed messages: sent, failed, or back to queued for a retry; log each event; erase
+-- the attachments of the sends this leaves with no message to go out (shared/attachments.py).
 -- Fenced by the claim ($6, the attempt number it made): an outcome whose claim was taken
 -- back and claimed again changes nothing. One taken back by the reconciler and not claimed
 -- since (its lease stamp kept, attempts unchanged; see reclaim_expired_leases) still lands:
@@ -19,12 +20,49 @@ WITH u AS (
     FROM u
     WHERE m.id = u.id AND m.attempts = u.attempts
       AND (m.status = 'sending' OR (m.status IN ('queued', 'failed') AND m.lease_expires_at IS NOT NULL))
-    RETURNING m.id, m.status, m.error
+    RETURNING m.id, m.send_id, m.status, m.error
 ), logged AS (
     INSERT INTO message_events (message_id, status, detail)
     SELECT id, status, error FROM updated
+), erased AS (
+    -- A send's attachments are erased by the write that settles its last unsettled message
+    -- (this statement sees the other messages as they were before it: those it writes are
+    -- judged by their new status). One index probe per send when it has none.
+    DELETE FROM attachments a
+    USING (SELECT DISTINCT send_id FROM updated) d
+    WHERE a.send_id = d.send_id
+      AND NOT EXISTS (
+          SELECT 1 FROM updated x
+          WHERE x.send_id = d.send_id AND x.status IN ('queued', 'scheduled', 'sending'))
+      AND NOT EXISTS (
+          SELECT 1 FROM messages m
+          WHERE m.send_id = d.send_id AND m.status IN ('queued', 'scheduled', 'sending')
+            AND m.id NOT IN (SELECT id FROM updated))
 )
 SELECT id FROM updated;
+
+-- name: record_test_follow_ups
+-- Test mode: right after record_outcomes, in its transaction, a test message just `sent` moves
+-- on to the status its address picked ($2: bounced, complained or delivered; $4 the event's
+-- detail). Only a test message, only from `sent` with this outcome's `test-` id ($3): a write
+-- repeated after an unknown result, or fenced out by a later claim, changes nothing. Never a
+-- suppression nor a contact's status.
+WITH u AS (
+    SELECT * FROM unnest($1::uuid[], $2::message_status[], $3::text[], $4::text[])
+        AS u(id, status, external_message_id, detail)
+), moved AS (
+    UPDATE messages m
+    SET status = u.status,
+        error = CASE WHEN u.status = 'bounced' THEN u.detail ELSE m.error END,
+        updated_at = now()
+    FROM u
+    WHERE m.id = u.id AND m.test AND m.status = 'sent' AND m.external_message_id = u.external_message_id
+    RETURNING m.id, m.status
+), logged AS (
+    INSERT INTO message_events (message_id, status, detail)
+    SELECT moved.id, moved.status, u.detail FROM moved JOIN u ON u.id = moved.id
+)
+SELECT count(*) FROM moved;
 
 -- name: reclaim_expired_leases
 -- Messages whose worker died mid-send go back to queued (and are logged) so they are retried;
@@ -76,9 +114,11 @@ SELECT count(*) FROM released;
 -- name: claim_due
 -- Claim up to $1 messages whose time has come, oldest due first (queued or scheduled ->
 -- sending, attempts + 1, a lease of $2 seconds), log the events, and return with each what
--- rendering and reporting need: the send's variables, request id and notify flag, and the
--- template body (NULL when the message carries its own content). SKIP LOCKED: workers
--- claiming at the same moment take different rows and never wait for each other.
+-- rendering and reporting need: the send's variables, request id and notify flag, whether a
+-- test key made it (worker/channels/testmode.py), the template body (NULL when the
+-- message carries its own content), and for an email whose send has attachments their
+-- size in bytes (else NULL). SKIP LOCKED: workers claiming at the same moment take
+-- different rows and never wait for each other.
 WITH due AS (
     SELECT id, status FROM messages
     WHERE status IN ('queued', 'scheduled') AND coalesce(next_attempt_at, queue_at, created_at) <= now()
@@ -92,7 +132,7 @@ WITH due AS (
     FROM due
     WHERE m.id = due.id
     RETURNING m.id, m.send_id, m.org_id, m.template_id, m.contact_id, m.channel, m.to_address, m.attempts,
-              m.content, due.status AS was
+              m.content, m.test, due.status AS was
 ), logged AS (
     -- A scheduled message passes through queued, as it always has on its timeline.
     INSERT INTO message_events (message_id, status)
@@ -101,7 +141,10 @@ WITH due AS (
     SELECT id, 'sending'::message_status FROM claimed
 )
 SELECT c.id, c.send_id, c.org_id, c.template_id, c.contact_id, c.channel, c.to_address, c.attempts, c.content,
-       s.variables, s.notify, s.request_id, t.body AS template_body
+       c.test, s.variables, s.notify, s.request_id, t.body AS template_body,
+       CASE WHEN c.channel = 'email' THEN
+           (SELECT sum(a.size_bytes)::bigint FROM attachments a WHERE a.send_id = c.send_id)
+       END AS attachment_bytes
 FROM claimed c
 JOIN sends s ON s.id = c.send_id
 LEFT JOIN templates t ON t.id = c.template_id;

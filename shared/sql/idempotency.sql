@@ -24,11 +24,16 @@ UPDATE idempotency_keys SET lease_expires_at = now() + make_interval(secs => $4)
 WHERE org_id = $1 AND key = $2 AND holder = $3 AND response_status IS NULL
 RETURNING key;
 
--- name: bind_idempotency_key
--- Tie a send to its key inside the send's transaction, only while its request still holds the key.
-UPDATE idempotency_keys SET send_id = $4
-WHERE org_id = $1 AND key = $2 AND holder = $3 AND response_status IS NULL
-RETURNING key;
+-- name: bind_idempotency_keys
+-- Tie sends to their keys inside the sends' transaction, only while their requests still hold
+-- the keys: (send, org, key, holder) per send; sends sharing a key (a batch) bind it to the
+-- first of them. Returns the keys still held: a send under any other is refused.
+UPDATE idempotency_keys ik SET send_id = f.send_id
+FROM (SELECT DISTINCT ON (org_id, key) *
+      FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[]) WITH ORDINALITY AS f(send_id, org_id, key, holder, n)
+      ORDER BY org_id, key, n) AS f
+WHERE ik.org_id = f.org_id AND ik.key = f.key AND ik.holder = f.holder AND ik.response_status IS NULL
+RETURNING ik.org_id, ik.key, ik.holder;
 
 -- name: select_idempotency_holder
 -- Which request holds a key now (a send refused at commit: was its key taken over?).

@@ -23,14 +23,21 @@ ON CONFLICT (org_id, email) DO NOTHING;
 -- `rejected` here, so the check costs nothing per request. Returns each message written
 -- with its final status and error; a send with no rows was refused (its broadcast paused, or
 -- its contact unsubscribed or blocked, after the request looked, or its Idempotency-Key taken
--- over by a retry). A send made under an Idempotency-Key ($18-$21: send, org, key, holder) is
+-- over by a retry). $22: per message, whether a test key made it. A send made under an
+-- Idempotency-Key ($18-$21: send, org, key, holder) is
 -- bound to its key by this same statement, and only while its request still holds the key:
 -- a retry that takes the key over then finds this send, and one that took it first refuses it.
-WITH k AS (
-    UPDATE idempotency_keys ik SET send_id = f.send_id
-    FROM unnest($18::uuid[], $19::uuid[], $20::text[], $21::uuid[]) AS f(send_id, org_id, key, holder)
-    WHERE ik.org_id = f.org_id AND ik.key = f.key AND ik.holder = f.holder AND ik.response_status IS NULL
-    RETURNING f.send_id
+-- A batch request's sends share one key: the key is bound to the first of them (in input
+-- order) and every send under a key still held is written.
+WITH f AS (
+    SELECT * FROM unnest($18::uuid[], $19::uuid[], $20::text[], $21::uuid[]) WITH ORDINALITY
+        AS f(send_id, org_id, key, holder, n)
+), k AS (
+    UPDATE idempotency_keys ik SET send_id = first.send_id
+    FROM (SELECT DISTINCT ON (org_id, key) * FROM f ORDER BY org_id, key, n) AS first
+    WHERE ik.org_id = first.org_id AND ik.key = first.key AND ik.holder = first.holder
+      AND ik.response_status IS NULL
+    RETURNING ik.org_id, ik.key, ik.holder
 ), s AS (
     INSERT INTO sends (id, org_id, broadcast_id, contact_id, source, request_id, variables, notify)
     SELECT u.id, u.org_id, u.broadcast_id, u.contact_id, u.source, u.request_id, u.variables, u.notify
@@ -39,7 +46,7 @@ WITH k AS (
         AS u(id, org_id, broadcast_id, contact_id, source, request_id, variables, notify)
     WHERE EXISTS (SELECT 1 FROM broadcasts b WHERE b.id = u.broadcast_id AND b.status = 'active')
       AND EXISTS (SELECT 1 FROM contacts c WHERE c.id = u.contact_id AND c.status = 'subscribed')
-      AND (u.id <> ALL($18::uuid[]) OR u.id IN (SELECT send_id FROM k))
+      AND (u.id <> ALL($18::uuid[]) OR u.id IN (SELECT f.send_id FROM f JOIN k USING (org_id, key, holder)))
     RETURNING id, org_id, broadcast_id, contact_id, source
 ), v AS (
     SELECT v.*, s.org_id, s.broadcast_id, s.contact_id, s.source,
@@ -52,16 +59,16 @@ WITH k AS (
                     WHERE r.org_id = s.org_id AND r.channel = 'email' AND r.address_hash = v.address_hash))
            END AS block
     FROM unnest($8::uuid[], $9::uuid[], $10::uuid[], $11::uuid[], $12::channel[], $13::text[],
-                $14::message_status[], $15::text[], $16::bytea[])
-        AS v(id, send_id, template_id, contact_channel_id, channel, to_address, status, error, address_hash)
+                $14::message_status[], $15::text[], $16::bytea[], $22::boolean[])
+        AS v(id, send_id, template_id, contact_channel_id, channel, to_address, status, error, address_hash, test)
     JOIN s ON s.id = v.send_id
 ), m AS (
     INSERT INTO messages (id, send_id, org_id, broadcast_id, template_id, contact_id, contact_channel_id,
-                          channel, to_address, status, source, error)
+                          channel, to_address, status, source, error, test)
     SELECT v.id, v.send_id, v.org_id, v.broadcast_id, v.template_id, v.contact_id, v.contact_channel_id,
            v.channel, v.to_address,
            CASE WHEN v.block IS NULL THEN v.status ELSE 'rejected'::message_status END,
-           v.source, coalesce(v.block, v.error)
+           v.source, coalesce(v.block, v.error), v.test
     FROM v
     RETURNING id, send_id, status, error
 ), e AS (
@@ -80,7 +87,7 @@ ORDER BY u.n;
 -- name: select_sends_messages
 -- Committed sends' messages as their answer shows them (after a commit's lost reply, or for a retry that took a key over).
 SELECT m.send_id, s.org_id, s.broadcast_id, s.contact_id, m.id, m.template_id, m.channel, m.contact_channel_id, m.to_address,
-       m.status, m.error, m.external_message_id
+       m.status, m.error, m.external_message_id, m.test
 FROM messages m
 JOIN sends s ON s.id = m.send_id
 LEFT JOIN templates t ON t.id = m.template_id

@@ -1,7 +1,3 @@
--- name: insert_unsubscribe_token
--- A new unsubscribe link for an address (and the subscriber owning it, when there is one).
-INSERT INTO unsubscribe_tokens (token, org_id, email, contact_id) VALUES ($1, $2, $3, $4);
-
 -- name: insert_unsubscribe_tokens
 -- Many links at once (the Broadcasts API's batched sends): token, org, address, contact.
 INSERT INTO unsubscribe_tokens (token, org_id, email, contact_id)

@@ -43,7 +43,7 @@ import scenarios
 from common import log
 from harness import Config, Harness
 
-ALL = "P1,P2,P3,P4,P5,P6,P7"
+ALL = "P1,P1b,P2,P3,P4,P5,P6,P7"
 T = TypeVar("T")
 
 
@@ -54,7 +54,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     parser.add_argument("--python-tools", action="store_true", help="aiosmtpd sink and Python load generator")
     parser.add_argument("--out", help="output folder (BENCH_OUT_DIR, default tests/perf/out)")
     parser.add_argument(
-        "--only", help="a comma list of scenarios to run, e.g. P1,P4 or P2,P7 (BENCH_ONLY; default all: P1-P7)"
+        "--only",
+        help="a comma list of scenarios to run, e.g. P1,P1b or P2,P7 (BENCH_ONLY; default all: P1, P1b, P2-P7)",
     )
     args = parser.parse_args(argv)
     env = os.environ
@@ -67,7 +68,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     data_dir = env.get("BENCH_DATA_DIR")
     workers = env.get("BENCH_P6_WORKERS") or "1,2,4"
     only = {p.strip().upper() for p in (args.only or env.get("BENCH_ONLY") or ALL).split(",") if p.strip()}
-    if not only <= set(ALL.split(",")):
+    if not only <= {p.upper() for p in ALL.split(",")}:
         parser.error(f"--only takes scenarios among {ALL}")
     return Config(
         smoke=args.smoke,
@@ -119,6 +120,8 @@ async def run_bench(cfg: Config) -> dict[str, Any]:
         p2_run: dict[str, Any] = {}  # P2's raw run: P5 reads the workers' RSS from it
         if only & {"P1", "P5"}:
             figures["P1"] = await timed("P1", scenarios.p1(h))
+        if "P1B" in only:
+            figures["P1b"] = await timed("P1b", scenarios.p1b(h, figures.get("P1")))
         if "P4" in only:
             figures["P4"] = await timed("P4", scenarios.p4(h))
         soak = await timed("soak", scenarios.soak(h)) if cfg.soak else None

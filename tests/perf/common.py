@@ -75,6 +75,11 @@ def send_body(i: int, *, background: bool) -> dict[str, Any]:
     return {"email": recipient_email(i), "variables": {"otp": otp(i)}, "background": background}
 
 
+def batch_body(i: int, size: int) -> dict[str, Any]:
+    """P1b's body: `size` triggers (no `background`: a batch is always), from recipient i on."""
+    return {"items": [{"email": recipient_email(n), "variables": {"otp": otp(n)}} for n in range(i, i + size)]}
+
+
 def log(message: str) -> None:
     """The driver's progress line, on stderr (stdout ends with the result)."""
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)

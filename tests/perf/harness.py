@@ -130,6 +130,10 @@ class Harness:
             "SMTP_TLS": "none",
             "SMTP_USERNAME": "",
             "SMTP_PASSWORD": "",
+            # The sink is the relay (SMTP_RELAYS would replace it), and the sandbox is not Meta:
+            # no throughput ceiling, so P3 measures tidings, not Meta's 80/s default.
+            "SMTP_RELAYS": "",
+            "WHATSAPP_MAX_PER_S": "0",
             "WHATSAPP_API_BASE_URL": self.wa_url,
             "WHATSAPP_ACCESS_TOKEN": common.WA_ACCESS_TOKEN,
             "WHATSAPP_PHONE_NUMBER_ID": common.WA_PHONE_NUMBER_ID,
@@ -331,7 +335,7 @@ class Harness:
         """One active broadcast per scenario, made through the api as a user would."""
         import aiohttp
 
-        names = {"p1": "email", "p4": "email", "soak": "email", "p3": "whatsapp", "p7": "email"}
+        names = {"p1": "email", "p1b": "email", "p4": "email", "soak": "email", "p3": "whatsapp", "p7": "email"}
         names |= {f"p2-{n}": "email" for n in self.cfg.p6_workers}
         base = f"{self.api_url}/orgs/{self.org_id}/broadcasts"
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {self.key}"}) as http:
@@ -391,9 +395,32 @@ class Harness:
                 if not (status == 202 and expect == 200 and time.monotonic() < deadline):
                     raise RuntimeError(f"a {broadcast} trigger answered {status}, not {expect}: {body}")
 
-    async def http_load(self, url: str, phase: str, sampler: RssSampler | None = None) -> dict[str, Any]:
-        """Warm-up, then the measured phase, with wrk (or the Python closed loop)."""
+    async def preflight_batch(self, broadcast: str, size: int) -> None:
+        """One batch by hand: every item must be accepted, or the figure would count refusals."""
+        import aiohttp
+
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http,
+            http.post(
+                self.send_url(broadcast) + "/batch",
+                json=common.batch_body(0, size),
+                headers={"Authorization": f"Bearer {self.key}"},
+            ) as r,
+        ):
+            body: dict[str, Any] = await r.json(content_type=None)
+            status = r.status
+        refused = [d for d in body.get("data", []) if "error" in d]
+        if status != 202 or refused or len(body.get("data", [])) != size:
+            raise RuntimeError(f"a {broadcast} batch answered {status}: {str(body)[:2000]}")
+
+    async def http_load(
+        self, url: str, phase: str, sampler: RssSampler | None = None, *, batch: int = 0, connections: int = 0
+    ) -> dict[str, Any]:
+        """Warm-up, then the measured phase, with wrk (or the Python closed loop). With
+        `batch`, each request is a batch of that many triggers (`url`: the batch route);
+        `connections` (default BENCH_CONNECTIONS) overrides the connection count."""
         cfg = self.cfg
+        connections = connections or cfg.connections
         common.require_loopback(url)
         measured_from = 0.0
         result: dict[str, Any] = {}
@@ -409,10 +436,10 @@ class Harness:
             if self.wrk:
                 argv = [
                     self.wrk,
-                    *("-t", str(cfg.threads), "-c", str(cfg.connections)),
+                    *("-t", str(min(cfg.threads, connections)), "-c", str(connections)),
                     *("-d", f"{max(1, round(seconds))}s", "--timeout", "10s"),  # wrk takes whole seconds
                     *("-s", str(common.HERE / "post.lua"), url),
-                    *("--", self.key, str(common.RECIPIENTS), str(cap), str(cfg.threads)),
+                    *("--", self.key, str(common.RECIPIENTS), str(cap), str(min(cfg.threads, connections)), str(batch)),
                 ]
                 raw = await common.run_json(argv, timeout_s=seconds + 60, log_path=log_path)
                 secs = raw["duration_us"] / 1e6
@@ -432,8 +459,8 @@ class Harness:
             else:
                 argv = [
                     *(sys.executable, str(common.HERE / "loadgen.py"), "closed", "--url", url, "--key", self.key),
-                    *("--connections", str(cfg.connections), "--duration", str(seconds)),
-                    *("--max-requests", str(cap)),
+                    *("--connections", str(connections), "--duration", str(seconds)),
+                    *("--max-requests", str(cap), "--batch", str(batch)),
                 ]
                 raw = await common.run_json(argv, timeout_s=seconds + 60, log_path=log_path)
                 result = raw | {"non_2xx": sum(n for s, n in raw["statuses"].items() if not s.startswith("2"))}

@@ -1,6 +1,6 @@
 """The bench's Python load generators, bounded in requests and in time, loopback only.
 
-    closed: N connections each posting back to back (P1 when `wrk` is not installed)
+    closed: N connections each posting back to back (P1 and P1b when `wrk` is not installed)
     open:   requests fired at a fixed rate whatever the answers (P4, the soak); a request's
             latency counts from when it was due, so a stalled server cannot hide its queue
             (no coordinated omission)
@@ -25,7 +25,9 @@ import common
 import orjson
 
 
-def _bodies(background: bool) -> list[bytes]:
+def _bodies(background: bool, batch: int = 0) -> list[bytes]:
+    if batch > 0:
+        return [orjson.dumps(common.batch_body(i, batch)) for i in range(common.RECIPIENTS)]
     return [orjson.dumps(common.send_body(i, background=background)) for i in range(common.RECIPIENTS)]
 
 
@@ -88,8 +90,9 @@ async def closed_loop(
     max_requests: int,
     background: bool,
     timeout_s: float,
+    batch: int = 0,
 ) -> dict[str, Any]:
-    bodies = _bodies(background)
+    bodies = _bodies(background, batch)
     async with _session(key, connections, timeout_s) as session:
 
         async def phase(seconds: float, tally: Tally | None) -> float:
@@ -169,6 +172,7 @@ def main() -> None:
     parser.add_argument("--max-in-flight", type=int, default=1000, help="open: beyond this, requests are dropped")
     parser.add_argument("--sync", action="store_true", help="background: false (wait for delivery)")
     parser.add_argument("--timeout", type=float, default=15.0, help="per request")
+    parser.add_argument("--batch", type=int, default=0, help="closed: post batches of this many triggers (P1b)")
     parser.add_argument("--loop", default="uvloop", choices=["uvloop", "asyncio"])
     args = parser.parse_args()
     common.require_loopback(args.url)
@@ -182,6 +186,7 @@ def main() -> None:
             max_requests=args.max_requests,
             background=not args.sync,
             timeout_s=args.timeout,
+            batch=args.batch,
         )
     else:
         coro = open_loop(

@@ -1,8 +1,10 @@
 -- wrk script for P1 and its ceiling: POST a trigger body with the bench key.
 --
---   wrk -t2 -c50 -d15s -s post.lua http://127.0.0.1:PORT/orgs/O/broadcasts/B/send -- KEY RECIPIENTS MAX_REQUESTS
+--   wrk -t2 -c50 -d15s -s post.lua http://127.0.0.1:PORT/orgs/O/broadcasts/B/send -- KEY RECIPIENTS MAX_REQUESTS THREADS [BATCH]
 --
--- Bodies cycle through RECIPIENTS addresses (built once per thread). Each thread stops after
+-- Bodies cycle through RECIPIENTS addresses (built once per thread). With BATCH > 0 (P1b, to
+-- .../send/batch) each body is {"items": [BATCH triggers]} without `background`, the items of
+-- body i starting at recipient i. Each thread stops after
 -- MAX_REQUESTS / threads answers, so a run is bounded in requests as well as in time (-d).
 -- done() prints one JSON line that the driver reads.
 
@@ -19,9 +21,21 @@ function init(args)
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
   wrk.headers["Authorization"] = "Bearer " .. key
+  local batch = tonumber(args[5] or "0")
   for i = 0, recipients - 1 do
-    local body = string.format(
-      '{"email":"bench-%d@example.com","variables":{"otp":"%06d"},"background":true}', i, (i * 7919) % 1000000)
+    local body
+    if batch > 0 then
+      local items = {}
+      for j = 0, batch - 1 do
+        local n = i + j
+        items[j + 1] = string.format(
+          '{"email":"bench-%d@example.com","variables":{"otp":"%06d"}}', n % recipients, (n * 7919) % 1000000)
+      end
+      body = '{"items":[' .. table.concat(items, ",") .. ']}'
+    else
+      body = string.format(
+        '{"email":"bench-%d@example.com","variables":{"otp":"%06d"},"background":true}', i, (i * 7919) % 1000000)
+    end
     bodies[i + 1] = wrk.format("POST", nil, nil, body)
   end
 end

@@ -4,6 +4,7 @@ numbers in `h.details[name]` (result.json's `details`) and returns its figure: t
 beside a ceiling measured in the same run, and their ratio.
 
 - P1: triggers accepted per second by one api process; ceiling: a bare aiohttp app.
+- P1b: the same through the batch route (batches of 100), beside P1 and its ceiling.
 - P2 (+P6): emails per second from a backlog, 2 workers (and 1, 4); ceiling: aiosmtplib.
 - P3: WhatsApp messages per second from a backlog, 2 workers; ceiling: aiohttp.
 - P4: latency of `background: false` at a steady rate; reference: the sink's own time.
@@ -28,6 +29,8 @@ from report import ratio
 
 WA_CONNECTIONS_PER_WORKER = 100  # worker/channels/whatsapp.py's connection limit
 DKIM_KEY_BITS = 2048  # P7's key: what Gmail and Yahoo expect of a bulk sender
+BATCH_SIZE = 100  # P1b's triggers per batch request
+P1B_TARGET_OF_P1 = 5  # P1b's target: at least this many times P1
 
 
 async def p1(h: Harness) -> dict[str, Any]:
@@ -67,6 +70,48 @@ async def p1(h: Harness) -> dict[str, Any]:
         "connections": cfg.connections,
         "loadgen": h.loadgen_name,
     }
+
+
+async def p1b(h: Harness, p1_figure: dict[str, Any] | None) -> dict[str, Any]:
+    """Triggers accepted per second through the batch route (batches of BATCH_SIZE) against
+    one api process, beside P1 of the same run (target: at least 5 x P1) and P1's ceiling."""
+    cfg = h.cfg
+    url = h.send_url("p1b") + "/batch"
+    # A fifth of P1's connections: each holds BATCH_SIZE triggers, so still 20 x P1's in flight
+    # (more would only queue: a batch answered after the window closes counts nothing).
+    connections = max(2, cfg.connections // 5)
+    async with h.scenario_database("p1b"):
+        await h.start_api("p1b")
+        try:
+            await h.preflight_batch("p1b", BATCH_SIZE)
+            log(f"P1b: tidings api, batches of {BATCH_SIZE}, {h.loadgen_name}, {connections} connections")
+            async with RssSampler([h.api.pid] if h.api else []) as sampler:
+                figure = await h.http_load(url, "p1b", sampler, batch=BATCH_SIZE, connections=connections)
+        finally:
+            await h.stop_api()
+        figure["api_rss_peak_mb"] = round(sampler.peak_mb(), 1)
+        # Cross-checks: every item of every 2xx batch accepted (warm-up included).
+        figure["committed_sends_total"] = await h.pool.fetchval("SELECT count(*) FROM sends")
+    h.details["P1b"] = {"figure": figure}
+    if figure["non_2xx"] or figure.get("socket_errors"):
+        log(f"warning: P1b saw {figure['non_2xx']} non-2xx answers and {figure.get('socket_errors', 0)} socket errors")
+    value = round(figure["rps"] * BATCH_SIZE, 1)
+    out: dict[str, Any] = {
+        "value": value,
+        "unit": "triggers/s",
+        "batch_size": BATCH_SIZE,
+        "batches_per_s": figure["rps"],
+        "p99_ms": figure["p99_ms"],
+        "connections": connections,
+        "loadgen": h.loadgen_name,
+        "target_of_p1": P1B_TARGET_OF_P1,
+    }
+    if p1_figure is not None:  # P1 of the same run, and its ceiling
+        out["p1_value"] = p1_figure["value"]
+        out["of_p1"] = ratio(value, p1_figure["value"])
+        out["p1_ceiling"] = p1_figure["ceiling"]
+        out["of_p1_ceiling"] = ratio(value, p1_figure["ceiling"])
+    return out
 
 
 async def p2_p6(h: Harness) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:

@@ -33,6 +33,7 @@ from aiohttp import web
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from shared import smtp_server
+from tidings.dev.reports import BounceTarget, ReportKind, ReportOutcome, send_report
 
 log = structlog.get_logger("tidings.inbox")
 
@@ -434,9 +435,16 @@ async def start_smtp(
 # The web page
 
 HANDLER = web.AppKey("handler", InboxHandler)
+# Where the Bounce and Complain buttons send their reports (None: no buttons).
+BOUNCE_TARGET = web.AppKey[BounceTarget | None]("bounce_target")
+# The reports sent about each message, by message number, oldest first: the page shows them.
+REPORTS = web.AppKey("reports", dict[int, list[ReportOutcome]])
 
 # Pages of our own: no scripts at all; the message's HTML only ever appears in a sandboxed frame.
-_PAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-src 'self'; base-uri 'none'"
+_PAGE_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-src 'self'; base-uri 'none'; "
+    "form-action 'self'"
+)
 # The message's HTML: it is whatever the code under test produced, so it may run nothing, load
 # nothing from elsewhere, and submit nothing; links open in a new tab, outside the sandbox.
 _MESSAGE_HTML_CSP = (
@@ -452,6 +460,12 @@ th, td { text-align: left; padding: .35rem .6rem; border-bottom: 1px solid #e3e3
 td.h { white-space: nowrap; color: #555; width: 1%; } .muted { color: #777; }
 pre { white-space: pre-wrap; word-break: break-word; background: #f6f6f6; padding: .8rem; }
 iframe { width: 100%; height: 36rem; border: 1px solid #ddd; }
+form.report { display: inline; margin: 0 .3rem 0 0; }
+form.report button { font: inherit; padding: .15rem .6rem; cursor: pointer; }
+.flash { padding: .6rem .9rem; margin: .8rem 0; border-radius: 4px; }
+.flash.ok { background: #e7f5ea; border: 1px solid #9ccfa8; }
+.flash.bad { background: #fdecea; border: 1px solid #f1a7a0; }
+.tag { font-size: 12px; padding: 0 .4rem; border-radius: 3px; background: #eee; margin-left: .3rem; }
 """
 
 
@@ -489,19 +503,60 @@ def _message_or_404(request: web.Request) -> InboxMessage:
 
 async def _index(request: web.Request) -> web.Response:
     messages = list(reversed(request.app[HANDLER].messages))
+    target = request.app[BOUNCE_TARGET]
+    reports = request.app[REPORTS]
     rows = "".join(
         f'<tr><td class="h">{_e(_when(m.received_at))}</td><td>{_e(m.from_ or m.mail_from)}</td>'
         f"<td>{_e(m.to or ', '.join(m.rcpt_tos))}</td>"
-        f'<td><a href="/messages/{m.number}">{_e(m.subject or "(no subject)")}</a></td></tr>'
+        f'<td><a href="/messages/{m.number}">{_e(m.subject or "(no subject)")}</a>'
+        f"{_report_tags(reports.get(m.number, []))}</td>"
+        + (f'<td class="h">{_report_buttons(m)}</td>' if target else "")
+        + "</tr>"
         for m in messages
     )
+    actions = "<th>report</th>" if target else ""
     table = (
-        f"<table><tr><th>received</th><th>from</th><th>to</th><th>subject</th></tr>{rows}</table>"
+        f"<table><tr><th>received</th><th>from</th><th>to</th><th>subject</th>{actions}</tr>{rows}</table>"
         if messages
         else '<p class="muted">No messages yet. This page refreshes itself.</p>'
     )
     return _page(
-        "Inbox", f"<h1>Inbox <span class=muted>({len(messages)})</span></h1>{table}{_triggers_html()}", refresh_s=3
+        "Inbox",
+        f"<h1>Inbox <span class=muted>({len(messages)})</span></h1>{table}{_reports_help(target)}{_triggers_html()}",
+        refresh_s=3,
+    )
+
+
+def _report_buttons(m: InboxMessage) -> str:
+    return "".join(
+        f'<form class="report" method="post" action="/messages/{m.number}/{action}">'
+        f'<button type="submit" title="{_e(title)}">{label}</button></form>'
+        for action, label, title in (
+            ("bounce", "Bounce", "send a DSN (5.1.1, no such user) to the envelope sender"),
+            ("complain", "Complain", "send an ARF spam complaint to the envelope sender"),
+        )
+    )
+
+
+def _report_tags(outcomes: list[ReportOutcome]) -> str:
+    return "".join(
+        f'<span class="tag">{"bounce sent" if o.kind is ReportKind.bounce else "complaint sent"}'
+        f"{'' if o.ok else ' (refused)'}</span>"
+        for o in outcomes
+    )
+
+
+def _reports_help(target: BounceTarget | None) -> str:
+    if target is None:
+        return ""
+    domain = f" ({_e(target.domain)})" if target.domain else ""
+    return (
+        '<h2 id="reports">Bounce and Complain</h2><p class="muted">Play the recipient\'s mailbox provider: '
+        "<b>Bounce</b> mails an RFC 3464 delivery status notification (Action: failed, Status: 5.1.1) and "
+        "<b>Complain</b> an RFC 5965 spam complaint (ARF) to the message's envelope sender, over SMTP to "
+        f"<code>tidings bounces</code> at {_e(target.host)}:{target.port}{domain}. tidings then marks the message "
+        "<code>bounced</code> or <code>complained</code>, suppresses the address and sends the "
+        "<code>message.bounced</code> / <code>message.complained</code> webhook.</p>"
     )
 
 
@@ -537,18 +592,22 @@ async def _message(request: web.Request) -> web.Response:
         f'<tr><td class="h">{_e(k)}</td><td>{_e(v)}</td></tr>'
         for k, v in [
             ("Received", _when(m.received_at)),
-            ("Envelope from", m.mail_from),
+            ("Envelope from", m.mail_from or "<> (null sender)"),
             ("Envelope to", ", ".join(m.rcpt_tos)),
             ("From", m.from_),
             ("To", m.to),
             ("Subject", m.subject),
         ]
     )
+    target = request.app[BOUNCE_TARGET]
     parts = [
         '<p><a href="/">&larr; Inbox</a></p>',
+        _flashes(request.app[REPORTS].get(m.number, [])),
         f"<h1>{_e(m.subject or '(no subject)')}</h1><table>{summary}</table>",
         f'<p><a href="/messages/{m.number}.eml">Raw message (.eml)</a></p>',
     ]
+    if target is not None:
+        parts.append(f"<p>{_report_buttons(m)}</p>")
     if links := m.links():
         items = "".join(
             f'<li><a href="{_e(u)}" target="_blank" rel="noopener noreferrer">{_e(u)}</a></li>' for u in links
@@ -564,6 +623,35 @@ async def _message(request: web.Request) -> web.Response:
     headers = "".join(f'<tr><td class="h">{_e(k)}</td><td>{_e(v)}</td></tr>' for k, v in m.headers)
     parts.append(f"<h2>Headers</h2><table>{headers}</table>")
     return _page(m.subject or "(no subject)", "".join(parts))
+
+
+def _flashes(outcomes: list[ReportOutcome]) -> str:
+    out = []
+    for o in reversed(outcomes):
+        what = "Bounce (DSN)" if o.kind is ReportKind.bounce else "Spam complaint (ARF)"
+        about = f" about tidings message <code>{_e(o.tidings_message_id)}</code>" if o.tidings_message_id else ""
+        out.append(
+            f'<div class="flash {"ok" if o.ok else "bad"}">{what} sent to {_e(o.to or "<>")}{about} at '
+            f"{_e(_when(o.sent_at))}: {_e(o.reply)}</div>"
+        )
+    return "".join(out)
+
+
+async def _report(request: web.Request) -> web.Response:
+    """The Bounce and Complain buttons: send the report, then back to the message's page (303),
+    which shows the outcome."""
+    # Only this page's own forms: a page elsewhere must not make the inbox send reports.
+    origin = request.headers.get("Origin")
+    if origin is not None and origin.rstrip("/") != f"{request.scheme}://{request.host}":
+        raise web.HTTPForbidden(text="reports are sent from the inbox's own pages only")
+    target = request.app[BOUNCE_TARGET]
+    if target is None:
+        raise web.HTTPNotFound(text="this inbox has no bounce server to report to")
+    m = _message_or_404(request)
+    kind = ReportKind.bounce if request.match_info["action"] == "bounce" else ReportKind.complaint
+    outcome = await send_report(target, kind, m)
+    request.app[REPORTS].setdefault(m.number, []).append(outcome)
+    raise web.HTTPSeeOther(f"/messages/{m.number}")
 
 
 async def _message_html(request: web.Request) -> web.Response:
@@ -605,17 +693,21 @@ async def _api_message(request: web.Request) -> web.Response:
     return _json(_message_or_404(request).to_json())
 
 
-def make_web_app(handler: InboxHandler) -> web.Application:
+def make_web_app(handler: InboxHandler, bounce_target: BounceTarget | None = None) -> web.Application:
     """The inbox's pages: `/`, `/messages/{n}`, `/messages/{n}/html`, `/messages/{n}.eml`,
-    `/api/messages` and `/api/messages/{n}` (JSON, newest first)."""
+    `/api/messages` and `/api/messages/{n}` (JSON, newest first); with a bounce target, the
+    forms `POST /messages/{n}/bounce` and `POST /messages/{n}/complain`."""
     app = web.Application()
     app[HANDLER] = handler
+    app[BOUNCE_TARGET] = bounce_target
+    app[REPORTS] = {}
     app.router.add_get("/", _index)
     app.router.add_get(r"/messages/{n:\d+}", _message)
     app.router.add_get(r"/messages/{n:\d+}/html", _message_html)
     app.router.add_get(r"/messages/{n:\d+}.eml", _message_eml)
     app.router.add_get("/api/messages", _api_messages)
     app.router.add_get(r"/api/messages/{n:\d+}", _api_message)
+    app.router.add_post(r"/messages/{n:\d+}/{action:bounce|complain}", _report)
     return app
 
 
@@ -652,11 +744,13 @@ async def start_inbox(
     data_dir: Path,
     *,
     max_messages: int = DEFAULT_MAX_MESSAGES,
+    bounce_target: BounceTarget | None = None,
 ) -> Inbox:
     """Start the SMTP inbox and its web page (port 0: a free one); messages are also written
-    to `data_dir/inbox/<n>.eml`."""
+    to `data_dir/inbox/<n>.eml`. With `bounce_target`, each message gets Bounce and Complain
+    buttons that send a report there (tidings/dev/reports.py)."""
     smtp = await start_smtp(smtp_host, smtp_port, eml_dir=data_dir / "inbox", max_messages=max_messages)
-    runner = web.AppRunner(make_web_app(smtp.handler), access_log=None)
+    runner = web.AppRunner(make_web_app(smtp.handler, bounce_target), access_log=None)
     try:
         await runner.setup()
         site = web.TCPSite(runner, web_host, web_port)

@@ -4,12 +4,19 @@ Postgres and Redis come from DATABASE_URL / REDIS_URL, or are embedded servers k
 `./.data/` and reused across runs. Email goes to a local inbox with a web page, WhatsApp to
 a local Cloud API sandbox that calls our webhook back. Migrations are applied; a demo org,
 key and active one-time-passcode broadcast (an email and a WhatsApp template) are made once
-and remembered in `./.data/dev.json`; then one API and one worker process run until Ctrl-C,
-which stops everything in reverse order. The printed curl sends to both channels at once.
+and remembered in `./.data/dev.json`; then one API, one worker and one bounce server
+(`tidings bounces`) process run until Ctrl-C, which stops everything in reverse order. The
+printed curl sends to both channels at once.
+
+Emails carry VERP envelope senders under DEV_BOUNCE_DOMAIN, and the inbox's Bounce and Complain
+buttons mail a real DSN or ARF report to the bounce server, as a bounce domain's MX would
+receive it. A local webhook receiver gets the demo org's signed events: the stack registers an
+endpoint for it through the api (when the api has webhook routes) and hands it the secret.
 
 Everything listens on 127.0.0.1. Knobs (environment): PORT (API, 8080), DEV_SMTP_PORT (2525),
-DEV_INBOX_PORT (8025), DEV_WHATSAPP_PORT (8090), DEV_DATA_DIR (./.data), PUBLIC_BASE_URL,
-LOG_LEVEL, and DATABASE_URL / REDIS_URL to use servers of your own.
+DEV_INBOX_PORT (8025), DEV_WHATSAPP_PORT (8090), DEV_BOUNCE_PORT (2526), DEV_WEBHOOKS_PORT
+(8091), DEV_DATA_DIR (./.data), PUBLIC_BASE_URL, LOG_LEVEL, and DATABASE_URL / REDIS_URL to
+use servers of your own.
 """
 
 from __future__ import annotations
@@ -37,6 +44,9 @@ from shared import keys, logs, orgs
 from shared.migrate import migrate
 from tidings.dev.embedded import EmbeddedError, EmbeddedPostgres, EmbeddedRedis, create_database
 from tidings.dev.inbox import start_inbox
+from tidings.dev.reports import BounceTarget
+from tidings.dev.webhook_receiver import PATH as WEBHOOK_RECEIVER_PATH
+from tidings.dev.webhook_receiver import WebhookReceiver, start_receiver
 from tidings.dev.whatsapp_sandbox import start_sandbox
 
 log = structlog.get_logger("tidings.dev")
@@ -46,6 +56,10 @@ DEV_WHATSAPP_ACCESS_TOKEN = "dev-access-token"
 DEV_WHATSAPP_PHONE_NUMBER_ID = "100000000000001"
 DEV_WHATSAPP_APP_SECRET = "dev-app-secret"
 DEV_WHATSAPP_VERIFY_TOKEN = "dev-verify-token"
+# The bounce domain of the dev stack: `.localhost` names never leave the machine (RFC 6761), and
+# the inbox routes reports for it straight to the bounce server, as the domain's MX would.
+DEV_BOUNCE_DOMAIN = "bounces.tidings.localhost"
+DEV_BOUNCE_SECRET = "dev-bounce-secret-local-only"
 
 DEMO_ORG_NAME = "Demo"
 DEMO_SCOPES = ["admin", "read", "write"]
@@ -100,6 +114,8 @@ class DevConfig:
     database_url: str
     redis_url: str
     public_base_url: str
+    bounce_port: int = 2526
+    webhooks_port: int = 8091
 
     @property
     def api_url(self) -> str:
@@ -120,6 +136,8 @@ class DevConfig:
             smtp_port=port("DEV_SMTP_PORT", 2525),
             inbox_port=port("DEV_INBOX_PORT", 8025),
             whatsapp_port=port("DEV_WHATSAPP_PORT", 8090),
+            bounce_port=port("DEV_BOUNCE_PORT", 2526),
+            webhooks_port=port("DEV_WEBHOOKS_PORT", 8091),
             database_url=env.get("DATABASE_URL", ""),
             redis_url=env.get("REDIS_URL", ""),
             public_base_url=env.get("PUBLIC_BASE_URL") or f"http://{LOOPBACK}:{api_port}",
@@ -136,6 +154,9 @@ class DevState:
     # SECRET_KEY of the local stack when the environment sets none: made once and kept, so the
     # sending domains registered in one run still open in the next.
     secret_key: str | None = None
+    # The demo org's endpoint for the local webhook receiver, and its secret (a local one too).
+    webhook_endpoint_id: str | None = None
+    webhook_secret: str | None = None
 
     @classmethod
     def load(cls, path: Path) -> DevState:
@@ -207,6 +228,8 @@ async def _start(config: DevConfig, env: dict[str, str], stack: contextlib.Async
         ("DEV_SMTP_PORT", config.smtp_port),
         ("DEV_INBOX_PORT", config.inbox_port),
         ("DEV_WHATSAPP_PORT", config.whatsapp_port),
+        ("DEV_BOUNCE_PORT", config.bounce_port),
+        ("DEV_WEBHOOKS_PORT", config.webhooks_port),
     ):
         _ensure_port_free(LOOPBACK, port, name)
     config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -221,8 +244,17 @@ async def _start(config: DevConfig, env: dict[str, str], stack: contextlib.Async
         state.secret_key = secrets.token_hex(32)
     state.save(state_path)
 
-    inbox = await start_inbox(LOOPBACK, config.smtp_port, LOOPBACK, config.inbox_port, config.data_dir)
+    inbox = await start_inbox(
+        LOOPBACK,
+        config.smtp_port,
+        LOOPBACK,
+        config.inbox_port,
+        config.data_dir,
+        bounce_target=BounceTarget(LOOPBACK, config.bounce_port, DEV_BOUNCE_DOMAIN, DEV_BOUNCE_SECRET),
+    )
     stack.push_async_callback(inbox.close)
+    receiver_runner, receiver_url, receiver = await start_receiver(LOOPBACK, config.webhooks_port)
+    stack.push_async_callback(receiver_runner.cleanup)
     sandbox_runner, sandbox_url, _ = await start_sandbox(
         LOOPBACK,
         config.whatsapp_port,
@@ -245,11 +277,19 @@ async def _start(config: DevConfig, env: dict[str, str], stack: contextlib.Async
         # The inbox takes no AUTH; credentials meant for a real relay must not be tried on it.
         "SMTP_USERNAME": "",
         "SMTP_PASSWORD": "",
+        "SMTP_RELAYS": "",  # relays would replace the inbox
         "WHATSAPP_API_BASE_URL": sandbox_url,
         "WHATSAPP_ACCESS_TOKEN": DEV_WHATSAPP_ACCESS_TOKEN,
         "WHATSAPP_PHONE_NUMBER_ID": DEV_WHATSAPP_PHONE_NUMBER_ID,
         "WHATSAPP_APP_SECRET": DEV_WHATSAPP_APP_SECRET,
         "WHATSAPP_VERIFY_TOKEN": DEV_WHATSAPP_VERIFY_TOKEN,
+        # VERP envelope senders, and `tidings bounces` reading the reports the inbox sends back.
+        "BOUNCE_DOMAIN": DEV_BOUNCE_DOMAIN,
+        "BOUNCE_SECRET": DEV_BOUNCE_SECRET,
+        "BOUNCE_HOST": LOOPBACK,
+        "BOUNCE_PORT": str(config.bounce_port),
+        # The webhook receiver listens on 127.0.0.1, which production refuses (no SSRF).
+        "WEBHOOK_ALLOW_PRIVATE_URLS": "true",
         "LOG_FORMAT": "console",
         "PYTHONUNBUFFERED": "1",
         "TIDINGS_DEV": "1",  # http://127.0.0.1 links are right here: no https warning
@@ -257,17 +297,21 @@ async def _start(config: DevConfig, env: dict[str, str], stack: contextlib.Async
     }
     children: list[_Child] = []
     stack.push_async_callback(_stop_children, children)
-    for role in ("api", "worker"):
+    for role in ("api", "worker", "bounces"):
         children.append(await _Child.spawn(role, child_env))
-    await _wait_ready(config.api_url, children)
+    await _wait_ready(config.api_url, children, smtp_ports=[config.bounce_port])
 
     async with aiohttp.ClientSession(
         config.api_url, headers={"Authorization": f"Bearer {state.api_key}"}, raise_for_status=False
     ) as http:
         state.broadcast_id = await ensure_demo_broadcast(http, state)
+        await ensure_webhook_endpoint(http, state, receiver_url + WEBHOOK_RECEIVER_PATH, receiver)
     state.save(state_path)
 
-    print(banner(config, state, inbox.web_url, sandbox_url, database_url, redis_url), flush=True)
+    print(
+        banner(config, state, inbox.web_url, sandbox_url, database_url, redis_url, webhooks=(receiver_url, receiver)),
+        flush=True,
+    )
     return children
 
 
@@ -358,6 +402,59 @@ async def ensure_demo_broadcast(http: aiohttp.ClientSession, state: DevState) ->
     return broadcast_id
 
 
+WEBHOOK_DESCRIPTION = "tidings dev: the local webhook receiver"
+
+
+async def ensure_webhook_endpoint(
+    http: aiohttp.ClientSession, state: DevState, url: str, receiver: WebhookReceiver
+) -> bool:
+    """Make sure the demo org has an endpoint for the local receiver and give the receiver its
+    secret: the remembered endpoint if the api still has it (its URL put right if a port
+    changed), else a new one. Webhooks are a side show of the dev stack: when the api has no
+    webhook routes (404) or refuses the endpoint, one log line says so, the receiver's page
+    too, and the stack runs on (False)."""
+    base = f"/orgs/{state.org_id}/webhooks"
+
+    def unavailable(reason: str, note: str) -> bool:
+        log.info("dev_webhooks_unavailable", reason=reason)
+        receiver.note = note
+        state.webhook_endpoint_id = state.webhook_secret = None
+        return False
+
+    if state.webhook_endpoint_id and state.webhook_secret:
+        path = f"{base}/{state.webhook_endpoint_id}"
+        async with http.get(path) as r:
+            found = r.status == 200
+            endpoint = await r.json() if found else None
+        if endpoint is not None:
+            if endpoint.get("url") != url or not endpoint.get("enabled", True):
+                async with http.patch(path, json={"url": url, "enabled": True}) as r:
+                    if r.status != 200:
+                        return unavailable(
+                            f"PATCH {path} answered {r.status}: {await r.text()}",
+                            f"The api refused to point endpoint {state.webhook_endpoint_id} here ({r.status}).",
+                        )
+            receiver.set_secret(state.webhook_secret, f"Endpoint {state.webhook_endpoint_id} of the demo org.")
+            return True
+    async with http.post(base, json={"url": url, "description": WEBHOOK_DESCRIPTION}) as r:
+        if r.status in (404, 405):
+            # An api without outbound webhooks: the receiver runs and waits, nothing more.
+            return unavailable(
+                f"POST {base} answered {r.status}",
+                "The api has no webhook routes, so no endpoint is registered and nothing will arrive.",
+            )
+        if r.status != 201:
+            return unavailable(
+                f"POST {base} answered {r.status}: {await r.text()}",
+                f"The api refused to register this receiver ({r.status}); see the dev stack's log.",
+            )
+        endpoint = await r.json()
+    state.webhook_endpoint_id, state.webhook_secret = str(endpoint["id"]), str(endpoint["secret"])
+    receiver.set_secret(state.webhook_secret, f"Endpoint {state.webhook_endpoint_id} of the demo org.")
+    log.info("dev_webhook_endpoint_created", endpoint_id=state.webhook_endpoint_id, url=url)
+    return True
+
+
 async def _add_missing_templates(http: aiohttp.ClientSession, path: str, broadcast: dict[str, Any]) -> None:
     """Add each demo template whose channel the broadcast has no template for."""
     present = {t["channel"] for t in broadcast.get("templates", [])}
@@ -376,7 +473,8 @@ async def _call(
         return data
 
 
-async def _wait_ready(api_url: str, children: list[_Child]) -> None:
+async def _wait_ready(api_url: str, children: list[_Child], *, smtp_ports: list[int] | None = None) -> None:
+    """Until the api answers /readyz and each of `smtp_ports` on loopback accepts a connection."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + READY_TIMEOUT_S
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
@@ -389,11 +487,22 @@ async def _wait_ready(api_url: str, children: list[_Child]) -> None:
                     )
             with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                 async with http.get(f"{api_url}/readyz") as r:
-                    if r.status == 200:
+                    if r.status == 200 and all([await _listening(port) for port in smtp_ports or []]):
                         return
             if loop.time() > deadline:
                 raise DevError(f"{api_url}/readyz did not answer 200 within {READY_TIMEOUT_S:.0f} s")
             await asyncio.sleep(0.2)
+
+
+async def _listening(port: int) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(LOOPBACK, port), 2)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
 
 
 class _Child:
@@ -426,7 +535,7 @@ class _Child:
 
     async def stop(self) -> None:
         if self.process.returncode is None:
-            self.process.terminate()  # SIGTERM: both the API and the worker shut down gracefully
+            self.process.terminate()  # SIGTERM: the API, the worker and the bounce server shut down gracefully
             try:
                 await asyncio.wait_for(self.process.wait(), CHILD_STOP_TIMEOUT_S)
             except TimeoutError:
@@ -456,13 +565,38 @@ async def _stop_children(children: list[_Child]) -> None:
 
 
 def banner(
-    config: DevConfig, state: DevState, inbox_url: str, sandbox_url: str, database_url: str, redis_url: str
+    config: DevConfig,
+    state: DevState,
+    inbox_url: str,
+    sandbox_url: str,
+    database_url: str,
+    redis_url: str,
+    *,
+    webhooks: tuple[str, WebhookReceiver | None] | None = None,
 ) -> str:
     assert state.api_key and state.org_id and state.broadcast_id
+    receiver_url = webhooks[0] if webhooks else f"http://{LOOPBACK}:{config.webhooks_port}"
+    receiver = webhooks[1] if webhooks else None
+    registered = bool(receiver and receiver.secrets)
     rows = [
         ("API", f"{config.api_url}  (reference at {config.api_url}/docs, OpenAPI at /openapi.json)"),
-        ("Inbox", f"{inbox_url}  (SMTP on {LOOPBACK}:{config.smtp_port})"),
-        ("WhatsApp sandbox", sandbox_url),
+        ("Console", f"{config.api_url}/console/  (sign in with the API key below)"),
+        ("Inbox", f"{inbox_url}  (SMTP on {LOOPBACK}:{config.smtp_port}; Bounce and Complain buttons)"),
+        (
+            "Bounce server",
+            f"smtp://{LOOPBACK}:{config.bounce_port}  (tidings bounces, BOUNCE_DOMAIN {DEV_BOUNCE_DOMAIN})",
+        ),
+        (
+            "Webhooks",
+            f"{receiver_url}  ("
+            + (
+                f"endpoint {state.webhook_endpoint_id}: signed events, verified with standardwebhooks"
+                if registered
+                else "no endpoint: " + (receiver.note if receiver else "not registered")
+            )
+            + ")",
+        ),
+        ("WhatsApp sandbox", f"{sandbox_url}  (status webhooks: sent, delivered, read)"),
         ("Postgres", database_url),
         ("Redis", redis_url),
         ("Org", f"{state.org_id}  ({DEMO_ORG_NAME})"),
@@ -475,7 +609,14 @@ def banner(
         f"\ntidings dev is running\n\n{table}\n\n"
         f"Send a one-time passcode by email and by WhatsApp:\n\n  {demo_curl(config, state)}\n\n"
         f"then read the email at {inbox_url} and the WhatsApp message at {sandbox_url}\n"
-        f"(each page also lists the addresses and numbers that fail on purpose).\n\nCtrl-C stops everything.\n"
+        f"(each page also lists the addresses and numbers that fail on purpose).\n\n"
+        f"Follow each message to its end:\n"
+        f"  - the WhatsApp message goes sent, delivered, read within seconds: the sandbox posts Meta's\n"
+        f"    status webhooks to tidings (GET /orgs/{state.org_id}/messages/<id> shows each step);\n"
+        f"  - press Bounce or Complain beside the email in the inbox: it mails a real DSN or spam\n"
+        f"    complaint to the bounce server, and the message becomes bounced or complained;\n"
+        f"  - every change arrives as a signed event at {receiver_url}, its signature checked.\n\n"
+        f"Ctrl-C stops everything.\n"
     )
 
 

@@ -722,6 +722,11 @@ def _validate_template(template: Any) -> None:
 
 async def _index(request: web.Request) -> web.Response:
     sandbox = request.app[SANDBOX]
+    # What each status webhook got back from tidings, by wamid ("delivered 200", ...).
+    posted: dict[str, list[str]] = {}
+    for outcome in sandbox.webhooks:
+        answer = str(outcome["http_status"]) if outcome["http_status"] is not None else "unreachable"
+        posted.setdefault(outcome["wamid"], []).append(f"{outcome['status']} {answer}")
     rows = []
     for i, m in enumerate(reversed(sandbox.messages)):
         if i >= HTML_ROWS_MAX:
@@ -734,6 +739,7 @@ async def _index(request: web.Request) -> web.Response:
             m["language"] or "",
             params or m["text"] or "",
             m["status"],
+            ", ".join(posted.get(m["wamid"], [])) or "-",
             m["wamid"],
         )
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
@@ -741,6 +747,16 @@ async def _index(request: web.Request) -> web.Response:
         f"webhooks to {html.escape(sandbox.webhook_url or '')}"
         if sandbox.webhooks_enabled
         else "webhooks off (no webhook_url / app_secret)"
+    )
+    statuses = (
+        f"<p>Like Meta, the sandbox follows every accepted message with signed status webhooks to "
+        f"{html.escape(sandbox.webhook_url or '')}: <b>sent</b>, then <b>delivered</b>, then <b>read</b>, "
+        f"{sandbox.webhook_delay_s:g} s apart (a number ending {ASYNC_FAILURE_SUFFIX}: sent, then failed). "
+        "<i>status</i> is the last one posted; <i>webhooks</i> shows what tidings answered to each. tidings moves "
+        "its message along (GET /orgs/{org_id}/messages/{id}) and, with an endpoint registered, sends "
+        "<code>message.delivered</code> and <code>message.read</code> webhooks of its own.</p>"
+        if sandbox.webhooks_enabled
+        else ""
     )
     failures = "".join(
         "<tr>"
@@ -761,9 +777,10 @@ h2{{font-size:1.1em;margin-top:2em}}</style>
 <h1>WhatsApp sandbox</h1>
 <p>{sandbox.accepted_count} message(s) accepted, {sandbox.request_count} request(s); {webhooks}.
 Newest first; this page refreshes every 5 s.</p>
+{statuses}
 <table><tr><th>received</th><th>to</th><th>template</th><th>language</th><th>parameters</th>
-<th>status</th><th>wamid</th></tr>
-{"".join(rows) or '<tr><td colspan="7">nothing yet</td></tr>'}
+<th>status</th><th>webhooks</th><th>wamid</th></tr>
+{"".join(rows) or '<tr><td colspan="8">nothing yet</td></tr>'}
 </table>
 <h2 id="failures">Failing on purpose</h2>
 <p>These requests fail the way Meta's Cloud API does; any other well-formed one is accepted.

@@ -15,6 +15,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, Protocol, TypeVar
 
+from shared.domain import MessageStatus
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Draft:
@@ -42,6 +44,9 @@ class RenderedEmail:
     envelope_from: str | None = None
     # The org sending it: its sending domains' DKIM keys sign it (None: the global key only).
     org_id: uuid.UUID | None = None
+    # Attached files, each a whole MIME part already encoded (worker/channels/email.py
+    # `attachment_part`): the messages of one send share the same bytes objects.
+    attachments: tuple[bytes, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -63,6 +68,9 @@ Rendered = RenderedEmail | RenderedWhatsApp
 class DeliveryResult:
     external_message_id: str
     detail: str | None = None
+    # What the message becomes right after `sent`, with `detail` as its event's detail: only
+    # the test transport says (worker/channels/testmode.py); real reports arrive later.
+    then: MessageStatus | None = None
 
 
 class DeliveryError(Exception):

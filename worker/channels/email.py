@@ -1,7 +1,7 @@
-"""Email over SMTP (aiosmtplib) through a small pool of reused connections.
+"""Email over SMTP (aiosmtplib) through the relays, each with a small pool of reused connections.
 
 Opening a connection per message costs more than the message, so each worker keeps up
-to `smtp_pool_size` sessions open and hands them out one message at a time. A session
+to `smtp_pool_size` sessions open per relay and hands them out one message at a time. A session
 that saw any error is closed rather than reused: after a refused RCPT or a broken DATA
 its state is not worth trusting.
 
@@ -21,16 +21,20 @@ import datetime as dt
 import email.utils
 import re
 import secrets
+import urllib.parse
 from email.header import Header
 from email.message import EmailMessage
 from email.policy import SMTP, SMTPUTF8, EmailPolicy, Policy
 
 import aiosmtplib
+import structlog
 
 from shared import metrics
 from shared.addresses import fold_header, single_mailbox
 from shared.config import Settings
+from shared.relays import Relay, relays
 from worker.channels.base import (
+    DeliveryError,
     DeliveryResult,
     PermanentDeliveryError,
     RenderedEmail,
@@ -38,6 +42,9 @@ from worker.channels.base import (
 )
 from worker.channels.dkim import DkimSigner
 from worker.channels.domain_keys import DomainKeys
+from worker.throughput import Ceiling, Throughput
+
+log = structlog.get_logger("tidings.email")
 
 # CRLF line endings, RFC 2047 encoded words for non-ASCII header text, 7-bit bodies.
 SMTP_POLICY = SMTP.clone(cte_type="7bit")
@@ -219,6 +226,67 @@ def _plain_head(msg: RenderedEmail) -> bytes | None:
     return "".join(lines).encode("ascii")
 
 
+# RFC 2231 attr-chars: what a parameter value may hold unencoded (RFC 5987's list).
+_ATTR_CHARS = "!#$&+-.^_`|~"
+# Encoded filename pieces per header line: continuations keep every line short (RFC 2231 §3).
+_FILENAME_PIECE_CHARS = 58
+_BASE64_LINE = 76
+
+
+def _filename_params(filename: str) -> str:
+    """`filename="report.pdf"` for a plain ASCII name; otherwise the RFC 2231 form,
+    `filename*=utf-8''%E2%82%AC.pdf` (continued over `filename*0*=`, `filename*1*=`... lines
+    when long), which every current client reads."""
+    if filename.isascii() and filename.isprintable() and len(filename) <= _FILENAME_PIECE_CHARS:
+        quoted = filename.replace("\\", "\\\\").replace('"', '\\"')
+        return f'filename="{quoted}"'
+    encoded = urllib.parse.quote(filename, safe=_ATTR_CHARS, encoding="utf-8")
+    if len(encoded) + len("utf-8''") <= _FILENAME_PIECE_CHARS:
+        return f"filename*=utf-8''{encoded}"
+    pieces: list[str] = []
+    rest = encoded
+    while rest:
+        # The first piece also carries the charset: every line stays within 78 characters.
+        cut = min(_FILENAME_PIECE_CHARS - (len("utf-8''") if not pieces else 0), len(rest))
+        # Never inside a %XX triplet.
+        if "%" in rest[max(0, cut - 2) : cut]:
+            cut = rest.rindex("%", 0, cut)
+        pieces.append(rest[:cut])
+        rest = rest[cut:]
+    pieces[0] = "utf-8''" + pieces[0]
+    return ";\r\n ".join(f"filename*{n}*={piece}" for n, piece in enumerate(pieces))
+
+
+def attachment_part(filename: str, content_type: str, content: bytes) -> bytes:
+    """One attached file as a whole MIME part (headers, blank line, base64 in 76-character
+    lines), made once per send and shared by its messages (worker/attachments.py). The
+    filename was checked when the send was accepted (no path, no control characters)."""
+    encoded = binascii.b2a_base64(content, newline=False)
+    lines = b"\r\n".join(encoded[i : i + _BASE64_LINE] for i in range(0, len(encoded), _BASE64_LINE))
+    head = (
+        f"Content-Type: {content_type}\r\n"
+        f"Content-Disposition: attachment;\r\n {_filename_params(filename)}\r\n"
+        "Content-Transfer-Encoding: base64\r\n\r\n"
+    )
+    return head.encode("ascii") + lines
+
+
+def _with_attachments(body: bytes, parts: tuple[bytes, ...]) -> bytes:
+    """`multipart/mixed`: the message's body (its own Content-* lines first) and then each
+    file. The base64 parts are shared bytes; only this message's copy is joined here."""
+    boundary = f"=_tidings_{secrets.token_hex(12)}"
+    delimiter = f"\r\n--{boundary}\r\n".encode()
+    return b"".join(
+        [
+            f'Content-Type: multipart/mixed; boundary="{boundary}"\r\n\r\n'.encode(),
+            delimiter[2:],
+            body,
+            *(piece for part in parts for piece in (delimiter, part)),
+            f"\r\n--{boundary}--\r\n".encode(),
+        ]
+    )
+
+
 def message_bytes(msg: RenderedEmail, signer: DkimSigner | None = None) -> bytes:
     """The message as it goes over the wire: serialized once, DKIM-signed when configured.
 
@@ -233,20 +301,20 @@ def message_bytes(msg: RenderedEmail, signer: DkimSigner | None = None) -> bytes
         head = b"".join(mime.policy.fold_binary(name, value) for name, value in mime.raw_items())
     head += b"MIME-Version: 1.0\r\n"
     if msg.html is None:
-        part = _qp_part("text/plain", msg.text)  # its Content-* lines join the message's header block
-        data = head + part
+        body = _qp_part("text/plain", msg.text)  # its Content-* lines join the message's header block
     else:
         boundary = f"=_tidings_{secrets.token_hex(12)}"
         delimiter = f"\r\n--{boundary}\r\n".encode()
-        data = (
-            head
-            + f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'.encode()
+        body = (
+            f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'.encode()
             + delimiter[2:]
             + _qp_part("text/plain", msg.text)
             + delimiter
             + _qp_part("text/html", msg.html)
             + f"\r\n--{boundary}--\r\n".encode()
         )
+    # With files, the body becomes the first part of a multipart/mixed.
+    data = head + (_with_attachments(body, msg.attachments) if msg.attachments else body)
     return signer.sign(data) if signer is not None else data
 
 
@@ -255,26 +323,28 @@ def _reply(code: int, message: str) -> str:
 
 
 class EmailChannel:
-    def __init__(self, settings: Settings, domain_keys: DomainKeys | None = None) -> None:
+    """Sends through the relays in order of preference (shared/relays.py): the first that is
+    up; one that refuses connections or times out is skipped for SMTP_RELAY_COOLDOWN_S and the
+    message goes to the next at once, with no attempt counted. Only when every relay is down
+    does a message fail (transient: retried with the usual backoff), each relay tried in turn
+    as one relay always was."""
+
+    def __init__(
+        self, settings: Settings, domain_keys: DomainKeys | None = None, throughput: Throughput | None = None
+    ) -> None:
         self.settings = settings
         # The orgs' sending domains' keys (None: the global DKIM_* key alone).
         self._domain_keys = domain_keys
-        self._idle: asyncio.LifoQueue[aiosmtplib.SMTP] = asyncio.LifoQueue()
-        self._slots = asyncio.Semaphore(settings.smtp_pool_size)
+        self.cooldown_s = settings.smtp_relay_cooldown_s
+        self.relays = [
+            RelayPool(r, settings, throughput.ceiling(f"smtp:{r.name}", r.max_per_s) if throughput else None)
+            for r in relays(settings)
+        ]
+        if throughput is not None:
+            throughput.governs("email", self._ceiling_now)
+
         # Built once: a half-configured DKIM or an unreadable key fails the worker's start-up.
         self._dkim = DkimSigner.from_settings(settings)
-
-    def _client(self) -> aiosmtplib.SMTP:
-        s = self.settings
-        return aiosmtplib.SMTP(
-            hostname=s.smtp_host,
-            port=s.smtp_port,
-            timeout=s.smtp_timeout_s,
-            username=s.smtp_username or None,
-            password=s.smtp_password or None,
-            use_tls=s.smtp_tls == "tls",
-            start_tls=s.smtp_tls == "starttls",
-        )
 
     async def _signer(self, message: RenderedEmail) -> DkimSigner | None:
         """The org's key when its From domain is one of the org's sending domains, else the
@@ -288,48 +358,174 @@ class EmailChannel:
     async def send(self, message: RenderedEmail) -> DeliveryResult:
         signer = await self._signer(message)
         try:
-            data = message_bytes(message, signer)
+            # With attachments the message is megabytes, and DKIM's body canonicalisation of it
+            # takes about a second: built off the event loop, which keeps serving the others.
+            if message.attachments:
+                data = await asyncio.to_thread(message_bytes, message, signer)
+            else:
+                data = message_bytes(message, signer)
         except ValueError as exc:
             # Content the email package refuses (header_text removes what we know of):
             # sending it again cannot help.
             raise PermanentDeliveryError(f"the message could not be built: {exc}") from exc
         mail_options = ["SMTPUTF8"] if needs_smtputf8(message) else []
-        async with self._slots:
-            metrics.SMTP_IN_USE.inc()
-            client = self._idle.get_nowait() if not self._idle.empty() else self._client()
-            healthy = False
+        sender = message.envelope_from or message.from_email
+        await self._transmit(sender, message.to, data, mail_options)
+        return DeliveryResult(external_message_id=message.message_id)
+
+    def _ceiling_now(self) -> Ceiling | None:
+        """The ceiling of the relay the next message goes to: the first one up."""
+        now = asyncio.get_running_loop().time()
+        return next((r for r in self.relays if r.is_up(now)), self.relays[0]).ceiling
+
+    async def _transmit(self, sender: str, to: str, data: bytes, mail_options: list[str]) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        up = [r for r in self.relays if r.is_up(now)]
+        # Every relay cooling down: each is tried anyway, as the one relay always was.
+        candidates = up or self.relays
+        failures: list[str] = []
+        for relay in candidates:
+            if up and not relay.is_up(loop.time()):
+                continue  # another send found it down meanwhile
+            if relay.ceiling is not None:
+                await relay.ceiling.take()  # waiting for a token is no attempt
+                if up and not relay.is_up(loop.time()):
+                    continue
             try:
-                if not client.is_connected:
-                    await client.connect()
-                sender = message.envelope_from or message.from_email
-                await client.sendmail(sender, [message.to], data, mail_options=mail_options)
-                healthy = True
-            except aiosmtplib.SMTPRecipientsRefused as exc:
-                refused = exc.recipients[0] if exc.recipients else None
-                code, text = (refused.code, refused.message) if refused else (550, "recipient refused")
-                raise _classify(code, text, hard_bounce=True) from exc
-            except aiosmtplib.SMTPSenderRefused as exc:
-                raise _classify(exc.code, exc.message, hard_bounce=False) from exc
-            except aiosmtplib.SMTPDataError as exc:
-                raise _classify(exc.code, exc.message, hard_bounce=True) from exc
-            except (
-                aiosmtplib.SMTPConnectError,
-                aiosmtplib.SMTPServerDisconnected,
-                aiosmtplib.SMTPTimeoutError,
-                OSError,
-                TimeoutError,
-            ) as exc:
-                raise TransientDeliveryError(f"SMTP connection failed: {exc}") from exc
-            except aiosmtplib.SMTPResponseException as exc:
-                raise _classify(exc.code, exc.message, hard_bounce=False) from exc
+                if not await relay.send(sender, to, data, mail_options, skip_if_down=bool(up)):
+                    continue
+            except _RelayDown as exc:
+                # One relay alone is never skipped: there is nowhere else to go (a cooldown
+                # would only delay its retries).
+                cooldown_s = self.cooldown_s if len(self.relays) > 1 else 0.0
+                if cooldown_s and relay.is_up(loop.time()):
+                    log.warning("smtp_relay_down", relay=relay.name, cooldown_s=cooldown_s, error=str(exc))
+                relay.mark_down(cooldown_s)
+                failures.append(str(exc))
+                continue
+            relay.mark_up()
+            return
+        if not failures:  # every relay went down while this message waited its turn
+            failures = [f"{r.name}: cooling down after a connection failure" for r in self.relays]
+        raise TransientDeliveryError("SMTP connection failed: " + "; ".join(failures))
+
+    async def close(self) -> None:
+        for relay in self.relays:
+            await relay.close()
+
+
+class _RelayDown(Exception):
+    """The relay refused the connection, timed out or went away: not the recipient's doing."""
+
+
+# Connection-level failures: the relay's, never the recipient's (a 4xx/5xx answer is).
+_CONNECTION_ERRORS = (
+    aiosmtplib.SMTPConnectError,
+    aiosmtplib.SMTPServerDisconnected,
+    aiosmtplib.SMTPTimeoutError,
+    OSError,
+    TimeoutError,
+)
+
+
+class RelayPool:
+    """One relay: its own connections (up to `smtp_pool_size`, reused), TLS and credentials,
+    its cooldown, and its throughput ceiling shared with every other worker (if it has one)."""
+
+    def __init__(self, relay: Relay, settings: Settings, ceiling: Ceiling | None) -> None:
+        self.relay = relay
+        self.name = relay.name
+        self.timeout_s = settings.smtp_timeout_s
+        self.ceiling = ceiling
+        self.down_until = 0.0  # loop time; up when in the past
+        self._idle: asyncio.LifoQueue[aiosmtplib.SMTP] = asyncio.LifoQueue()
+        self._slots = asyncio.Semaphore(settings.smtp_pool_size)
+        metrics.SMTP_RELAY_UP.labels(self.name).set(1)
+
+    def _client(self) -> aiosmtplib.SMTP:
+        r = self.relay
+        return aiosmtplib.SMTP(
+            hostname=r.host,
+            port=r.port,
+            timeout=self.timeout_s,
+            username=r.username or None,
+            password=r.password or None,
+            use_tls=r.tls == "tls",
+            start_tls=r.tls == "starttls",
+        )
+
+    def is_up(self, now: float) -> bool:
+        return self.down_until <= now
+
+    def mark_down(self, cooldown_s: float) -> None:
+        self.down_until = asyncio.get_running_loop().time() + cooldown_s
+        metrics.SMTP_RELAY_DOWN.labels(self.name).inc()
+        metrics.SMTP_RELAY_UP.labels(self.name).set(0)
+
+    def mark_up(self) -> None:
+        if self.down_until:
+            self.down_until = 0.0
+            metrics.SMTP_RELAY_UP.labels(self.name).set(1)
+
+    async def send(self, sender: str, to: str, data: bytes, mail_options: list[str], *, skip_if_down: bool) -> bool:
+        """Hand the message to this relay: True once it took it; False, untried, when
+        `skip_if_down` and another send found the relay down while this one waited for a
+        connection. Raises `_RelayDown` when the relay cannot be reached (refused, timed out,
+        gone), else the classified delivery error of its answer."""
+        async with self._slots:
+            if skip_if_down and not self.is_up(asyncio.get_running_loop().time()):
+                return False
+            metrics.SMTP_IN_USE.inc()
+            metrics.SMTP_RELAY_IN_USE.labels(self.name).inc()
+            try:
+                reused = not self._idle.empty()
+                client = self._idle.get_nowait() if reused else self._client()
+                try:
+                    await self._send_on(client, sender, to, data, mail_options)
+                except _RelayDown:
+                    if not reused:
+                        raise
+                    # A kept connection the relay closed while idle: one fresh try before the
+                    # relay counts as down.
+                    await self._send_on(self._client(), sender, to, data, mail_options)
             finally:
                 metrics.SMTP_IN_USE.dec()
-                if healthy:
-                    self._idle.put_nowait(client)
-                else:
-                    with contextlib.suppress(Exception):
-                        client.close()
-        return DeliveryResult(external_message_id=message.message_id)
+                metrics.SMTP_RELAY_IN_USE.labels(self.name).dec()
+        return True
+
+    async def _send_on(
+        self, client: aiosmtplib.SMTP, sender: str, to: str, data: bytes, mail_options: list[str]
+    ) -> None:
+        healthy = False
+        try:
+            if not client.is_connected:
+                await client.connect()
+            await client.sendmail(sender, [to], data, mail_options=mail_options)
+            healthy = True
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            refused = exc.recipients[0] if exc.recipients else None
+            code, text = (refused.code, refused.message) if refused else (550, "recipient refused")
+            raise self._answered(_classify(code, text, hard_bounce=True)) from exc
+        except aiosmtplib.SMTPSenderRefused as exc:
+            raise self._answered(_classify(exc.code, exc.message, hard_bounce=False)) from exc
+        except aiosmtplib.SMTPDataError as exc:
+            raise self._answered(_classify(exc.code, exc.message, hard_bounce=True)) from exc
+        except _CONNECTION_ERRORS as exc:
+            raise _RelayDown(f"{self.name}: {exc or type(exc).__name__}") from exc
+        except aiosmtplib.SMTPResponseException as exc:
+            raise self._answered(_classify(exc.code, exc.message, hard_bounce=False)) from exc
+        finally:
+            if healthy:
+                self._idle.put_nowait(client)
+            else:
+                with contextlib.suppress(Exception):
+                    client.close()
+        metrics.SMTP_RELAY_MESSAGES.labels(self.name, "accepted").inc()
+
+    def _answered(self, error: DeliveryError) -> DeliveryError:
+        metrics.SMTP_RELAY_MESSAGES.labels(self.name, "refused").inc()
+        return error
 
     async def close(self) -> None:
         while not self._idle.empty():

@@ -23,6 +23,7 @@ from worker.channels.base import (
     RenderedWhatsApp,
     TransientDeliveryError,
 )
+from worker.throughput import Throughput
 
 # Graph API / Cloud API codes that mean "not now" rather than "never". Every other code is
 # permanent unless the HTTP status itself says the server or a rate limiter answered.
@@ -86,6 +87,7 @@ class WhatsAppChannel:
         session: aiohttp.ClientSession | None = None,
         max_connections: int = 100,
         keepalive_timeout_s: float = 60.0,
+        throughput: Throughput | None = None,
     ) -> None:
         base = settings.whatsapp_api_base_url.rstrip("/")
         # Parsed once: aiohttp re-parses a str URL on every request.
@@ -102,6 +104,10 @@ class WhatsAppChannel:
         # than messages in flight only cost handshakes; fewer serialise sends behind each other.
         self._max_connections = max_connections
         self._keepalive_timeout_s = keepalive_timeout_s
+        # WHATSAPP_MAX_PER_S, shared by every worker process (worker/throughput.py).
+        self._ceiling = throughput.ceiling("whatsapp", settings.whatsapp_max_per_s) if throughput else None
+        if throughput is not None:
+            throughput.governs("whatsapp", lambda: self._ceiling)
 
     async def start(self) -> None:
         self._ensure_session()
@@ -126,6 +132,8 @@ class WhatsAppChannel:
     async def send(self, message: RenderedWhatsApp) -> DeliveryResult:
         session = self._ensure_session()
         payload = orjson.dumps(request_body(message))
+        if self._ceiling is not None:
+            await self._ceiling.take()  # waiting for a token is no attempt
         try:
             async with session.post(self._url, data=payload, headers=self._headers, timeout=self._timeout) as resp:
                 raw = await resp.read()
