@@ -38,12 +38,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import common
+import endtoend
+import netns
+import repeat
 import report
 import scenarios
 from common import log
 from harness import Config, Harness
 
-ALL = "P1,P2,P3,P4,P5,P6,P7"
+ALL = "P1,P2,P3,P4,P5,P6,P7,P8,P10"
 T = TypeVar("T")
 
 
@@ -54,7 +57,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     parser.add_argument("--python-tools", action="store_true", help="aiosmtpd sink and Python load generator")
     parser.add_argument("--out", help="output folder (BENCH_OUT_DIR, default tests/perf/out)")
     parser.add_argument(
-        "--only", help="a comma list of scenarios to run, e.g. P1,P4 or P2,P7 (BENCH_ONLY; default all: P1-P7)"
+        "--only", help="a comma list of scenarios to run, e.g. P1,P4 or P2,P7 (BENCH_ONLY; default all: P1-P10)"
+    )
+    parser.add_argument(
+        "--repeat", type=int, help="run the whole set N times; ratios get _min and _median (BENCH_REPEAT, default 1)"
     )
     args = parser.parse_args(argv)
     env = os.environ
@@ -69,6 +75,11 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     only = {p.strip().upper() for p in (args.only or env.get("BENCH_ONLY") or ALL).split(",") if p.strip()}
     if not only <= set(ALL.split(",")):
         parser.error(f"--only takes scenarios among {ALL}")
+    if "P10" in only:  # P10 is a ratio to the loopback P1 and P2 of the same run
+        only |= {"P1", "P2"}
+    repeats = args.repeat if args.repeat is not None else int(env.get("BENCH_REPEAT") or 1)
+    if repeats < 1:
+        parser.error("--repeat takes a count of at least 1")
     return Config(
         smoke=args.smoke,
         soak=args.soak,
@@ -93,6 +104,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         # Ceilings take the best of both loops; the smoke run only tries uvloop.
         loops=["uvloop"] if args.smoke else ["asyncio", "uvloop"],
         only=only,
+        repeat=repeats,
     )
 
 
@@ -131,6 +143,11 @@ async def run_bench(cfg: Config) -> dict[str, Any]:
             figures["P7"] = await timed("P7", scenarios.p7(h, figures.get("P2")))
         if "P3" in only:
             figures["P3"] = await timed("P3", scenarios.p3(h))
+        if "P8" in only:
+            p8_ceiling, _ = await scenarios.p2_ceiling(h)
+            figures["P8"] = await timed("P8", endtoend.p8(h, p8_ceiling))
+        if "P10" in only:
+            figures["P10"] = await timed("P10", netns.p10(h, figures.get("P1"), figures.get("P2")))
     # After the clean-up: the elapsed time includes it.
     elapsed_s = round(time.monotonic() - started, 1)
     return report.result(h, figures, p2_run=p2_run, soak=soak, timings=timings, elapsed_s=elapsed_s)
@@ -165,9 +182,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return None
             raise
 
-    result = common.run(amain())
-    if result is None:
-        return 130
+    runs = []
+    for n in range(cfg.repeat):
+        if cfg.repeat > 1:
+            log(f"run {n + 1} of {cfg.repeat}")
+        one = common.run(amain())
+        if one is None:
+            return 130
+        runs.append(one)
+    result = repeat.combine(runs) if len(runs) > 1 else runs[0]
     report.write_outputs(cfg, result)
     print(report.summary_line(result), flush=True)  # the last line on stdout
     return 0
