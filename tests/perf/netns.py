@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import common
+import tools
 from backlog import backlog_run
 from common import log
 from harness import START_TIMEOUT_S, Harness
@@ -366,6 +367,7 @@ def _per_message(n: int, commits: int, before: dict[str, int], after: dict[str, 
 
 async def p10(h: Harness, p1: dict[str, Any] | None, p2: dict[str, Any] | None) -> dict[str, Any]:
     """P1 and P2 across the namespace's 1 ms round trip, beside the same run's loopback P1, P2."""
+    tools.ensure_iproute2(install=h.cfg.install)
     why = unavailable()
     if why is not None:
         log(f"P10 skipped: {why}")

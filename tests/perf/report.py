@@ -87,6 +87,10 @@ def write_outputs(cfg: Config, result: dict[str, Any]) -> None:
         import plot
 
         plot.plot(result, cfg.out_dir / "bench.png")
+        import plot_steps
+
+        if plot_steps.plot(result, cfg.out_dir / "bench-p8.png"):  # P8's steps, when it ran
+            log(f"wrote {cfg.out_dir / 'bench-p8.png'}")
     except ImportError as exc:
         log(f"warning: no plot ({exc}); `make bench` installs tests/perf/requirements.txt")
     log(f"wrote {cfg.out_dir / 'result.json'} and {cfg.out_dir / 'bench.png'}")
