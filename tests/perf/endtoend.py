@@ -69,6 +69,18 @@ async def _backlog(h: Harness) -> int:
     return value
 
 
+DB_STATS = ("xact_commit", "tup_returned", "tup_fetched", "tup_inserted", "tup_updated", "blks_hit", "blks_read")
+
+
+async def _db_stats(h: Harness) -> dict[str, int]:
+    """The database's own counters (pg_stat_database): per message over a window, where
+    Postgres's CPU goes (transactions, rows scanned and fetched, rows written, pages read)."""
+    row = await h.pool.fetchrow(
+        f"SELECT {', '.join(DB_STATS)} FROM pg_stat_database WHERE datname = current_database()"
+    )
+    return {k: int(row[k]) for k in DB_STATS}
+
+
 async def _window_counts(h: Harness, start: dt.datetime, end: dt.datetime) -> dict[str, Any]:
     broadcast = h.broadcasts[BROADCAST]
     accepted = await h.pool.fetchval(
@@ -193,12 +205,18 @@ async def _ladder(
                 f.write(line)
             event = orjson.loads(line)
             if event["event"] == "window":
-                current = {"rate": event["rate"], "start": await _now(h), "backlog_start": await _backlog(h)}
+                current = {
+                    "rate": event["rate"],
+                    "start": await _now(h),
+                    "backlog_start": await _backlog(h),
+                    "db": await _db_stats(h),
+                }
                 meter.start()
             elif event["event"] == "step" and current:
                 end = await _now(h)
                 backlog_end = await _backlog(h)
                 cpu = meter.stop()
+                db_end = await _db_stats(h)
                 window = (end - current["start"]).total_seconds()
                 counts = await _window_counts(h, current["start"], end)
                 keys = ("ok", "requests", "dropped", "p50_ms", "p99_ms", "statuses", "errors")
@@ -213,6 +231,11 @@ async def _ladder(
                     **{k: counts[k] for k in ("delay_p50_ms", "delay_p99_ms", "delay_cohort", "delay_unsent")},
                     "load": load,
                     "cpu_cores": cpu,
+                    # Postgres's counters per message accepted in the window (its statistics
+                    # reach pg_stat_database within a second, so short windows blur).
+                    "postgres_per_message": {
+                        k: round((db_end[k] - current["db"][k]) / max(counts["accepted"], 1), 2) for k in DB_STATS
+                    },
                 }
                 step["why"] = _judge(step)
                 step["passed"] = not step["why"]
