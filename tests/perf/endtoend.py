@@ -78,7 +78,15 @@ async def _db_stats(h: Harness) -> dict[str, int]:
     row = await h.pool.fetchrow(
         f"SELECT {', '.join(DB_STATS)} FROM pg_stat_database WHERE datname = current_database()"
     )
-    return {k: int(row[k]) for k in DB_STATS}
+    out = {k: int(row[k]) for k in DB_STATS}
+    # Which table the rows are read from, and how: sequential scans or index scans.
+    for r in await h.pool.fetch(
+        "SELECT relname, seq_scan, seq_tup_read, idx_scan, idx_tup_fetch FROM pg_stat_user_tables"
+        " WHERE relname IN ('messages', 'message_events', 'sends')"
+    ):
+        for k in ("seq_scan", "seq_tup_read", "idx_scan", "idx_tup_fetch"):
+            out[f"{r['relname']}.{k}"] = int(r[k] or 0)
+    return out
 
 
 async def _window_counts(h: Harness, start: dt.datetime, end: dt.datetime) -> dict[str, Any]:
@@ -234,7 +242,7 @@ async def _ladder(
                     # Postgres's counters per message accepted in the window (its statistics
                     # reach pg_stat_database within a second, so short windows blur).
                     "postgres_per_message": {
-                        k: round((db_end[k] - current["db"][k]) / max(counts["accepted"], 1), 2) for k in DB_STATS
+                        k: round((db_end[k] - current["db"].get(k, 0)) / max(counts["accepted"], 1), 2) for k in db_end
                     },
                 }
                 step["why"] = _judge(step)
