@@ -306,23 +306,27 @@ async def _commits(h: Harness) -> int:
     return value
 
 
-async def _p1(h: Harness, link: Link, label: str) -> dict[str, Any]:
+async def _p1(h: Harness, link: Link | None, label: str) -> dict[str, Any]:
     """P1's figure (no ceiling: the loopback P1 is the reference), with its round trips."""
     async with h.scenario_database("p1"):
         await h.start_api("p1")
         try:
             await h.preflight("p1", background=True, expect=202)
-            commits0, packets0 = await _commits(h), link.packets()
+            commits0, packets0 = await _commits(h), _packets(link)
             figure = await h.http_load(h.send_url("p1"), f"p10-p1-{label}")
         finally:
             await h.stop_api()
         await asyncio.sleep(0.2)  # the last statistics reach pg_stat_database
-        commits, packets = await _commits(h) - commits0, link.packets()
+        commits, packets = await _commits(h) - commits0, _packets(link)
         sends = await h.pool.fetchval("SELECT count(*) FROM sends")
     return figure | _per_message(sends, commits, packets0, packets)
 
 
-async def _p2(h: Harness, link: Link) -> dict[str, Any]:
+def _packets(link: Link | None) -> dict[str, int]:
+    return link.packets() if link is not None else {"to_postgres": 0, "from_postgres": 0}
+
+
+async def _p2(h: Harness, link: Link | None) -> dict[str, Any]:
     """P2's run as usual, while a sampler reads the delivered count, Postgres's commits and the
     link's packets, so that the round trips per email are counted over the delivery only."""
     samples: list[tuple[int, int, dict[str, int]]] = []
@@ -336,7 +340,7 @@ async def _p2(h: Harness, link: Link) -> dict[str, Any]:
                         "SELECT (SELECT count(*) FROM messages WHERE status = 'sent') AS sent,"
                         " (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()) AS commits"
                     )
-                    samples.append((row["sent"], row["commits"], link.packets()))
+                    samples.append((row["sent"], row["commits"], _packets(link)))
             await asyncio.sleep(0.5)
 
     sampler = asyncio.create_task(sample())
@@ -373,37 +377,54 @@ async def p10(h: Harness, p1: dict[str, Any] | None, p2: dict[str, Any] | None) 
         log(f"P10 skipped: {why}")
         return {"skipped": why}
     baseline = os.environ.get("BENCH_P10_BASELINE", "0" if h.cfg.smoke else "1") == "1"
+    beside = os.environ.get("BENCH_P10_BESIDE", "0" if h.cfg.smoke else "1") == "1"
     try:
-        return await _p10(h, p1, p2, baseline)
+        return await _p10(h, p1, p2, baseline, beside)
     except Exception:
         # Logged here: the clean-up that follows may fail in turn and hide it.
         log(f"P10 failed:\n{traceback.format_exc()}")
         raise
 
 
-async def _p10(h: Harness, p1: dict[str, Any] | None, p2: dict[str, Any] | None, baseline: bool) -> dict[str, Any]:
+async def _p10(
+    h: Harness, p1: dict[str, Any] | None, p2: dict[str, Any] | None, baseline: bool, beside: bool
+) -> dict[str, Any]:
     runs: dict[str, dict[str, Any]] = {}
     loopback_dsn = h.server_dsn
     async with remote_postgres(h) as remote:
         link, direct = remote.link, remote.dsn
         await _copy_template(h, direct)
         try:
-            for delay in ([0.0] if baseline else []) + [DELAY_MS]:
-                await remote.set_delay(delay)
+            if baseline:  # first: it also warms the fresh server (its first WAL segments)
+                await remote.set_delay(0.0)
                 h.server_dsn = remote.dsn  # scenario databases are now copies on the namespace's server
-                label = f"{2 * delay:g}ms"
                 rtt = await _rtt_ms(remote.dsn)
-                log(f"P10: Postgres in a namespace, {remote.delay_by} {delay:g} ms each way (SELECT 1: {rtt} ms)")
-                p1_run = await _p1(h, link, label)
-                p2_run = await _p2(h, link)
-                runs[label] = {"rtt_ms": rtt, "P1": p1_run, "P2": p2_run}
+                log(f"P10: Postgres in a namespace, no added delay (SELECT 1: {rtt} ms)")
+                runs["0ms"] = {"rtt_ms": rtt, "P1": await _p1(h, link, "0ms"), "P2": await _p2(h, link)}
+            await remote.set_delay(DELAY_MS)
+            rtt = await _rtt_ms(remote.dsn)
+            far: dict[str, Any] = {"rtt_ms": rtt}
+            near: dict[str, Any] = {}
+            # Each figure right after its loopback twin (the embedded server, as P1 and P2 ran):
+            # on a shared machine, the load of minutes ago is not the load of now.
+            for name in ("P1", "P2"):
+                if beside:
+                    h.server_dsn = loopback_dsn
+                    log(f"P10: {name} on loopback, beside the one across the delay")
+                    near[name] = await (_p1(h, None, "loopback") if name == "P1" else _p2(h, None))
+                h.server_dsn = remote.dsn
+                log(f"P10: {name}, Postgres in a namespace, {remote.delay_by} {DELAY_MS:g} ms each way ({rtt} ms)")
+                far[name] = await (_p1(h, link, "1ms") if name == "P1" else _p2(h, link))
+            runs["1ms"] = far
+            if near:
+                runs["loopback_beside"] = near
         finally:
             h.server_dsn = loopback_dsn
             from tidings.dev.embedded import drop_database
 
             with contextlib.suppress(Exception):
                 await drop_database(direct, h.template)
-    far = runs[f"{2 * DELAY_MS:g}ms"]
+    far = runs["1ms"]
     out: dict[str, Any] = {
         "P1_value": far["P1"]["rps"],
         "P2_value": far["P2"]["rate"],
@@ -411,14 +432,21 @@ async def _p10(h: Harness, p1: dict[str, Any] | None, p2: dict[str, Any] | None,
         "rtt_measured_ms": far["rtt_ms"],
         "delay_by": remote.delay_by,
     }
+    beside_runs = runs.get("loopback_beside")
+    if beside_runs is not None:  # the loopback figures measured right before: the ratio that counts
+        out["P1_to_loopback"] = ratio(far["P1"]["rps"], beside_runs["P1"]["rps"])
+        out["P2_to_loopback"] = ratio(far["P2"]["rate"], beside_runs["P2"]["rate"])
+        out["loopback_beside"] = {"P1": beside_runs["P1"]["rps"], "P2": beside_runs["P2"]["rate"]}
+    # Beside the run's own P1 and P2 (minutes earlier), as well.
+    key = "_run" if beside_runs is not None else ""
     if p1 is not None:
-        out["P1_to_loopback"] = ratio(far["P1"]["rps"], p1["value"])
+        out[f"P1_to_loopback{key}"] = ratio(far["P1"]["rps"], p1["value"])
     if p2 is not None:
-        out["P2_to_loopback"] = ratio(far["P2"]["rate"], p2["value"])
-    near = runs.get("0ms")
-    if near is not None:  # the same server with no added delay: the round trip's own cost
-        out["P1_to_no_delay"] = ratio(far["P1"]["rps"], near["P1"]["rps"])
-        out["P2_to_no_delay"] = ratio(far["P2"]["rate"], near["P2"]["rate"])
+        out[f"P2_to_loopback{key}"] = ratio(far["P2"]["rate"], p2["value"])
+    no_delay = runs.get("0ms")
+    if no_delay is not None:  # the same server with no added delay: the round trip's own cost
+        out["P1_to_no_delay"] = ratio(far["P1"]["rps"], no_delay["P1"]["rps"])
+        out["P2_to_no_delay"] = ratio(far["P2"]["rate"], no_delay["P2"]["rate"])
     out["commits_per_trigger"] = far["P1"].get("commits_per_message")
     out["packets_to_postgres_per_trigger"] = far["P1"].get("packets_to_postgres_per_message")
     h.details["P10"] = {"runs": runs, "link": {"ns": link.ns, "host": link.host_ip, "server": link.ns_ip}}

@@ -17,7 +17,17 @@ import statistics
 from typing import Any
 
 # Figure keys that are ratios (the larger the better), beside `ratio` itself.
-RATIO_KEYS = ("ratio", "ratio_to_P1", "of_p2", "P1_to_loopback", "P2_to_loopback", "P1_to_no_delay", "P2_to_no_delay")
+RATIO_KEYS = (
+    "ratio",
+    "ratio_to_P1",
+    "of_p2",
+    "P1_to_loopback",
+    "P2_to_loopback",
+    "P1_to_loopback_run",
+    "P2_to_loopback_run",
+    "P1_to_no_delay",
+    "P2_to_no_delay",
+)
 LATENCY_KEYS = ("p99_ms",)
 NOT_FIGURES = ("machine", "config", "details")
 
