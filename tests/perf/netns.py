@@ -3,7 +3,7 @@ same run.
 
 The bench makes a network namespace of its own with one veth pair into it (host side
 10.213.N.1/30, namespace side .2), puts `tc netem delay 0.5ms` on both ends (1 ms per round
-trip), and starts a second Postgres inside the namespace, listening only on the veth address:
+trip), and starts a second Postgres inside the namespace, listening on the veth address:
 the same binaries and defaults as the embedded one (pgserver's, `initdb --auth=trust`), its
 data in a temporary folder. The run's template database is copied there (`pg_dump | psql`, so
 the org, key and broadcasts keep their ids), and P1 (one api, wrk) and P2 (a backlog, 2
@@ -11,9 +11,15 @@ workers) run as usual with only DATABASE_URL pointing across the veth: Redis, th
 the load generator stay on loopback. Nothing leaves the machine: the veth's other end is in
 a namespace on this host, and nothing routes beyond it.
 
-First, unless BENCH_P10_BASELINE=0, the same two figures with no netem on the veth: the same
-server over TCP with no added delay, so that the cost of the round trip is told apart from
-the cost of a different server over TCP instead of the embedded one's Unix socket.
+Kernels built without netem (CONFIG_NET_SCH_NETEM unset) get the delay from `delayrelay.c`
+instead, a C relay inside the namespace in front of Postgres (`delay_by` says which).
+
+First, unless BENCH_P10_BASELINE=0, the same two figures with no added delay: the same
+server over the same path, so that the cost of the round trip is told apart from the cost of
+a different server over TCP instead of the embedded one's Unix socket. Then, unless
+BENCH_P10_BESIDE=0, each figure is measured on loopback right before it is measured across
+the delay, and the ratio is to that one: on a shared machine, the load during the run's own
+P1 minutes earlier was another load.
 
 Where the round trips are: each measured figure carries the Postgres transactions per
 message (`pg_stat_database.xact_commit`) and the packets each way per message (netem's own
