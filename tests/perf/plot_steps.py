@@ -41,6 +41,7 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     ax_rate.set_xlabel("offered triggers/s (open loop)")
     ax_rate.set_ylabel("messages/s")
     ax_rate.set_title(f"P8: {p8['value']:,.0f} messages/s sustained, ratio {p8['ratio']:.3f} of P2's ceiling")
+    ax_rate.set_ylim(bottom=0)
     ax_rate.legend(loc="upper left", fontsize=8)
 
     for key, label, marker in (("delay_p50_ms", "p50", "o"), ("delay_p99_ms", "p99", "s")):
@@ -51,7 +52,7 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     ax_delay.set_xlabel("offered triggers/s (open loop)")
     ax_delay.set_ylabel("accept → sink's 250, ms (log scale)")
     ax_delay.set_title("delay from accept to delivery")
-    ax_delay.legend(loc="upper left", fontsize=8)
+    ax_delay.legend(loc="lower right", fontsize=8)
     smoke = " (smoke run: the numbers mean nothing)" if result.get("config", {}).get("smoke") else ""
     fig.suptitle(f"tidings bench P8 end to end, {result.get('config', {}).get('at', '')}{smoke}")
     fig.tight_layout(rect=(0, 0, 1, 0.94))
