@@ -1,11 +1,13 @@
-"""`make bench`: the project's performance scenarios P1-P7 (P7: P2 with DKIM on), each beside
-a ceiling measured in the same run on this machine. This file reads the command line and runs
+"""`make bench`: the project's performance scenarios P1-P10 (P7: P2 with DKIM on; P8: end to
+end; P10: Postgres behind a 1 ms round trip), each beside a ceiling measured in the same run on
+this machine. This file reads the command line and runs
 the scenarios in order; harness.py starts the services and processes, scenarios.py holds one
 function per scenario, report.py builds the result (tests/perf/README.md has the whole map).
 
     .venv/bin/python tests/perf/bench.py            # the full run (`make bench`)
     .venv/bin/python tests/perf/bench.py --smoke    # seconds, for the test suite
     .venv/bin/python tests/perf/bench.py --soak     # adds a 5-minute RSS soak
+    .venv/bin/python tests/perf/bench.py --repeat 3 # three runs: each ratio's min and median
 
 It starts what it needs as `tidings dev` does: Postgres and Redis from DATABASE_URL /
 REDIS_URL, else embedded servers kept under tests/perf/out/data; fresh databases for the
@@ -19,7 +21,9 @@ The last stdout line is one JSON object (also in out/result.json); out/bench.png
 Knobs (environment): BENCH_DURATION_S (15), BENCH_WARMUP_S (5), BENCH_BACKLOG (80000),
 BENCH_CONNECTIONS (50), BENCH_THREADS (2), BENCH_P4_RATE (100), BENCH_P6_WORKERS (1,2,4),
 BENCH_SOAK_S (300), BENCH_SOAK_RATE (200), BENCH_OUT_DIR, BENCH_DATA_DIR, BENCH_INSTALL (0: never
-runs apt-get or sudo; 1 installs smtp-sink and wrk when missing).
+runs apt-get or sudo; 1 installs smtp-sink, wrk and iproute2 when missing), BENCH_REPEAT (1),
+BENCH_P8_RATES, BENCH_P8_STEP_S (10), BENCH_P8_WARMUP_S (3), BENCH_P10_BASELINE (1),
+BENCH_P10_BESIDE (1).
 Service settings (WORKER_CONCURRENCY, SMTP_POOL_SIZE, DB_POOL_MAX_SIZE, LOG_LEVEL...) pass
 through to the api and worker processes unchanged.
 """
