@@ -64,6 +64,18 @@ def check_events(events: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(events))
 
 
+def status_filter(raw: str | None) -> str | None:
+    """A delivery log's `status` filter: None (all) or one of the delivery statuses."""
+    if raw is None or raw == "":
+        return None
+    if raw not in DeliveryStatus.__members__:
+        choices = ", ".join(DeliveryStatus.__members__)
+        raise errors.ValidationFailed(
+            f"status must be one of {choices}", fields={"status": [f"must be one of {choices}"]}
+        )
+    return raw
+
+
 async def check_url(settings: Settings, url: str) -> str:
     await webhook_urls.check(url, allow_private=settings.webhook_allow_private_urls)
     return url

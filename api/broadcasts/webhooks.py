@@ -10,8 +10,7 @@ from aiohttp import web
 from api.broadcasts import webhook_schemas as ws
 from api.jsonio import json_response
 from api.routing import Call, route
-from shared import cursors, errors, webhook_endpoints
-from shared.webhook_events import DeliveryStatus
+from shared import cursors, webhook_endpoints
 
 TAG = "webhooks"
 ONE = "/orgs/{org_id}/webhooks/{webhook_id}"
@@ -120,17 +119,6 @@ async def test_webhook(call: Call[None]) -> web.Response:
     return json_response({"event_id": event_id}, status=202)
 
 
-def _status_filter(raw: str | None) -> str | None:
-    if raw is None or raw == "":
-        return None
-    if raw not in DeliveryStatus.__members__:
-        choices = ", ".join(DeliveryStatus.__members__)
-        raise errors.ValidationFailed(
-            f"status must be one of {choices}", fields={"status": [f"must be one of {choices}"]}
-        )
-    return raw
-
-
 @route(
     "GET",
     ONE + "/deliveries",
@@ -145,7 +133,7 @@ async def list_deliveries(call: Call[None]) -> web.Response:
     endpoint_id = call.path_uuid("webhook_id")
     # A missing endpoint is answered before any filter is judged.
     await webhook_endpoints.get(call.state.pool, call.org_id, endpoint_id)
-    status = _status_filter(q.get("status"))
+    status = webhook_endpoints.status_filter(q.get("status"))
     limit = cursors.parse_limit(q.get("limit"))
     page, next_cursor = await webhook_endpoints.deliveries_page(
         call.state.pool, call.org_id, endpoint_id, status=status, cursor=q.get("cursor"), limit=limit
