@@ -81,6 +81,17 @@ async def check_url(settings: Settings, url: str) -> str:
     return url
 
 
+async def check_fields(
+    settings: Settings, *, url: str | None, events: Sequence[str] | None
+) -> tuple[str | None, list[str] | None]:
+    """An endpoint's url and events as create and update take them (None: not given): the
+    event types checked first, then the URL (its SSRF check resolves the host). The api's routes
+    and the console both check through here."""
+    checked_events = None if events is None else check_events(events)
+    checked_url = None if url is None else await check_url(settings, url)
+    return checked_url, checked_events
+
+
 @db.translated
 async def create(
     pool: asyncpg.Pool, org_id: uuid.UUID, *, url: str, events: list[str], description: str | None

@@ -201,3 +201,40 @@ async def test_another_orgs_endpoint_answers_404_and_a_csrf_less_post_403(
     finally:
         for org_id, made in ((other_id, theirs), (org.id, mine)):
             await webhook_endpoints.delete(pool, org_id, made["id"])
+
+
+async def test_the_console_refuses_private_targets_as_the_api_does(settings: Settings, org, pool) -> None:
+    """The SSRF check is the API's own (`webhook_endpoints.check_fields`): with private URLs not
+    allowed, the console refuses them at create and at edit, beside the URL field."""
+    from aiohttp.test_utils import TestServer
+
+    from api.app import create_app
+
+    strict = settings.replace(webhook_allow_private_urls=False)
+    async with TestClient(TestServer(create_app(strict))) as c:
+        form = await c.get("/console/login")
+        token = re.search(r'name="csrf_token" value="([^"]+)"', await form.text())
+        assert token is not None
+        r = await c.post(
+            "/console/login",
+            data={"csrf_token": token.group(1), "api_key": org.keys["admin"], "next": "/console/webhooks"},
+        )
+        assert r.status == 200 and str(r.url).endswith("/console/webhooks")
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', await r.text())
+        assert csrf is not None
+        made = await webhook_endpoints.create(
+            pool, org.id, url="https://93.184.216.34/hook", events=[], description=None
+        )
+        try:
+            for url in ("http://127.0.0.1:8080/hook", "http://169.254.169.254/latest/meta-data", "http://[::1]/"):
+                for path in ("/console/webhooks", f"/console/webhooks/{made['id']}"):
+                    r = await c.post(path, data={"csrf_token": csrf.group(1), "url": url, "events": "message.sent"})
+                    assert r.status == 422, (path, url)
+                    html = await r.text()
+                    assert 'id="w-url-err"' in html and "WEBHOOK_ALLOW_PRIVATE_URLS" in html
+                    assert f'value="{url}"' in html  # what was typed, kept
+            assert (await webhook_endpoints.get(pool, org.id, made["id"]))["url"] == "https://93.184.216.34/hook"
+            rows, _ = await webhook_endpoints.page(pool, org.id, cursor=None, limit=100)
+            assert [e["id"] for e in rows] == [made["id"]]
+        finally:
+            await webhook_endpoints.delete(pool, org.id, made["id"])

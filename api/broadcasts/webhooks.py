@@ -28,8 +28,8 @@ ONE = "/orgs/{org_id}/webhooks/{webhook_id}"
 )
 async def create_webhook(call: Call[ws.WebhookCreate]) -> web.Response:
     body = call.body
-    events = webhook_endpoints.check_events(body.events)
-    url = await webhook_endpoints.check_url(call.state.settings, body.url)
+    url, events = await webhook_endpoints.check_fields(call.state.settings, url=body.url, events=body.events)
+    assert url is not None and events is not None
     out = await webhook_endpoints.create(
         call.state.pool, call.org_id, url=url, events=events, description=body.description
     )
@@ -69,8 +69,11 @@ async def get_webhook(call: Call[None]) -> web.Response:
 async def update_webhook(call: Call[ws.WebhookUpdate]) -> web.Response:
     body = call.body
     endpoint_id = call.path_uuid("webhook_id")
-    events = None if body.events is msgspec.UNSET else webhook_endpoints.check_events(body.events)
-    url = None if body.url is msgspec.UNSET else await webhook_endpoints.check_url(call.state.settings, body.url)
+    url, events = await webhook_endpoints.check_fields(
+        call.state.settings,
+        url=None if body.url is msgspec.UNSET else body.url,
+        events=None if body.events is msgspec.UNSET else body.events,
+    )
     out = await webhook_endpoints.update(
         call.state.pool,
         call.org_id,

@@ -1,8 +1,8 @@
 """The console's Webhooks room: endpoints, their delivery logs, retry and test.
 
 Every action is the call the outbound webhook routes (api/broadcasts/webhooks.py) make: the
-same request schemas (api/broadcasts/webhook_schemas.py), `webhook_endpoints.check_events`,
-`check_url` (the SSRF check), `status_filter`, and the same data functions. A secret is shown
+same request schemas (api/broadcasts/webhook_schemas.py), `webhook_endpoints.check_fields` (event
+types, then the URL with its SSRF check), `status_filter`, and the same data functions. A secret is shown
 on the page that answers its creation or rotation, and never again.
 """
 
@@ -97,10 +97,10 @@ async def endpoint_create(p: Page) -> web.StreamResponse:
             {"url": inputs["url"], "events": inputs["events"], "description": inputs["description"] or None},
             ws.WebhookCreate,
         )
-        events = webhook_endpoints.check_events(body.events)
-        url = await webhook_endpoints.check_url(p.state.settings, body.url)
+        url, events = await webhook_endpoints.check_fields(p.state.settings, url=body.url, events=body.events)
     except (msgspec.ValidationError, errors.ValidationFailed) as exc:
         return await _list_page(p, problems=_problems(exc, "url"), inputs=inputs, status=422)
+    assert url is not None and events is not None
     created = await webhook_endpoints.create(
         p.state.pool, p.org_id, url=url, events=events, description=body.description
     )
@@ -173,8 +173,7 @@ async def endpoint_save(p: Page) -> web.StreamResponse:
             ws.WebhookUpdate,
         )
         assert not isinstance(body.url, msgspec.UnsetType) and not isinstance(body.events, msgspec.UnsetType)
-        events = webhook_endpoints.check_events(body.events)
-        url = await webhook_endpoints.check_url(p.state.settings, body.url)
+        url, events = await webhook_endpoints.check_fields(p.state.settings, url=body.url, events=body.events)
     except (msgspec.ValidationError, errors.ValidationFailed) as exc:
         return await _endpoint_page(p, problems=_problems(exc, "url"), inputs=inputs, status=422)
     await webhook_endpoints.update(
