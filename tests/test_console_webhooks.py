@@ -198,6 +198,19 @@ async def test_another_orgs_endpoint_answers_404_and_a_csrf_less_post_403(
         r = await page.request.get(root + f"/console/webhooks/{mine['id']}?cursor=garbage")
         assert 400 <= r.status < 500
         assert await webhook_endpoints.page(pool, org.id, cursor=None, limit=100) == before
+
+        # The delivery log pages by 50, newest first (nothing delivers these: the suite's worker
+        # sends no webhooks).
+        queued = [await webhook_endpoints.send_test(pool, org.id, mine["id"]) for _ in range(51)]
+        await page.goto(root + f"/console/webhooks/{mine['id']}")
+        rows = page.locator("tbody tr[data-delivery]")
+        assert await rows.count() == 50
+        assert queued[-1] in await rows.first.inner_text()
+        await page.get_by_role("link", name="Older deliveries").click()
+        assert await rows.count() == 1
+        assert queued[0] in await rows.first.inner_text()
+        await page.goto(root + f"/console/webhooks/{mine['id']}?status=succeeded")
+        assert await rows.count() == 0
     finally:
         for org_id, made in ((other_id, theirs), (org.id, mine)):
             await webhook_endpoints.delete(pool, org_id, made["id"])
