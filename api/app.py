@@ -11,6 +11,7 @@ from aiohttp import web
 from api import console, docs, health, whatsapp_webhooks  # noqa: F401
 from api.auth import KeyCache, KeyUsage
 from api.broadcasts import api_keys, batch, broadcasts, contacts, messages, send  # noqa: F401
+from api.broadcasts import domains as sending_domain_routes  # noqa: F401
 from api.broadcasts import webhooks as outbound_webhooks  # noqa: F401
 from api.middleware import request_middleware
 from api.ratelimit import RateLimiter

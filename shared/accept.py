@@ -34,7 +34,7 @@ import asyncpg
 import structlog
 from redis.asyncio import Redis
 
-from shared import contacts, doorbell, errors, ids, metrics, sending, transactionals
+from shared import contacts, doorbell, errors, ids, metrics, sending, sending_domains, transactionals
 from shared.batching import Batcher
 from shared.broadcast_cache import NO_CACHE, BroadcastCache
 from shared.config import Settings
@@ -86,6 +86,8 @@ class Acceptor:
         self.waiter = waiter
         self.broadcast_cache = broadcast_cache
         self.contact_cache = contact_cache
+        # The orgs' default senders for /api/v1 sends (`tidings org update --from-email`).
+        self.senders = sending_domains.SenderCache(settings.broadcast_cache_ttl_s)
         # One batch at a time: measured, it beats two in flight (each request waits for at
         # most one commit before its own, and batches grow instead of splitting).
         self.batcher: Batcher[Prepared, asyncio.Future[bool]] = Batcher(self._flush, max_in_flight=1)
@@ -197,6 +199,7 @@ class Acceptor:
             request,
             request_id=request_id,
             fence=claim.fence if claim is not None else None,
+            sender=await self.senders.get(self.pool, org_id),
         )
         prepared.test = test
         ring = await self._commit(prepared)
@@ -306,6 +309,7 @@ class Acceptor:
             [r for _, r in valid],
             request_id=request_id,
             fence=claim.fence if claim is not None else None,
+            sender=await self.senders.get(self.pool, org_id),
         )
         for (i, _), p in zip(valid, prepared, strict=True):
             p.send_id = send_ids[i]

@@ -127,6 +127,12 @@ class Settings:
     # Events and their deliveries (the delivery log) are kept this long, then deleted.
     webhook_retention_s: float = 2_592_000.0
 
+    # Sending domains (per-org DKIM): their private keys are stored encrypted under a key
+    # derived from SECRET_KEY (any secret string); required once a domain exists. Never printed.
+    secret_key: str = dataclasses.field(default="", repr=False)
+    # How long a worker reuses an org's domain key (or its absence) before looking again: a
+    # domain added, removed or registered anew is signed with within this long, no restart.
+    dkim_key_cache_ttl_s: float = 10.0
     # Relays and provider throughput (shared/relays.py, worker/throughput.py). SMTP_RELAYS, when
     # set, replaces SMTP_HOST/PORT/TLS/USERNAME/PASSWORD: mail goes to the first relay that is
     # up; one that refuses connections or times out is skipped for SMTP_RELAY_COOLDOWN_S.
@@ -223,6 +229,8 @@ class Settings:
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name.upper()} must be a positive number of seconds, not {getattr(self, name)}")
+        if self.dkim_key_cache_ttl_s < 0:
+            raise ValueError(f"DKIM_KEY_CACHE_TTL_S must be 0 or more seconds, not {self.dkim_key_cache_ttl_s}")
         self._validate_relays()
 
     def _validate_relays(self) -> None:

@@ -288,12 +288,18 @@ async def _recipient_from(
     return _Recipient(subscriber, rejection, first_name, last_name, display_name)
 
 
-def _content(settings: Settings, req: Request, unsubscribe_url: str) -> dict[str, Any]:
-    """The email as the worker renders it: an email template body, every text field Liquid."""
+def _content(
+    settings: Settings, req: Request, unsubscribe_url: str, sender: tuple[str | None, str | None] = (None, None)
+) -> dict[str, Any]:
+    """The email as the worker renders it: an email template body, every text field Liquid.
+    From is the org's default sender (`tidings org update`, which refuses Liquid markup in
+    it), else DEFAULT_FROM_EMAIL / DEFAULT_FROM_NAME."""
     html_body, text_body = html_and_text(req.body)
+    from_email, from_name = sender
     return {
-        "from_email": settings.default_from_email,
-        "from_name": settings.default_from_name,
+        "from_email": from_email or settings.default_from_email,
+        # The service's display name does not go with an org's own address.
+        "from_name": from_name or ("" if from_email else settings.default_from_name),
         "reply_to": req.reply_to,
         "subject": req.subject,
         "html_body": html_body,
@@ -355,6 +361,7 @@ async def prepare(
     *,
     request_id: str | None,
     fence: sending.KeyFence | None = None,
+    sender: tuple[str | None, str | None] = (None, None),
 ) -> PreparedTransactional:
     """Decide the recipient's fate and make the links; nothing of the send is written yet
     (a double opt-in may create its subscriber, as a Broadcasts trigger may create its contact).
@@ -362,7 +369,7 @@ async def prepare(
     Made under an Idempotency-Key (`fence`), the send is bound to the key in its commit,
     and refused if a retry took the key over meanwhile."""
     recipient = await _resolve_recipient(pool, org_id, req)
-    return _prepared(settings, org_id, req, recipient, request_id=request_id, fence=fence)
+    return _prepared(settings, org_id, req, recipient, request_id=request_id, fence=fence, sender=sender)
 
 
 @db.translated
@@ -374,13 +381,14 @@ async def prepare_many(
     *,
     request_id: str | None,
     fence: sending.KeyFence | None = None,
+    sender: tuple[str | None, str | None] = (None, None),
 ) -> list[PreparedTransactional]:
     """`prepare` for a batch's valid items, their recipients looked up together."""
     if not reqs:
         return []
     recipients = await _resolve_recipients(pool, org_id, reqs)
     return [
-        _prepared(settings, org_id, req, recipient, request_id=request_id, fence=fence)
+        _prepared(settings, org_id, req, recipient, request_id=request_id, fence=fence, sender=sender)
         for req, recipient in zip(reqs, recipients, strict=True)
     ]
 
@@ -393,6 +401,7 @@ def _prepared(
     *,
     request_id: str | None,
     fence: sending.KeyFence | None,
+    sender: tuple[str | None, str | None],
 ) -> PreparedTransactional:
     now = dt.datetime.now(dt.UTC)
     base = settings.public_base
@@ -407,7 +416,7 @@ def _prepared(
 
     address: str | None = req.email
     recipient_name = recipient.display_name
-    content = _content(settings, req, unsubscribe_url)
+    content = _content(settings, req, unsubscribe_url, sender)
     variables = _variables(req, recipient, confirmation_url, unsubscribe_url)
     if rejection == subscribers.REDACTED_ERROR:
         # Nothing about a redacted address is stored again, not even in the rejected record.

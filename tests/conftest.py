@@ -32,6 +32,9 @@ RUN_ID = uuid.uuid4().hex[:10]
 SCOPES = ("admin", "read", "write")
 
 
+TEST_SECRET_KEY = "tidings-test-secret-key-not-for-production"
+
+
 @pytest.fixture(scope="session")
 def embedded_dir() -> Iterator[pathlib.Path]:
     with tempfile.TemporaryDirectory(prefix="tidings-test-") as d:
@@ -149,6 +152,9 @@ def settings(database_url: str, redis_url: str, smtp_server: Any, wa_sandbox: An
         webhook_retry_schedule_s="0.2,0.2,0.2",
         webhook_timeout_s=2.0,
         webhook_lease_s=4.0,
+        # Sending domains' keys are stored under it (tests/test_domains.py); picked up quickly.
+        secret_key=TEST_SECRET_KEY,
+        dkim_key_cache_ttl_s=0.2,
     )
 
 

@@ -46,6 +46,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
     from api.main import run
 
     _need_services(settings)
+    preflight.require_secret_key(settings)
     run(settings, host=args.host, port=args.port, processes=args.processes)
 
 
@@ -53,6 +54,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
     from worker.main import run
 
     _need_services(settings)
+    preflight.require_secret_key(settings)
     run(settings)
 
 
@@ -170,7 +172,7 @@ def cmd_key_revoke(settings: Settings, args: argparse.Namespace) -> None:
 
 def cmd_org_update(settings: Settings, args: argparse.Namespace) -> None:
     """Each option changes one setting of the org; options not given are left as they are."""
-    from shared import orgs
+    from shared import addresses, orgs, sending_domains
 
     _need_database(settings)
     org_id = _org_id(args.org)
@@ -187,6 +189,27 @@ def cmd_org_update(settings: Settings, args: argparse.Namespace) -> None:
         except ValueError as exc:
             sys.exit(str(exc))
         changes.append(lambda pool: orgs.set_retention_days(pool, org_id, days))
+    from_email, from_name = args.from_email, args.from_name
+    if from_email:
+        try:
+            from_email = addresses.normalize_email(from_email)
+        except ValueError as exc:
+            sys.exit(f"--from-email: {exc}")
+        if "{{" in from_email or "{%" in from_email:  # `{` is legal in an address; Liquid markup is not
+            sys.exit("--from-email: must be a plain address (no {{ or {%)")
+    if from_name and ("{{" in from_name or "{%" in from_name or addresses.has_line_break(from_name)):
+        # It is rendered as a template's from_name: no markup, no header injection.
+        sys.exit("--from-name: must be plain text (no line break, no {{ or {%)")
+    sender: list[tuple[str | None, str | None]] = []  # the /api/v1 sender after the change, to print
+    if from_email is not None or from_name is not None:
+
+        async def set_sender(pool: Any) -> None:
+            row = await sending_domains.set_org_sender(pool, org_id, from_email=from_email, from_name=from_name)
+            if row is None:
+                sys.exit(f"no org {org_id}")
+            sender.append((row["from_email"], row["from_name"]))
+
+        changes.append(set_sender)
     if not changes:
         sys.exit("nothing to change: give at least one option (see `tidings org update --help`)")
 
@@ -197,6 +220,13 @@ def cmd_org_update(settings: Settings, args: argparse.Namespace) -> None:
             await change(pool)
 
     _with_pool(settings, go)
+    if sender:
+        email, name = sender[0]
+        print(
+            f"/api/v1 sends of org {org_id} come from {email or settings.default_from_email + ' (DEFAULT_FROM_EMAIL)'}"
+            + (f", name {name!r}" if name else ""),
+            file=sys.stderr,
+        )
     print(f"updated org {org_id}; the api applies it within KEY_CACHE_TTL_S", file=sys.stderr)
 
 
@@ -270,6 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DAYS",
         help="days the org's message content is kept before the reconciler erases it (`default`: RETENTION_DAYS)",
     )
+    org_update.add_argument(
+        "--from-email", help="default sender of the org's /api/v1 sends ('' : back to DEFAULT_FROM_EMAIL)"
+    )
+    org_update.add_argument("--from-name", help="its display name ('' : none)")
     org_update.set_defaults(fn=cmd_org_update)
 
     key = sub.add_parser("key", help="API keys").add_subparsers(dest="key_command", required=True)

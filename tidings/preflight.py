@@ -127,3 +127,28 @@ async def _reach_redis(url: str) -> list[str]:
     finally:
         await client.aclose()
     return []
+
+
+def require_secret_key(settings: Settings) -> None:
+    """`tidings api` and `worker`, after `require`: once sending domains exist, their DKIM keys
+    are stored under SECRET_KEY, so a missing or wrong one is a start-up error (one line), not
+    failed sends later. Nothing is checked while no domain is registered."""
+    from shared import sending_domains
+
+    async def check() -> str | None:
+        conn = await asyncio.wait_for(
+            asyncpg.connect(settings.database_url, timeout=CONNECT_TIMEOUT_S), CONNECT_TIMEOUT_S + 1
+        )
+        try:
+            return await sending_domains.secret_key_problem(conn, settings.secret_key)
+        finally:
+            await conn.close()
+
+    try:
+        problem = asyncio.run(check())
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # Postgres went away since `require`: say so in one line too
+        fail(f"DATABASE_URL: cannot check the stored DKIM keys at {where(settings.database_url)}: {_reason(exc)}")
+    if problem:
+        fail(problem)

@@ -15,6 +15,7 @@ from shared.domain import Channel
 from shared.redis_keys import RedisKeys
 from worker.attachments import AttachmentParts
 from worker.channels.base import DeliveryChannel
+from worker.channels.domain_keys import DomainKeys
 from worker.channels.email import EmailChannel
 from worker.channels.testmode import TestModeChannel
 from worker.channels.whatsapp import WhatsAppChannel
@@ -23,12 +24,16 @@ from worker.render_sandbox import RenderPool
 from worker.throughput import Throughput
 
 
-def open_channels(settings: Settings, throughput: Throughput | None = None) -> dict[Channel, DeliveryChannel[Any]]:
-    """One channel of each kind; they connect on first use and are closed by `close`. With
+def open_channels(
+    settings: Settings, pool: db.Pool | None = None, throughput: Throughput | None = None
+) -> dict[Channel, DeliveryChannel[Any]]:
+    """One channel of each kind; they connect on first use and are closed by `close`. With a
+    `pool`, email From an org's sending domain is signed with that domain's key. With
     `throughput`, they keep the ceilings shared by every worker (relays' max_per_s,
     WHATSAPP_MAX_PER_S); without, none."""
+    domain_keys = DomainKeys(settings, pool) if pool is not None else None
     return {
-        Channel.email: EmailChannel(settings, throughput),
+        Channel.email: EmailChannel(settings, domain_keys, throughput),
         Channel.whatsapp: WhatsAppChannel(settings, throughput=throughput),
     }
 

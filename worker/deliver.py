@@ -147,14 +147,15 @@ async def _deliver_one(ctx: WorkerContext, message: Mapping[str, Any]) -> Outcom
     draft = Draft(message_id, body, data, message["to_address"])
     try:
         rendered = await ctx.renderer.render(kind, draft, fallback_domain=ctx.settings.message_id_domain)
-        if isinstance(rendered, RenderedEmail) and ctx.settings.bounce_domain:
-            # VERP: bounces and complaints come back to an address naming this message.
-            rendered = dataclasses.replace(
-                rendered,
-                envelope_from=verp.envelope_sender(
+        if isinstance(rendered, RenderedEmail):
+            # The org's sending domains decide the DKIM key (worker/channels/domain_keys.py).
+            changes: dict[str, Any] = {"org_id": message.get("org_id")}
+            if ctx.settings.bounce_domain:
+                # VERP: bounces and complaints come back to an address naming this message.
+                changes["envelope_from"] = verp.envelope_sender(
                     message_id, domain=ctx.settings.bounce_domain, secret=ctx.settings.bounce_secret
-                ),
-            )
+                )
+            rendered = dataclasses.replace(rendered, **changes)
         # Test mode is the channel's business: a test key's message is rendered as any other
         # and handed to the test transport, never to a provider.
         channel = ctx.test_channel if message.get("test") else ctx.channels[kind]

@@ -114,7 +114,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         pool=pool,
         redis=redis,
         keys=RedisKeys(settings.redis_prefix),
-        channels=open_channels(settings, throughput),
+        channels=open_channels(settings, pool, throughput),
         throughput=throughput,
     )
     pump = Pump(ctx, capacity=settings.worker_concurrency)

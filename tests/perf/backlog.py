@@ -10,6 +10,7 @@ import dataclasses
 import datetime as dt
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import common
@@ -19,12 +20,22 @@ from meters import CpuMeter, RssSampler
 
 
 async def backlog_run(
-    h: Harness, broadcast: str, channel: str, workers_n: int, *, sample: bool, extra_env: dict[str, str] | None = None
+    h: Harness,
+    broadcast: str,
+    channel: str,
+    workers_n: int,
+    *,
+    sample: bool,
+    extra_env: dict[str, str] | None = None,
+    setup: Callable[[], Awaitable[None]] | None = None,
 ) -> dict[str, Any]:
     """Deliver a backlog with N workers started after it was built: the rate over a fixed
     window after a warm-up, by Postgres's own sent_at. `extra_env`: the workers' own settings
-    on top of the scenario's (P7's DKIM)."""
+    on top of the scenario's (P7's SECRET_KEY); `setup`: run in the scenario's database first
+    (P7 registers the org's sending domain)."""
     async with h.scenario_database(broadcast):
+        if setup is not None:
+            await setup()
         return await _deliver(h, broadcast, channel, workers_n, sample=sample, extra_env=extra_env)
 
 

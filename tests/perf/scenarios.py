@@ -15,9 +15,9 @@ P5 (memory) is read from P1's and P2's samples, or the soak's (report.py).
 
 from __future__ import annotations
 
+import secrets
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import common
@@ -29,7 +29,6 @@ from report import ratio
 
 WA_CONNECTIONS_PER_WORKER = 100  # worker/channels/whatsapp.py's connection limit
 DKIM_KEY_BITS = 2048  # P7's key: what Gmail and Yahoo expect of a bulk sender
-DKIM_SELECTOR = "bench"
 BATCH_SIZE = 100  # P1b's triggers per batch request
 P1B_TARGET_OF_P1 = 5  # P1b's target: at least this many times P1
 
@@ -237,17 +236,25 @@ async def p4(h: Harness) -> dict[str, Any]:
 
 
 async def p7(h: Harness, p2: dict[str, Any] | None) -> dict[str, Any]:
-    """P2 with DKIM on: every email signed (rsa-sha256, a 2048-bit key) by the 2 workers,
-    beside the same ceiling (aiosmtplib sends unsigned: signing is the service's cost)."""
+    """P2 with DKIM on: every email signed (rsa-sha256, a 2048-bit key) by the 2 workers with
+    the org's own sending-domain key (registered as `POST /orgs/{id}/domains` does, stored
+    encrypted under the workers' SECRET_KEY, looked up and cached per org and domain), beside
+    the same ceiling (aiosmtplib sends unsigned: signing is the service's cost)."""
+    from shared import sending_domains
+    from shared.secret_box import SecretBox
+
     ceiling, _ = await p2_ceiling(h)
     domain = common.EMAIL_TEMPLATE["from_email"].rpartition("@")[2]
-    dkim = {
-        "DKIM_SELECTOR": DKIM_SELECTOR,
-        "DKIM_DOMAIN": domain,
-        "DKIM_PRIVATE_KEY_PATH": str(dkim_key(h)),
-    }
-    log(f"P7: P2 with DKIM on (rsa-sha256, {DKIM_KEY_BITS}-bit key, d={domain})")
-    run = await backlog_run(h, "p7", "email", 2, sample=False, extra_env=dkim)
+    secret_key = secrets.token_hex(32)
+
+    async def register_domain() -> None:
+        assert h.pool is not None and h.org_id is not None
+        await sending_domains.register(h.pool, SecretBox(secret_key), h.org_id, domain)
+
+    log(f"P7: P2 with DKIM on (rsa-sha256, {DKIM_KEY_BITS}-bit org domain key, d={domain})")
+    run = await backlog_run(
+        h, "p7", "email", 2, sample=False, extra_env={"SECRET_KEY": secret_key}, setup=register_domain
+    )
     h.details["P7"] = {"run": run}
     out = {
         "value": run["rate"],
@@ -256,26 +263,13 @@ async def p7(h: Harness, p2: dict[str, Any] | None) -> dict[str, Any]:
         "ratio": ratio(run["rate"], ceiling),
         "workers": 2,
         "dkim_key_bits": DKIM_KEY_BITS,
+        "dkim_key": "org sending domain",
         "window_s": run["window_s"],
     }
     if p2 is not None:  # P2 of the same run, for what signing costs
         out["p2_value"] = p2["value"]
         out["of_p2"] = ratio(run["rate"], p2["value"])
     return out
-
-
-def dkim_key(h: Harness) -> Path:
-    """A fresh RSA key for P7 (PEM, PKCS#8), in the output folder (git-ignored)."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=DKIM_KEY_BITS)
-    path = h.cfg.out_dir / "dkim-p7.pem"
-    path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    path.chmod(0o600)
-    return path
 
 
 async def soak(h: Harness) -> dict[str, Any]:

@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import secrets
 import shlex
 import signal
 import socket
@@ -150,6 +151,9 @@ class DevState:
     org_id: str | None = None
     api_key: str | None = None
     broadcast_id: str | None = None
+    # SECRET_KEY of the local stack when the environment sets none: made once and kept, so the
+    # sending domains registered in one run still open in the next.
+    secret_key: str | None = None
     # The demo org's endpoint for the local webhook receiver, and its secret (a local one too).
     webhook_endpoint_id: str | None = None
     webhook_secret: str | None = None
@@ -236,6 +240,8 @@ async def _start(config: DevConfig, env: dict[str, str], stack: contextlib.Async
 
     state_path = config.data_dir / "dev.json"
     state = await _ensure_org_and_key(database_url, DevState.load(state_path))
+    if not env.get("SECRET_KEY") and not state.secret_key:
+        state.secret_key = secrets.token_hex(32)
     state.save(state_path)
 
     inbox = await start_inbox(
@@ -287,6 +293,7 @@ async def _start(config: DevConfig, env: dict[str, str], stack: contextlib.Async
         "LOG_FORMAT": "console",
         "PYTHONUNBUFFERED": "1",
         "TIDINGS_DEV": "1",  # http://127.0.0.1 links are right here: no https warning
+        "SECRET_KEY": env.get("SECRET_KEY") or state.secret_key or "",
     }
     children: list[_Child] = []
     stack.push_async_callback(_stop_children, children)

@@ -42,6 +42,8 @@ class RenderedEmail:
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
     # SMTP MAIL FROM (where bounces go); None: the From address.
     envelope_from: str | None = None
+    # The org sending it: its sending domains' DKIM keys sign it (None: the global key only).
+    org_id: uuid.UUID | None = None
     # Attached files, each a whole MIME part already encoded (worker/channels/email.py
     # `attachment_part`): the messages of one send share the same bytes objects.
     attachments: tuple[bytes, ...] = ()

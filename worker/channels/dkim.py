@@ -113,7 +113,7 @@ def _fold(words: list[str], line: str, sep: str = " ") -> list[str]:
 class DkimSigner:
     selector: str
     domain: str
-    private_key_pem: bytes
+    private_key_pem: bytes = dataclasses.field(repr=False)  # never in a log line or traceback
     _key: rsa.RSAPrivateKey = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

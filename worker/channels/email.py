@@ -41,6 +41,7 @@ from worker.channels.base import (
     TransientDeliveryError,
 )
 from worker.channels.dkim import DkimSigner
+from worker.channels.domain_keys import DomainKeys
 from worker.throughput import Ceiling, Throughput
 
 log = structlog.get_logger("tidings.email")
@@ -328,8 +329,12 @@ class EmailChannel:
     does a message fail (transient: retried with the usual backoff), each relay tried in turn
     as one relay always was."""
 
-    def __init__(self, settings: Settings, throughput: Throughput | None = None) -> None:
+    def __init__(
+        self, settings: Settings, domain_keys: DomainKeys | None = None, throughput: Throughput | None = None
+    ) -> None:
         self.settings = settings
+        # The orgs' sending domains' keys (None: the global DKIM_* key alone).
+        self._domain_keys = domain_keys
         self.cooldown_s = settings.smtp_relay_cooldown_s
         self.relays = [
             RelayPool(r, settings, throughput.ceiling(f"smtp:{r.name}", r.max_per_s) if throughput else None)
@@ -341,14 +346,24 @@ class EmailChannel:
         # Built once: a half-configured DKIM or an unreadable key fails the worker's start-up.
         self._dkim = DkimSigner.from_settings(settings)
 
+    async def _signer(self, message: RenderedEmail) -> DkimSigner | None:
+        """The org's key when its From domain is one of the org's sending domains, else the
+        global DKIM_* key (None: unsigned)."""
+        if self._domain_keys is not None and message.org_id is not None:
+            signer = await self._domain_keys.signer(message.org_id, message.from_email)
+            if signer is not None:
+                return signer
+        return self._dkim
+
     async def send(self, message: RenderedEmail) -> DeliveryResult:
+        signer = await self._signer(message)
         try:
             # With attachments the message is megabytes, and DKIM's body canonicalisation of it
             # takes about a second: built off the event loop, which keeps serving the others.
             if message.attachments:
-                data = await asyncio.to_thread(message_bytes, message, self._dkim)
+                data = await asyncio.to_thread(message_bytes, message, signer)
             else:
-                data = message_bytes(message, self._dkim)
+                data = message_bytes(message, signer)
         except ValueError as exc:
             # Content the email package refuses (header_text removes what we know of):
             # sending it again cannot help.
