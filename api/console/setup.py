@@ -13,6 +13,7 @@ import jinja2
 from aiohttp import web
 
 from api.console import pages, signin
+from api.console import webhooks as webhook_pages
 from api.console.web import SECURITY_HEADERS
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -94,6 +95,8 @@ def setup(app: web.Application) -> None:
     r.add_get("/console/keys", pages.key_list)
     r.add_post("/console/keys", pages.key_create)
     r.add_post("/console/keys/{key_id}/revoke", pages.key_revoke)
+    # The Webhooks room (api/console/webhooks.py).
+    webhook_pages.add_routes(r)
 
 
 async def _to_root(request: web.Request) -> web.Response:
