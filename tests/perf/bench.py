@@ -40,10 +40,11 @@ from typing import Any, TypeVar
 import common
 import report
 import scenarios
+import webhooks
 from common import log
 from harness import Config, Harness
 
-ALL = "P1,P1b,P2,P3,P4,P5,P6,P7"
+ALL = "P1,P1b,P2,P3,P4,P5,P6,P7,P9"
 T = TypeVar("T")
 
 
@@ -134,6 +135,9 @@ async def run_bench(cfg: Config) -> dict[str, Any]:
             figures["P7"] = await timed("P7", scenarios.p7(h, figures.get("P2")))
         if "P3" in only:
             figures["P3"] = await timed("P3", scenarios.p3(h))
+        # P9: webhook deliveries per second, and P2 with an endpoint vs without (webhooks.py).
+        if "P9" in only:
+            figures["P9"] = await timed("P9", webhooks.p9(h))
     # After the clean-up: the elapsed time includes it.
     elapsed_s = round(time.monotonic() - started, 1)
     return report.result(h, figures, p2_run=p2_run, soak=soak, timings=timings, elapsed_s=elapsed_s)
