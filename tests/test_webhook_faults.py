@@ -122,6 +122,7 @@ async def test_endpoint_down_then_up_gets_every_status_change(
         rx.refusing = False
         await rx.start(port)
         mark("up")
+        sent_while_down = (await stack.statuses(ids))["sent"]
 
         await stack.settle(ids)
         mark("settled")
@@ -157,7 +158,7 @@ async def test_endpoint_down_then_up_gets_every_status_change(
                 f" {SENDS} sends: events expected={len(expected)} received={len(per_id)} missing={len(missing)}"
                 f" duplicates={duplicates} requests_refused={rx.refused} requests_accepted={len(hits)}"
                 f" attempts={attempts['attempts']} failed_deliveries={attempts['failed']}"
-                f" pending={attempts['pending']} (timings: {timings})"
+                f" pending={attempts['pending']} sent_while_down={sent_while_down} (timings: {timings})"
             )
         assert rx.unverified == [], [h.headers for h in rx.unverified[:3]]
         assert not missing, sorted(missing)[:5]
