@@ -1,5 +1,5 @@
-"""`make bench`: the project's performance scenarios P1-P7 (P7: P2 with DKIM on), each beside
-a ceiling measured in the same run on this machine. This file reads the command line and runs
+"""`make bench`: the project's performance scenarios P1-P7 (P7: P2 with DKIM on) and P9 (webhooks,
+webhooks.py), each beside a ceiling measured in the same run on this machine. This file reads the command line and runs
 the scenarios in order; harness.py starts the services and processes, scenarios.py holds one
 function per scenario, report.py builds the result (tests/perf/README.md has the whole map).
 
@@ -56,7 +56,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     parser.add_argument("--out", help="output folder (BENCH_OUT_DIR, default tests/perf/out)")
     parser.add_argument(
         "--only",
-        help="a comma list of scenarios to run, e.g. P1,P1b or P2,P7 (BENCH_ONLY; default all: P1, P1b, P2-P7)",
+        help="a comma list of scenarios to run, e.g. P1,P1b or P2,P7 (BENCH_ONLY; default all: P1, P1b, P2-P7, P9)",
     )
     args = parser.parse_args(argv)
     env = os.environ
