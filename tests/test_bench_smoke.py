@@ -90,6 +90,13 @@ async def test_bench_smoke(tmp_path: Path, admin_dsn: str, redis_url: str) -> No
     assert result["P7"]["ceiling"] == result["P2"]["ceiling"]
     assert result["P7"]["p2_value"] == result["P2"]["value"] and result["P7"]["dkim_key_bits"] == 2048
 
+    # P9: webhook deliveries/s beside a bare client's, and P2 with an endpoint vs without.
+    p9 = result["P9"]
+    assert p9["unit"] == "deliveries/s" and p9["workers"] == 1
+    for key in ("value", "ceiling", "ratio", "p2_without_endpoint", "p2_with_endpoint", "of_p2"):
+        assert _positive(p9[key]), (key, p9)
+    assert math.isclose(p9["of_p2"], p9["p2_with_endpoint"] / p9["p2_without_endpoint"], abs_tol=0.001)
+
     # P1b: triggers through the batch route, beside P1 of the same run and its ceiling.
     p1b = result["P1b"]
     assert p1b["unit"] == "triggers/s" and p1b["batch_size"] == 100

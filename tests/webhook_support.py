@@ -95,13 +95,14 @@ class Receiver:
         self.port = 0
         self._runner: web.AppRunner | None = None
 
-    async def start(self) -> None:
+    async def start(self, port: int = 0) -> None:
+        """Listen on 127.0.0.1, on `port` (0: any free one; the same one again after `close`)."""
         app = web.Application(client_max_size=1024 * 1024)
         app.router.add_post("/hook/{name}", self._handle)
         app.router.add_get("/elsewhere", self._elsewhere)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
         server = site._server
         assert server is not None

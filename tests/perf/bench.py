@@ -1,6 +1,6 @@
 """`make bench`: the project's performance scenarios P1-P10 (P7: P2 with DKIM on; P8: end to
-end; P10: Postgres behind a 1 ms round trip), each beside a ceiling measured in the same run on
-this machine. This file reads the command line and runs
+end; P9: webhooks, webhooks.py; P10: Postgres behind a 1 ms round trip), each beside a ceiling
+measured in the same run on this machine. This file reads the command line and runs
 the scenarios in order; harness.py starts the services and processes, scenarios.py holds one
 function per scenario, report.py builds the result (tests/perf/README.md has the whole map).
 
@@ -47,10 +47,11 @@ import netns
 import repeat
 import report
 import scenarios
+import webhooks
 from common import log
 from harness import Config, Harness
 
-ALL = "P1,P1b,P2,P3,P4,P5,P6,P7,P8,P10"
+ALL = "P1,P1b,P2,P3,P4,P5,P6,P7,P8,P9,P10"
 T = TypeVar("T")
 
 
@@ -150,6 +151,9 @@ async def run_bench(cfg: Config) -> dict[str, Any]:
             figures["P7"] = await timed("P7", scenarios.p7(h, figures.get("P2")))
         if "P3" in only:
             figures["P3"] = await timed("P3", scenarios.p3(h))
+        # P9: webhook deliveries per second, and P2 with an endpoint vs without (webhooks.py).
+        if "P9" in only:
+            figures["P9"] = await timed("P9", webhooks.p9(h))
         if "P8" in only:
             p8_ceiling, _ = await scenarios.p2_ceiling(h)
             figures["P8"] = await timed("P8", endtoend.p8(h, p8_ceiling))

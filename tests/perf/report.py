@@ -14,7 +14,7 @@ from typing import Any
 from common import log
 from harness import Config, Harness
 
-FIGURES = ("P1", "P1b", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P10")  # their order in the result
+FIGURES = ("P1", "P1b", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "P10")  # their order in the result
 
 
 def ratio(value: float, ceiling: float) -> float:
