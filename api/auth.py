@@ -76,6 +76,29 @@ class KeyCache:
             self._entries.clear()
         self._entries[key_hash] = (value, time.monotonic() + self.ttl_s)
 
+    async def lookup(self, pool: db.Pool, key_hash: bytes) -> AuthKey | None:
+        """The key with this hash if it still works (None: unknown or revoked), from the cache
+        or else from Postgres. The one lookup both the api's bearer keys and the console's
+        sessions make, so a revoked key stops both within ttl_s."""
+        found, value = self.get(key_hash)
+        if found:
+            return value
+        row = await orgs.find_key(pool, key_hash)
+        value = (
+            None
+            if row is None
+            else AuthKey(
+                key_id=row["id"],
+                org_id=row["org_id"],
+                scopes=frozenset(row["scopes"]),
+                rate_limit_requests=row["rate_limit_requests"],
+                rate_limit_window_s=row["rate_limit_window_s"],
+                mode=KeyMode(row["mode"]),
+            )
+        )
+        self.put(key_hash, value)
+        return value
+
     def forget(self, key_id: uuid.UUID) -> None:
         """Drop a revoked key from this process's cache (the others expire it within ttl_s)."""
         for key_hash, (value, _) in list(self._entries.items()):
@@ -150,23 +173,7 @@ async def authenticate(request: web.Request, state: State) -> AuthKey:
     if not token.isascii():
         # Keys are ASCII; bytes that are not UTF-8 arrive as lone surrogates, which cannot be hashed.
         raise errors.Unauthorized("this API key is not valid")
-    key_hash = keys.hash_key(token.strip())
-    found, value = state.key_cache.get(key_hash)
-    if not found:
-        row = await orgs.find_key(state.pool, key_hash)
-        value = (
-            None
-            if row is None
-            else AuthKey(
-                key_id=row["id"],
-                org_id=row["org_id"],
-                scopes=frozenset(row["scopes"]),
-                rate_limit_requests=row["rate_limit_requests"],
-                rate_limit_window_s=row["rate_limit_window_s"],
-                mode=KeyMode(row["mode"]),
-            )
-        )
-        state.key_cache.put(key_hash, value)
+    value = await state.key_cache.lookup(state.pool, keys.hash_key(token.strip()))
     if value is None:
         raise errors.Unauthorized("this API key is not valid")
     state.key_usage.note(value.key_id)

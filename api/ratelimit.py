@@ -10,14 +10,17 @@ instead of per request. For small budgets (the default 100 per minute) the chunk
 exactly one Redis check per request, as if there were no chunking.
 
 With Redis hung, a request waits at most REDIS_TIMEOUT_S in all, then gets 503: the bound
-covers the wait for the org's lock too, not only the Redis command (a queue of requests
-behind one lock would otherwise wait one timeout each, in turn).
+covers the wait for the org's chunk request too, not only the Redis command (a queue of
+requests behind one chunk request would otherwise wait one timeout each, in turn). A request
+that gives up does not cancel the chunk request it waited for: a late grant still serves the
+requests behind it (it is bounded by the Redis client's own REDIS_TIMEOUT_S).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import math
 import time
 import uuid
@@ -82,7 +85,8 @@ class RateLimiter:
         self.keys = keys
         self._script = redis.register_script(_SCRIPT)
         self._leases: dict[uuid.UUID, _Lease] = {}
-        self._locks: dict[uuid.UUID, asyncio.Lock] = {}
+        # The chunk request in flight per (org, window), shared by the requests that wait for it.
+        self._pending: dict[tuple[uuid.UUID, int], asyncio.Task[_Lease | None]] = {}
 
     async def hit(self, org_id: uuid.UUID, limit: int, window_s: int) -> Verdict:
         now_s = time.time()
@@ -94,11 +98,7 @@ class RateLimiter:
             if chunk == 1:
                 lease = await self._grant(org_id, window_start_s, chunk, limit, window_s)
             else:
-                # One chunk request at a time per org: the others wait and spend its tokens.
-                async with self._locks.setdefault(org_id, asyncio.Lock()):
-                    lease = self._usable(org_id, window_start_s) or await self._grant(
-                        org_id, window_start_s, chunk, limit, window_s
-                    )
+                lease = await self._shared_grant(org_id, window_start_s, chunk, limit, window_s)
         if lease is None:
             return Verdict(allowed=False, limit=limit, remaining=0, reset_s=reset_s)
         lease.tokens -= 1
@@ -107,7 +107,7 @@ class RateLimiter:
         return Verdict(allowed=True, limit=limit, remaining=max(0, limit - used), reset_s=reset_s)
 
     async def hit_within(self, org_id: uuid.UUID, limit: int, window_s: int, timeout_s: float) -> Verdict:
-        """`hit`, answered within `timeout_s` whatever Redis does: the wait for the org's lock
+        """`hit`, answered within `timeout_s` whatever Redis does: the wait for the org's chunk request
         included, and not waiting for the cleanup of a Redis command given up on either
         (redis-py may spend its connect timeout closing a connection to a hung server)."""
         if self._usable(org_id, int(time.time() // window_s * window_s)) is not None:
@@ -119,6 +119,36 @@ class RateLimiter:
         except TimeoutError as exc:
             # Answered as Redis being unreachable (503, retry later), like any Redis failure.
             raise redis.exceptions.TimeoutError(f"no rate limit answer from Redis within {timeout_s} s") from exc
+
+    async def _shared_grant(
+        self, org_id: uuid.UUID, window_start_s: int, chunk: int, limit: int, window_s: int
+    ) -> _Lease | None:
+        """A lease with a token left, from one chunk request at a time per org: the others wait
+        for it and spend its tokens. The chunk request is shared, not owned by the request that
+        started it: a request that gives up (its REDIS_TIMEOUT_S passed) stops waiting, but the
+        grant goes on, so a late answer still lands in the lease for the requests behind it.
+        Cancelling it instead would drop its Redis connection and lose the tokens Redis counted,
+        and every request queued behind would ask again and be given up on in turn."""
+        while True:
+            lease = self._usable(org_id, window_start_s)
+            if lease is not None:
+                return lease
+            pending = self._pending.get((org_id, window_start_s))
+            if pending is None or pending.done():
+                pending = asyncio.ensure_future(self._grant(org_id, window_start_s, chunk, limit, window_s))
+                self._pending[(org_id, window_start_s)] = pending
+                pending.add_done_callback(functools.partial(self._grant_done, (org_id, window_start_s)))
+            # A grant that ends in an error (Redis unreachable or late past its socket timeout)
+            # fails the requests waiting for it; the next request starts another.
+            if await asyncio.shield(pending) is None:
+                return None  # the window's budget is spent
+            # Granted: take a token, unless the requests ahead of this one took them all.
+
+    def _grant_done(self, pending_key: tuple[uuid.UUID, int], task: asyncio.Task[_Lease | None]) -> None:
+        if self._pending.get(pending_key) is task:
+            del self._pending[pending_key]
+        if not task.cancelled():
+            task.exception()  # read: every request waiting for it may have given up
 
     def _usable(self, org_id: uuid.UUID, window_start_s: int) -> _Lease | None:
         lease = self._leases.get(org_id)

@@ -9,17 +9,16 @@ The batch is one request against the rate limit, and an Idempotency-Key covers i
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
 from aiohttp import web
 from msgspec import Meta
 
+from api import batching, jsonio
 from api import errors as http_errors
-from api import idempotency, jsonio
 from api.broadcasts import schemas
 from api.jsonio import json_response
-from api.middleware import REQUEST_ID
 from api.routing import Call, batch_body_limit, route
 from shared import errors, sending
 from shared.accept import MAX_BATCH_ITEMS
@@ -81,16 +80,8 @@ async def send_batch(call: Call[BatchSendRequest]) -> web.Response:
         call.path_uuid("broadcast_id"),
         [decode_item(raw) for raw in call.body.items],
         source="api",
-        request_id=call.request[REQUEST_ID],
-        claim=idempotency.claim_of(call.request),
-        test=call.key is not None and call.key.test,
+        **batching.accept_context(call),
     )
     base = state.settings.public_base
-    data: list[dict[str, Any]] = []
-    for index, result in enumerate(results):
-        if isinstance(result, errors.TidingsError):
-            _, answer = http_errors.answer(result, http_errors.Surface.broadcasts)
-            data.append({"index": index, "error": answer["error"]})
-        else:
-            data.append({"index": index, **sending.send_json(base, result)})
+    data = batching.entries(results, http_errors.Surface.broadcasts, lambda sent: sending.send_json(base, sent))
     return json_response({"data": data}, status=202)

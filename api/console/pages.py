@@ -49,7 +49,7 @@ NOTICES = {
 SAMPLE = {"name": "Ada Lovelace", "email": "ada@example.com", "phone": "+15550100"}
 
 
-def _problems(exc: msgspec.ValidationError | errors.TidingsError, default_field: str) -> dict[str, str]:
+def problems(exc: msgspec.ValidationError | errors.TidingsError, default_field: str) -> dict[str, str]:
     """A validation failure as {form field: its problem, in words}."""
     if isinstance(exc, errors.TidingsError):
         if exc.fields:
@@ -124,7 +124,7 @@ async def broadcast_create(p: Page) -> web.StreamResponse:
         body = msgspec.convert({"name": p.field("name"), "type": p.field("type")}, schemas.BroadcastCreate)
         full = await broadcasts.create(p.state.pool, p.org_id, name=body.name, type_=body.type, variables=[])
     except (msgspec.ValidationError, errors.ValidationFailed) as exc:
-        return await _broadcast_list(p, problems=_problems(exc, "name"), status=422)
+        return await _broadcast_list(p, problems=problems(exc, "name"), status=422)
     return redirect(f"/console/broadcasts/{full['id']}?notice=created")
 
 
@@ -289,7 +289,7 @@ async def template_add(p: Page) -> web.StreamResponse:
     except (msgspec.ValidationError, errors.ValidationFailed) as exc:
         return await _broadcast_page(
             p,
-            problems={"template": _problems(exc, "channel")},
+            problems={"template": problems(exc, "channel")},
             inputs={"template": {k: p.field(k) for k in _TEMPLATE_INPUTS}},
             status=422,
         )
@@ -305,7 +305,7 @@ async def template_preview(p: Page) -> web.StreamResponse:
         channel, body = _validated_template(p)
         preview = await _preview(channel, body, _sample_data(b["variables"], p.state.settings.public_base))
     except msgspec.ValidationError as exc:
-        channel, preview = p.field("channel"), {"error": "; ".join(f"{k} {v}" for k, v in _problems(exc, "").items())}
+        channel, preview = p.field("channel"), {"error": "; ".join(f"{k} {v}" for k, v in problems(exc, "").items())}
     return p.render("_preview.html", {"channel": channel, "preview": preview})
 
 
@@ -362,7 +362,7 @@ async def template_save(p: Page) -> web.StreamResponse:
         await broadcasts.update_template(p.state.pool, p.org_id, broadcast_id, template_id, changes, complete_template)
     except errors.ValidationFailed as exc:
         inputs = {k: p.field(k) for k in _TEMPLATE_INPUTS}
-        return await _template_page(p, inputs=inputs, problems=_problems(exc, "channel"), status=422)
+        return await _template_page(p, inputs=inputs, problems=problems(exc, "channel"), status=422)
     p.state.broadcast_cache.invalidate(p.org_id, broadcast_id)
     return redirect(f"/console/broadcasts/{broadcast_id}?notice=template_saved")
 
@@ -401,7 +401,7 @@ async def variables_save(p: Page) -> web.StreamResponse:
     except (msgspec.ValidationError, errors.ValidationFailed) as exc:
         return await _broadcast_page(
             p,
-            problems={"variables": {"variables": next(iter(_problems(exc, "variables").values()))}},
+            problems={"variables": {"variables": next(iter(problems(exc, "variables").values()))}},
             inputs={"variables": {"variables": p.field("variables")}},
             status=422,
         )
@@ -482,14 +482,14 @@ async def message_search(p: Page) -> web.StreamResponse:
         "broadcast": q.get("broadcast", "") if q.get("broadcast", "") in broadcast_ids else "",
         "since": _choice(q.get("since"), list(SINCE)) or "",
     }
-    problems: dict[str, str] = {}
+    filter_problems: dict[str, str] = {}
     rows: list[dict[str, Any]] = []
     next_cursor = None
     try:
         # The address is checked by the API's own rule for `to`.
         to = api_messages._text_filter(filters["address"], "address")
     except errors.ValidationFailed as exc:
-        problems = _problems(exc, "address")
+        filter_problems = problems(exc, "address")
     else:
         rows, next_cursor = await messages.search(
             p.state.pool,
@@ -513,7 +513,7 @@ async def message_search(p: Page) -> web.StreamResponse:
             "messages": rows,
             "next_cursor": next_cursor,
             "filters": filters,
-            "problems": problems,
+            "problems": filter_problems,
             "statuses": statuses,
             "channels": channels,
             "sources": sources,
@@ -521,7 +521,7 @@ async def message_search(p: Page) -> web.StreamResponse:
             "names": {r["id"]: r["name"] for r in names},
             "since_choices": list(SINCE),
         },
-        status=422 if problems else 200,
+        status=422 if filter_problems else 200,
     )
 
 
@@ -590,12 +590,12 @@ async def suppression_list(p: Page) -> web.StreamResponse:
 @page
 async def suppression_add(p: Page) -> web.StreamResponse:
     # The address is checked as the Transactionals API checks its suppressions' (FieldErrors).
-    problems = FieldErrors()
-    email = problems.email("email", p.field("email"), required=True)
+    checks = FieldErrors()
+    email = checks.email("email", p.field("email"), required=True)
     try:
-        problems.raise_if_any()
+        checks.raise_if_any()
     except errors.ValidationFailed as exc:
-        return await _suppression_list(p, problems=_problems(exc, "email"), email=p.field("email"), status=422)
+        return await _suppression_list(p, problems=problems(exc, "email"), email=p.field("email"), status=422)
     assert email is not None
     await suppressions.add(p.state.pool, p.org_id, email, suppressions.Reason.manual)
     return redirect("/console/suppressions?notice=suppressed")
@@ -650,7 +650,7 @@ async def key_create(p: Page) -> web.StreamResponse:
             {"name": p.field("name") or None, "scopes": scopes, "mode": p.field("mode") or "live"}, schemas.KeyCreate
         )
     except msgspec.ValidationError as exc:
-        return await _key_list(p, problems=_problems(exc, "name"), inputs=inputs, status=422)
+        return await _key_list(p, problems=problems(exc, "name"), inputs=inputs, status=422)
     created = await orgs.create_key_record(
         p.state.pool, p.org_id, list(body.scopes), name=body.name, mode=KeyMode(body.mode)
     )

@@ -21,8 +21,7 @@ from multidict import MultiDictProxy
 from api import errors as http_errors
 from api.auth import AuthKey
 from api.state import STATE, State
-from shared import console, errors, keys, orgs
-from shared.domain import KeyMode
+from shared import console, errors, keys
 
 COOKIE = "tidings_console"
 # The sign-in form's CSRF token, before there is a session: a double-submit cookie.
@@ -127,24 +126,7 @@ def _referer_path(request: web.Request) -> str:
 async def live_key(state: State, key_hash: bytes) -> AuthKey | None:
     """The key with this hash if it still works, through the api's key cache (the lookup
     `api.auth.authenticate` makes): a revoked key is refused within KEY_CACHE_TTL_S."""
-    found, cached = state.key_cache.get(key_hash)
-    if found:
-        return cached
-    row = await orgs.find_key(state.pool, key_hash)
-    value = (
-        None
-        if row is None
-        else AuthKey(
-            key_id=row["id"],
-            org_id=row["org_id"],
-            scopes=frozenset(row["scopes"]),
-            rate_limit_requests=row["rate_limit_requests"],
-            rate_limit_window_s=row["rate_limit_window_s"],
-            mode=KeyMode(row["mode"]),
-        )
-    )
-    state.key_cache.put(key_hash, value)
-    return value
+    return await state.key_cache.lookup(state.pool, key_hash)
 
 
 async def key_for_sign_in(state: State, api_key: str) -> AuthKey | None:

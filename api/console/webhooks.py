@@ -15,7 +15,7 @@ import msgspec
 from aiohttp import web
 
 from api.broadcasts import webhook_schemas as ws
-from api.console.pages import PAGE_SIZE, _problems
+from api.console.pages import PAGE_SIZE, problems
 from api.console.web import Page, page, redirect
 from shared import errors, webhook_endpoints
 from shared.webhook_events import DeliveryStatus, EventType
@@ -99,7 +99,7 @@ async def endpoint_create(p: Page) -> web.StreamResponse:
         )
         url, events = await webhook_endpoints.check_fields(p.state.settings, url=body.url, events=body.events)
     except (msgspec.ValidationError, errors.ValidationFailed) as exc:
-        return await _list_page(p, problems=_problems(exc, "url"), inputs=inputs, status=422)
+        return await _list_page(p, problems=problems(exc, "url"), inputs=inputs, status=422)
     assert url is not None and events is not None
     created = await webhook_endpoints.create(
         p.state.pool, p.org_id, url=url, events=events, description=body.description
@@ -175,7 +175,7 @@ async def endpoint_save(p: Page) -> web.StreamResponse:
         assert not isinstance(body.url, msgspec.UnsetType) and not isinstance(body.events, msgspec.UnsetType)
         url, events = await webhook_endpoints.check_fields(p.state.settings, url=body.url, events=body.events)
     except (msgspec.ValidationError, errors.ValidationFailed) as exc:
-        return await _endpoint_page(p, problems=_problems(exc, "url"), inputs=inputs, status=422)
+        return await _endpoint_page(p, problems=problems(exc, "url"), inputs=inputs, status=422)
     await webhook_endpoints.update(
         p.state.pool,
         p.org_id,

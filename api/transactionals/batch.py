@@ -15,10 +15,9 @@ import msgspec
 from aiohttp import web
 from msgspec import Meta
 
+from api import batching, jsonio
 from api import errors as http_errors
-from api import idempotency, jsonio
 from api.jsonio import json_response
-from api.middleware import REQUEST_ID
 from api.routing import Call, batch_body_limit, route
 from api.transactionals import schemas
 from shared import errors, transactionals
@@ -81,16 +80,10 @@ async def create_batch(call: Call[TransactionalBatch]) -> web.Response:
     results = await state.acceptor.transactional_many(
         call.org_id,
         [decode_item(raw) for raw in call.body.transactionals],
-        request_id=call.request[REQUEST_ID],
-        claim=idempotency.claim_of(call.request),
-        test=call.key is not None and call.key.test,
+        **batching.accept_context(call),
     )
     base = state.settings.public_base
-    data: list[dict[str, Any]] = []
-    for index, result in enumerate(results):
-        if isinstance(result, errors.TidingsError):
-            _, answer = http_errors.answer(result, http_errors.Surface.transactionals)
-            data.append({"index": index, "errors": answer["errors"]})
-        else:
-            data.append({"index": index, **transactionals.transactional_json(result, base)})
+    data = batching.entries(
+        results, http_errors.Surface.transactionals, lambda row: transactionals.transactional_json(row, base)
+    )
     return json_response({"data": data})
