@@ -61,9 +61,7 @@ async def test_a_deleted_broadcast_or_contact_is_forgotten_by_its_messages(
         assert row["events"] == 1
 
 
-async def test_a_deleted_message_takes_its_events_and_a_deleted_org_everything(
-    client: Any, pool: asyncpg.Pool
-) -> None:
+async def test_a_deleted_message_takes_its_events_and_a_deleted_org_everything(client: Any, pool: asyncpg.Pool) -> None:
     from tests.conftest import Org
 
     org_id = await orgs.create_org(pool, f"keys {uuid.uuid4().hex[:6]}")
