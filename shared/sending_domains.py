@@ -64,6 +64,16 @@ def dns_value(public_key_der: bytes) -> str:
     return f"v=DKIM1; k=rsa; p={base64.b64encode(public_key_der).decode()}"
 
 
+# One DNS character-string holds at most 255 bytes (RFC 1035 3.3); a longer TXT value is
+# published as several strings on one record, which receivers join without spaces (RFC 6376 3.6.2.2).
+TXT_STRING_CHARS = 255
+
+
+def txt_strings(value: str, size: int = TXT_STRING_CHARS) -> list[str]:
+    """A TXT value split into the character-strings a zone file needs (the value is ASCII)."""
+    return [value[i : i + size] for i in range(0, len(value), size)] or [""]
+
+
 def domain_json(row: Mapping[str, Any]) -> dict[str, Any]:
     """A domain as the api answers it: the public half only."""
     return {
@@ -110,6 +120,15 @@ async def register(pool: asyncpg.Pool, box: SecretBox, org_id: uuid.UUID, domain
         ) from exc
     assert row is not None
     return row
+
+
+async def create(pool: asyncpg.Pool, secret_key: str, org_id: uuid.UUID, raw_domain: object) -> asyncpg.Record:
+    """Register a domain as typed (the API's body, the console's form): checked first (422
+    naming `domain`), then SECRET_KEY (SecretKeyMissing, 503, when unset), then a new key and
+    the row (409 when any org has the domain). The API's and the console's one path."""
+    domain = normalize_domain(raw_domain)
+    box = SecretBox(secret_key)
+    return await register(pool, box, org_id, domain)
 
 
 @db.translated

@@ -64,9 +64,32 @@ def check_events(events: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(events))
 
 
+def status_filter(raw: str | None) -> str | None:
+    """A delivery log's `status` filter: None (all) or one of the delivery statuses."""
+    if raw is None or raw == "":
+        return None
+    if raw not in DeliveryStatus.__members__:
+        choices = ", ".join(DeliveryStatus.__members__)
+        raise errors.ValidationFailed(
+            f"status must be one of {choices}", fields={"status": [f"must be one of {choices}"]}
+        )
+    return raw
+
+
 async def check_url(settings: Settings, url: str) -> str:
     await webhook_urls.check(url, allow_private=settings.webhook_allow_private_urls)
     return url
+
+
+async def check_fields(
+    settings: Settings, *, url: str | None, events: Sequence[str] | None
+) -> tuple[str | None, list[str] | None]:
+    """An endpoint's url and events as create and update take them (None: not given): the
+    event types checked first, then the URL (its SSRF check resolves the host). The api's routes
+    and the console both check through here."""
+    checked_events = None if events is None else check_events(events)
+    checked_url = None if url is None else await check_url(settings, url)
+    return checked_url, checked_events
 
 
 @db.translated

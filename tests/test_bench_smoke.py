@@ -111,9 +111,29 @@ async def test_bench_smoke(tmp_path: Path, admin_dsn: str, redis_url: str) -> No
     assert all(_positive(v) for v in p6.values()), p6
     assert p6["2"] == result["P2"]["value"]
 
+    # P8: the end-to-end ladder (api + 2 workers, open loop) beside P2's ceiling. On a busy
+    # machine even the smoke's small rates may fail a step, so only the shape is checked.
+    p8 = result["P8"]
+    assert p8["unit"] == "messages/s" and p8["ceiling"] == result["P2"]["ceiling"] and p8["steps"] >= 1, p8
+    assert math.isclose(p8["ratio"], p8["value"] / p8["ceiling"], abs_tol=0.001)
+    details = json.loads((tmp_path / "result.json").read_text())["details"]
+    for step in details["P8"]["steps"]:
+        assert _positive(step["rate"]) and _positive(step["window_s"]), step
+        assert step["accepted_per_s"] >= 0 and step["delivered_per_s"] >= 0 and step["backlog_end"] >= 0, step
+        assert step["passed"] == (not step["why"]), step
+    assert p8["value"] in [0.0, *(s["rate"] for s in details["P8"]["steps"] if s["passed"])]
+
+    # P10 needs root, iproute2 and netem (or a C compiler for its delay relay): it says why not.
+    p10 = result["P10"]
+    if "skipped" not in p10:
+        for key in ("P1_value", "P2_value", "P1_to_loopback", "P2_to_loopback", "rtt_measured_ms"):
+            assert _positive(p10[key]), (key, p10)
+        assert p10["rtt_ms"] == 1.0 and p10["delay_by"] in ("netem", "relay"), p10
+
     if importlib.util.find_spec("matplotlib") is not None:
         png = tmp_path / "bench.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (tmp_path / "bench-p8.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # Run in a child so the bench's modules (imported by name from tests/perf) stay out of the suite.
@@ -153,5 +173,37 @@ def test_bench_installs_nothing_unless_asked() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BENCH_")}
     done = subprocess.run(
         [sys.executable, "-c", _NO_INSTALL], cwd=PERF, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+# `--repeat N`: each ratio's minimum and median over the runs (a child, as above).
+_REPEAT = """
+import bench, repeat
+
+def run(p1, p2, p10):
+    return {"machine": {}, "P1": {"value": 1.0, "ratio": p1}, "P2": {"ratio": p2},
+            "P4": {"p99_ms": p2 * 10}, "P1b": {"ratio_to_P1": p1 * 10},
+            "P10": {"P1_to_loopback": p10, "P2_to_loopback": p10 + 0.1},
+            "config": {"elapsed_s": 1.0, "at": "t"}, "details": {"x": 1}}
+
+out = repeat.combine([run(0.2, 0.4, 0.9), run(0.3, 0.3, 0.7), run(0.25, 0.5, 0.8)])
+assert out["runs"] == 3
+assert (out["P1"]["ratio_min"], out["P1"]["ratio_median"]) == (0.2, 0.25), out["P1"]
+assert (out["P2"]["ratio_min"], out["P2"]["ratio_median"]) == (0.3, 0.4), out["P2"]
+assert (out["P1b"]["ratio_min"], out["P1b"]["ratio_median"]) == (2.0, 2.5), out["P1b"]
+assert (out["P10"]["P1_to_loopback_min"], out["P10"]["P2_to_loopback_min"]) == (0.7, 0.8), out["P10"]
+assert out["P4"]["p99_ms_max"] == 5.0 and len(out["details"]["repeat"]) == 3
+assert out["config"]["elapsed_s"] == 3.0
+assert bench.parse_args(["--repeat", "3"]).repeat == 3 and bench.parse_args([]).repeat == 1
+assert {"P1", "P2"} <= bench.parse_args(["--only", "P10"]).only
+print("ok")
+"""
+
+
+def test_bench_repeat_reports_min_and_median() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BENCH_")}
+    done = subprocess.run(
+        [sys.executable, "-c", _REPEAT], cwd=PERF, env=env, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]

@@ -10,8 +10,7 @@ from aiohttp import web
 from api.broadcasts import webhook_schemas as ws
 from api.jsonio import json_response
 from api.routing import Call, route
-from shared import cursors, errors, webhook_endpoints
-from shared.webhook_events import DeliveryStatus
+from shared import cursors, webhook_endpoints
 
 TAG = "webhooks"
 ONE = "/orgs/{org_id}/webhooks/{webhook_id}"
@@ -29,8 +28,8 @@ ONE = "/orgs/{org_id}/webhooks/{webhook_id}"
 )
 async def create_webhook(call: Call[ws.WebhookCreate]) -> web.Response:
     body = call.body
-    events = webhook_endpoints.check_events(body.events)
-    url = await webhook_endpoints.check_url(call.state.settings, body.url)
+    url, events = await webhook_endpoints.check_fields(call.state.settings, url=body.url, events=body.events)
+    assert url is not None and events is not None
     out = await webhook_endpoints.create(
         call.state.pool, call.org_id, url=url, events=events, description=body.description
     )
@@ -70,8 +69,11 @@ async def get_webhook(call: Call[None]) -> web.Response:
 async def update_webhook(call: Call[ws.WebhookUpdate]) -> web.Response:
     body = call.body
     endpoint_id = call.path_uuid("webhook_id")
-    events = None if body.events is msgspec.UNSET else webhook_endpoints.check_events(body.events)
-    url = None if body.url is msgspec.UNSET else await webhook_endpoints.check_url(call.state.settings, body.url)
+    url, events = await webhook_endpoints.check_fields(
+        call.state.settings,
+        url=None if body.url is msgspec.UNSET else body.url,
+        events=None if body.events is msgspec.UNSET else body.events,
+    )
     out = await webhook_endpoints.update(
         call.state.pool,
         call.org_id,
@@ -120,17 +122,6 @@ async def test_webhook(call: Call[None]) -> web.Response:
     return json_response({"event_id": event_id}, status=202)
 
 
-def _status_filter(raw: str | None) -> str | None:
-    if raw is None or raw == "":
-        return None
-    if raw not in DeliveryStatus.__members__:
-        choices = ", ".join(DeliveryStatus.__members__)
-        raise errors.ValidationFailed(
-            f"status must be one of {choices}", fields={"status": [f"must be one of {choices}"]}
-        )
-    return raw
-
-
 @route(
     "GET",
     ONE + "/deliveries",
@@ -145,7 +136,7 @@ async def list_deliveries(call: Call[None]) -> web.Response:
     endpoint_id = call.path_uuid("webhook_id")
     # A missing endpoint is answered before any filter is judged.
     await webhook_endpoints.get(call.state.pool, call.org_id, endpoint_id)
-    status = _status_filter(q.get("status"))
+    status = webhook_endpoints.status_filter(q.get("status"))
     limit = cursors.parse_limit(q.get("limit"))
     page, next_cursor = await webhook_endpoints.deliveries_page(
         call.state.pool, call.org_id, endpoint_id, status=status, cursor=q.get("cursor"), limit=limit

@@ -12,7 +12,8 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from api.console import pages, signin
+from api.console import domains, pages, signin
+from api.console import webhooks as webhook_pages
 from api.console.web import SECURITY_HEADERS
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -94,6 +95,10 @@ def setup(app: web.Application) -> None:
     r.add_get("/console/keys", pages.key_list)
     r.add_post("/console/keys", pages.key_create)
     r.add_post("/console/keys/{key_id}/revoke", pages.key_revoke)
+    # The Webhooks room (api/console/webhooks.py).
+    webhook_pages.add_routes(r)
+    # Sending domains (api/console/domains.py).
+    domains.add_routes(r)
 
 
 async def _to_root(request: web.Request) -> web.Response:

@@ -1,11 +1,13 @@
-"""`make bench`: the project's performance scenarios P1-P7 (P7: P2 with DKIM on), each beside
-a ceiling measured in the same run on this machine. This file reads the command line and runs
+"""`make bench`: the project's performance scenarios P1-P10 (P7: P2 with DKIM on; P8: end to
+end; P10: Postgres behind a 1 ms round trip), each beside a ceiling measured in the same run on
+this machine. This file reads the command line and runs
 the scenarios in order; harness.py starts the services and processes, scenarios.py holds one
 function per scenario, report.py builds the result (tests/perf/README.md has the whole map).
 
     .venv/bin/python tests/perf/bench.py            # the full run (`make bench`)
     .venv/bin/python tests/perf/bench.py --smoke    # seconds, for the test suite
     .venv/bin/python tests/perf/bench.py --soak     # adds a 5-minute RSS soak
+    .venv/bin/python tests/perf/bench.py --repeat 3 # three runs: each ratio's min and median
 
 It starts what it needs as `tidings dev` does: Postgres and Redis from DATABASE_URL /
 REDIS_URL, else embedded servers kept under tests/perf/out/data; fresh databases for the
@@ -19,7 +21,9 @@ The last stdout line is one JSON object (also in out/result.json); out/bench.png
 Knobs (environment): BENCH_DURATION_S (15), BENCH_WARMUP_S (5), BENCH_BACKLOG (80000),
 BENCH_CONNECTIONS (50), BENCH_THREADS (2), BENCH_P4_RATE (100), BENCH_P6_WORKERS (1,2,4),
 BENCH_SOAK_S (300), BENCH_SOAK_RATE (200), BENCH_OUT_DIR, BENCH_DATA_DIR, BENCH_INSTALL (0: never
-runs apt-get or sudo; 1 installs smtp-sink and wrk when missing).
+runs apt-get or sudo; 1 installs smtp-sink, wrk and iproute2 when missing), BENCH_REPEAT (1),
+BENCH_P8_RATES, BENCH_P8_STEP_S (10), BENCH_P8_WARMUP_S (3), BENCH_P10_BASELINE (1),
+BENCH_P10_BESIDE (1).
 Service settings (WORKER_CONCURRENCY, SMTP_POOL_SIZE, DB_POOL_MAX_SIZE, LOG_LEVEL...) pass
 through to the api and worker processes unchanged.
 """
@@ -38,12 +42,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import common
+import endtoend
+import netns
+import repeat
 import report
 import scenarios
 from common import log
 from harness import Config, Harness
 
-ALL = "P1,P1b,P2,P3,P4,P5,P6,P7"
+ALL = "P1,P1b,P2,P3,P4,P5,P6,P7,P8,P10"
 T = TypeVar("T")
 
 
@@ -55,7 +62,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     parser.add_argument("--out", help="output folder (BENCH_OUT_DIR, default tests/perf/out)")
     parser.add_argument(
         "--only",
-        help="a comma list of scenarios to run, e.g. P1,P1b or P2,P7 (BENCH_ONLY; default all: P1, P1b, P2-P7)",
+        help="a comma list of scenarios to run, e.g. P1,P1b or P2,P7 (BENCH_ONLY; default all: P1, P1b, P2-P10)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, help="run the whole set N times; ratios get _min and _median (BENCH_REPEAT, default 1)"
     )
     args = parser.parse_args(argv)
     env = os.environ
@@ -70,6 +80,11 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     only = {p.strip().upper() for p in (args.only or env.get("BENCH_ONLY") or ALL).split(",") if p.strip()}
     if not only <= {p.upper() for p in ALL.split(",")}:
         parser.error(f"--only takes scenarios among {ALL}")
+    if "P10" in only:  # P10 is a ratio to the loopback P1 and P2 of the same run
+        only |= {"P1", "P2"}
+    repeats = args.repeat if args.repeat is not None else int(env.get("BENCH_REPEAT") or 1)
+    if repeats < 1:
+        parser.error("--repeat takes a count of at least 1")
     return Config(
         smoke=args.smoke,
         soak=args.soak,
@@ -94,6 +109,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         # Ceilings take the best of both loops; the smoke run only tries uvloop.
         loops=["uvloop"] if args.smoke else ["asyncio", "uvloop"],
         only=only,
+        repeat=repeats,
     )
 
 
@@ -134,6 +150,11 @@ async def run_bench(cfg: Config) -> dict[str, Any]:
             figures["P7"] = await timed("P7", scenarios.p7(h, figures.get("P2")))
         if "P3" in only:
             figures["P3"] = await timed("P3", scenarios.p3(h))
+        if "P8" in only:
+            p8_ceiling, _ = await scenarios.p2_ceiling(h)
+            figures["P8"] = await timed("P8", endtoend.p8(h, p8_ceiling))
+        if "P10" in only:
+            figures["P10"] = await timed("P10", netns.p10(h, figures.get("P1"), figures.get("P2")))
     # After the clean-up: the elapsed time includes it.
     elapsed_s = round(time.monotonic() - started, 1)
     return report.result(h, figures, p2_run=p2_run, soak=soak, timings=timings, elapsed_s=elapsed_s)
@@ -168,9 +189,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return None
             raise
 
-    result = common.run(amain())
-    if result is None:
-        return 130
+    runs = []
+    for n in range(cfg.repeat):
+        if cfg.repeat > 1:
+            log(f"run {n + 1} of {cfg.repeat}")
+        one = common.run(amain())
+        if one is None:
+            return 130
+        runs.append(one)
+    result = repeat.combine(runs) if len(runs) > 1 else runs[0]
     report.write_outputs(cfg, result)
     print(report.summary_line(result), flush=True)  # the last line on stdout
     return 0

@@ -71,6 +71,7 @@ class CpuMeter:
         ("tidings.cli api", "api"),
         ("tidings.cli worker", "worker"),
         ("loadgen.py", "load generator"),
+        ("stepload.py", "load generator"),
         ("ceilings.py", "ceiling client"),
         ("bare_api.py", "bare api"),
         ("sinks.py smtp", "sink"),

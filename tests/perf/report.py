@@ -14,7 +14,7 @@ from typing import Any
 from common import log
 from harness import Config, Harness
 
-FIGURES = ("P1", "P1b", "P2", "P3", "P4", "P5", "P6", "P7")  # their order in the result
+FIGURES = ("P1", "P1b", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P10")  # their order in the result
 
 
 def ratio(value: float, ceiling: float) -> float:
@@ -87,6 +87,10 @@ def write_outputs(cfg: Config, result: dict[str, Any]) -> None:
         import plot
 
         plot.plot(result, cfg.out_dir / "bench.png")
+        import plot_steps
+
+        if plot_steps.plot(result, cfg.out_dir / "bench-p8.png"):  # P8's steps, when it ran
+            log(f"wrote {cfg.out_dir / 'bench-p8.png'}")
     except ImportError as exc:
         log(f"warning: no plot ({exc}); `make bench` installs tests/perf/requirements.txt")
     log(f"wrote {cfg.out_dir / 'result.json'} and {cfg.out_dir / 'bench.png'}")

@@ -65,3 +65,10 @@ def find_tools(*, python_tools: bool, install: bool) -> tuple[str | None, str | 
     if wrk is None:
         log("warning: no wrk; using the Python load generator, which may itself limit P1")
     return sink, wrk
+
+
+def ensure_iproute2(*, install: bool) -> None:
+    """P10's `ip` and `tc` (Debian's iproute2): installed with apt-get when missing, and only
+    when asked (BENCH_INSTALL=1); otherwise P10 says it was skipped and why."""
+    if install and not (shutil.which("ip") and shutil.which("tc")):
+        _apt_install(["iproute2"])
