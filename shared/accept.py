@@ -357,7 +357,13 @@ class Acceptor:
             return self.contact_cache
         keys = list(wanted)
         found = await contacts.find_many(self.pool, org_id, [(email, phone) for _, email, phone in keys])
-        return PreloadedContacts({k: v for k, v in zip(keys, found, strict=True) if v is not None}, self.contact_cache)
+        known = {k: v for k, v in zip(keys, found, strict=True) if v is not None}
+        # Into the process's cache too, as a single trigger's lookup goes: the next batches to
+        # the same recipients within its TTL skip this query (a batch of repeat recipients
+        # otherwise paid it every time, about a sixth of the api's CPU per batch).
+        for key, value in known.items():
+            self.contact_cache.put(key, value)
+        return PreloadedContacts(known, self.contact_cache)
 
     async def _batch_ids(
         self,

@@ -33,11 +33,15 @@ class ContactCache:
         if hit is not None and hit[1] > time.monotonic():
             return hit[0]
         value = await load()
+        self.put(key, value)
+        return value
+
+    def put(self, key: Key, value: Loaded) -> None:
+        """Keep what was just read from Postgres for `ttl_s` (nothing when the cache is off)."""
         if self.ttl_s > 0:
             if len(self._entries) >= self.max_entries:
                 self._entries.clear()
             self._entries[key] = (value, time.monotonic() + self.ttl_s)
-        return value
 
 
 # Used when a caller has no cache of its own (the CLI): always reads Postgres.

@@ -107,3 +107,37 @@ def test_the_doorbell_is_rung_for_accepted_sends_in_one_place() -> None:
         if re.search(r"doorbell\.ring\(", path.read_text())
     ]
     assert ringing == ["shared/accept.py"]
+
+
+async def test_a_batch_s_recipients_found_at_once_are_kept_in_the_process_cache(
+    client: Any, org: Any, pool: asyncpg.Pool, settings: Settings, rings: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of known recipients looks them up in one query and keeps them in the process's
+    contact cache, so the next batch to them within the TTL asks Postgres nothing about them."""
+    from shared import contacts
+    from shared.contact_cache import ContactCache
+
+    b = await make_broadcast(client, org)
+    broadcast_id = uuid.UUID(b["id"])
+    emails = [unique_email("cached") for _ in range(3)]
+    for email in emails:  # known recipients
+        await contacts.find_or_create(pool, org.id, email=email, phone=None, name=None)
+    lookups: list[int] = []
+    find_many = contacts.find_many
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        lookups.append(1)
+        return await find_many(*args, **kwargs)
+
+    monkeypatch.setattr(contacts, "find_many", counted)
+    cache = ContactCache(ttl_s=60)
+    acceptor = Acceptor(pool, None, RedisKeys(settings.redis_prefix), settings, None, contact_cache=cache)  # type: ignore[arg-type]
+    try:
+        for _ in range(2):
+            triggers = [sending.Trigger(email=e, variables={"otp": "1"}) for e in emails]
+            results = await acceptor.trigger_many(org.id, broadcast_id, triggers, source="api", request_id="t")
+            assert all(isinstance(r, sending.PreparedSend) for r in results), results
+    finally:
+        await acceptor.close()
+    assert lookups == [1]
+    assert all(cache.has((org.id, e, None)) for e in emails)
