@@ -43,14 +43,16 @@ async def test_a_deleted_broadcast_or_contact_is_forgotten_by_its_messages(
     b = await make_broadcast(client, org)
     first, second, other = [await _send(client, org, b["id"]) for _ in range(3)]
     row = await _message(pool, first["id"])
-    assert row is not None and row["broadcast_id"] == uuid.UUID(b["id"]) and row["events"] == 1
+    # The session's worker may already be delivering these messages (more events by the moment):
+    # what is checked is that a delete never takes a message's events along.
+    assert row is not None and row["broadcast_id"] == uuid.UUID(b["id"]) and row["events"] >= 1
     # One statement deleting two contacts: each message forgets its own, the third keeps its.
     contacts = [(await _message(pool, m["id"]))["contact_id"] for m in (first, second)]  # type: ignore[index]
     await pool.execute("DELETE FROM contacts WHERE id = ANY($1::uuid[])", contacts)
     for m in (first, second):
         row = await _message(pool, m["id"])
         assert row is not None and row["contact_id"] is None and row["send_contact_id"] is None
-        assert row["broadcast_id"] == uuid.UUID(b["id"]) and row["events"] == 1
+        assert row["broadcast_id"] == uuid.UUID(b["id"]) and row["events"] >= 1
     kept = await _message(pool, other["id"])
     assert kept is not None and kept["contact_id"] is not None and kept["contact_id"] == kept["send_contact_id"]
 
@@ -58,7 +60,7 @@ async def test_a_deleted_broadcast_or_contact_is_forgotten_by_its_messages(
     for m in (first, second, other):
         row = await _message(pool, m["id"])
         assert row is not None and row["broadcast_id"] is None and row["send_broadcast_id"] is None
-        assert row["events"] == 1
+        assert row["events"] >= 1
 
 
 async def test_a_deleted_message_takes_its_events_and_a_deleted_org_everything(client: Any, pool: asyncpg.Pool) -> None:
@@ -73,7 +75,9 @@ async def test_a_deleted_message_takes_its_events_and_a_deleted_org_everything(c
     left = await pool.fetchval("SELECT count(*) FROM message_events WHERE message_id = $1", uuid.UUID(gone["id"]))
     assert left == 0
     ids = [uuid.UUID(m["id"]) for m in rest]
-    assert await pool.fetchval("SELECT count(*) FROM message_events WHERE message_id = ANY($1::uuid[])", ids) == 2
+    # Each other message keeps its own events (the session's worker may be adding some).
+    for message_id in ids:
+        assert await pool.fetchval("SELECT count(*) FROM message_events WHERE message_id = $1", message_id) >= 1
 
     await pool.execute("DELETE FROM orgs WHERE id = $1", org_id)
     assert await pool.fetchval("SELECT count(*) FROM sends WHERE org_id = $1", org_id) == 0
