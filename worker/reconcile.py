@@ -34,12 +34,21 @@ BACKLOG_COUNT_LIMIT = 1_000_000
 RECLAIM_GRACE_S = 5.0
 # Idempotency keys are honoured 24 h; expired ones are swept this often (per worker).
 IDEMPOTENCY_SWEEP_EVERY_S = 300.0
-_last_sweep_s = 0.0
 # Retention is a slow background chore: a run at most this often (per worker), for at most
 # RETENTION_BUDGET_S, in batches of retention.BATCH_ROWS; a backlog is worked off over runs.
 RETENTION_EVERY_S = 60.0
 RETENTION_BUDGET_S = 5.0
-_last_retention_s = 0.0
+# When each slower chore last ran in this process (monotonic seconds).
+_last_run_s: dict[str, float] = {}
+
+
+def _due(chore: str, every_s: float) -> bool:
+    """Whether `chore` has not run in this process for `every_s`; if so, it counts as run now."""
+    now_s = time.monotonic()
+    if now_s - _last_run_s.get(chore, float("-inf")) <= every_s:
+        return False
+    _last_run_s[chore] = now_s
+    return True
 
 
 async def reconcile(arq_ctx: dict[str, Any]) -> dict[str, int]:
@@ -48,17 +57,13 @@ async def reconcile(arq_ctx: dict[str, Any]) -> dict[str, int]:
     reclaimed = await delivery.reclaim_expired(ctx.pool, ctx.settings.retry_max_attempts, RECLAIM_GRACE_S)
     if reclaimed:
         await doorbell.ring(ctx.redis, ctx.keys)
-    global _last_sweep_s
-    if time.monotonic() - _last_sweep_s > IDEMPOTENCY_SWEEP_EVERY_S:
-        _last_sweep_s = time.monotonic()
+    if _due("idempotency_sweep", IDEMPOTENCY_SWEEP_EVERY_S):
         await delivery.sweep_expired_idempotency_keys(ctx.pool)
     files_erased = await attachments.sweep_settled(ctx.pool)
     if files_erased:
         log.info("attachments_erased", files=files_erased)
-    global _last_retention_s
     erased = 0
-    if time.monotonic() - _last_retention_s > RETENTION_EVERY_S:
-        _last_retention_s = time.monotonic()
+    if _due("retention", RETENTION_EVERY_S):
         erased = await retention.erase_expired(ctx.pool, ctx.settings.retention_days, budget_s=RETENTION_BUDGET_S)
     metrics.QUEUE_DEPTH.set(await delivery.count_due(ctx.pool, BACKLOG_COUNT_LIMIT))
     metrics.RECONCILED.labels("reclaimed").inc(reclaimed)
