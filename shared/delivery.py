@@ -85,18 +85,23 @@ async def record_outcomes(pool: db.Pool, batch: Sequence[tuple[uuid.UUID, Sequen
         {(org_id, o.suppress.lower()): o for org_id, group in batch for o in group if o.suppress}.items(),
         key=lambda item: (str(item[0][0]), item[0][1]),
     )
+    arrays = (
+        [o.message_id for o in outcomes],
+        [o.status for o in outcomes],
+        [o.external_message_id for o in outcomes],
+        [o.error for o in outcomes],
+        [o.next_attempt_at for o in outcomes],
+        [o.attempt for o in outcomes],
+    )
+    follow_ups = [o for o in outcomes if o.then is not None and o.status is MessageStatus.sent]
     with db.passing_or_refused():
+        if not follow_ups and not suppressions:
+            # The usual batch: one statement, atomic on its own, so no BEGIN and COMMIT around
+            # it (two round trips fewer per write, and a third of its statements in Postgres).
+            await pool.fetch(Q.record_outcomes, *arrays)
+            return
         async with pool.acquire() as conn, conn.transaction():
-            await conn.fetch(
-                Q.record_outcomes,
-                [o.message_id for o in outcomes],
-                [o.status for o in outcomes],
-                [o.external_message_id for o in outcomes],
-                [o.error for o in outcomes],
-                [o.next_attempt_at for o in outcomes],
-                [o.attempt for o in outcomes],
-            )
-            follow_ups = [o for o in outcomes if o.then is not None and o.status is MessageStatus.sent]
+            await conn.fetch(Q.record_outcomes, *arrays)
             if follow_ups:
                 await conn.execute(
                     Q.record_test_follow_ups,

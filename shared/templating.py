@@ -357,6 +357,10 @@ def _globals_of(source: str) -> frozenset[str]:
 def render(source: str | None, data: Mapping[str, Any], *, html: bool = False) -> str:
     if not source:
         return ""
+    if "{" not in source:
+        # No markup: Liquid would give the text back as it is (a sender address, a name); its
+        # per-render set-up is most of the cost of such a field.
+        return source
     try:
         return parse(source, html=html).render(**data)
     except LiquidError as exc:
