@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from shared import addresses, errors, templating
 from shared.addresses import InvalidAddress
 from worker.channels.email import message_bytes
-from worker.render import html_to_text, render_email
+from worker.render import html_to_text, preheader_html, render_email
 
 PROPS = hsettings(max_examples=200, deadline=None, derandomize=True, database=None)
 E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
@@ -303,3 +303,56 @@ def test_text_derived_once_per_template_matches_converting_each_message(
     )
     assert rendered.html is not None
     assert rendered.text.split() == html_to_text(rendered.html).split()
+
+
+# ---- several fields in one render ----
+
+FIELD_SOURCES = [
+    "Your code is {{ otp }}",
+    "{{- name -}}   and  {{ otp | upcase }}  ",
+    '  {{ name | default: "there" }}',
+    "plain text, no markup",
+    "",
+    "{% if name %}{{ name }}{% endif %}",  # a tag: rendered one by one
+    "{% assign otp = 'x' %}{{ otp }}",  # an assign must not carry into the next source
+    "{# a comment #}{{ otp }}",
+    "{{ missing }}|{{ name | truncate: 4 }}",
+]
+
+
+@PROPS
+@given(
+    sources=st.lists(st.sampled_from(FIELD_SOURCES), min_size=1, max_size=5),
+    name=st.one_of(hostile_text, st.just("a\x00b")),
+    otp=hostile_text,
+)
+def test_fields_rendered_together_equal_each_rendered_alone(sources: list[str], name: str, otp: str) -> None:
+    """`render_all`, when it renders at all, gives exactly what rendering each source alone
+    gives, whitespace control, values holding its NUL separator and tags included."""
+    data = {"name": name, "otp": otp}
+    alone = [templating.render(source, data) for source in sources]
+    together = templating.render_all(sources, data)
+    assert together is None or together == alone
+    joinable = len([s for s in sources if "{" in s]) >= 2 and not any("{%" in s or "{#" in s for s in sources)
+    if joinable and "\x00" not in name + otp:
+        assert together is not None  # the common case does take the one render
+
+
+@PROPS
+@given(subject=header_values, preheader=hostile_text, name=hostile_text, otp=hostile_text)
+def test_an_email_rendered_in_one_go_equals_its_fields_rendered_alone(
+    subject: str, preheader: str, name: str, otp: str
+) -> None:
+    body = {
+        "from_email": "otp@acme.test",
+        "subject": "{{ s }} {{ otp }}",
+        "preheader": "{{ p }}",
+        "html_body": "<p>Hi {{ name }}, {{ otp }}</p>",
+    }
+    data = {"s": subject, "p": preheader, "name": name, "otp": otp}
+    rendered = render_email(uuid.uuid4(), body, data, to="a@b.test", fallback_domain="t.test")
+    assert rendered.subject == addresses.fold_header(templating.render(body["subject"], data)).strip()
+    assert rendered.html is not None
+    expected_preheader = addresses.fold_header(templating.render(body["preheader"], data)).strip()
+    if expected_preheader:
+        assert preheader_html(expected_preheader) in rendered.html

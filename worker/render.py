@@ -11,7 +11,7 @@ import functools
 import html
 import re
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from inscriptis import get_text
@@ -75,12 +75,17 @@ def _text_plan(html_src: str, preheader_src: str) -> tuple[str, tuple[str, ...]]
     return text, tuple(outputs)
 
 
-def _derived_text(html_src: str, preheader_src: str, data: Mapping[str, Any]) -> str | None:
+def _derived_text(
+    html_src: str, preheader_src: str, data: Mapping[str, Any], rendered: Sequence[str] | None = None
+) -> str | None:
+    """The text part from the plan, its tags' values `rendered` already or rendered here."""
     plan = _text_plan(html_src, preheader_src)
     if plan is None:
         return None
     text, outputs = plan
-    values = [_WHITESPACE.sub(" ", templating.render(output, data)) for output in outputs]
+    if rendered is None:
+        rendered = templating.render_all(outputs, data) or [templating.render(output, data) for output in outputs]
+    values = [_WHITESPACE.sub(" ", value) for value in rendered]
     if any(_CONTROL.search(value) for value in values):
         return None  # control characters: the HTML parser replaces or drops them; convert whole
     return _MARKED.sub(lambda m: values[int(m.group(1))], text)
@@ -143,17 +148,27 @@ def render_email(
             addresses.single_mailbox(reply_to)
         except addresses.InvalidAddress as exc:
             raise errors.ValidationFailed(f"reply_to rendered to {reply_to!r}, not exactly one mailbox: {exc}") from exc
-    subject = header("subject")
-    preheader = header("preheader")
     html_src = body.get("html_body")
     text_src = body.get("text_body")
+    preheader_src = body.get("preheader") or ""
+    # The subject, the preheader and the derived text part's tags in one render when they
+    # allow it (`templating.render_all`); else one by one, as before.
+    plan = _text_plan(html_src, preheader_src) if html_src and not text_src else None
+    outputs = plan[1] if plan is not None else ()
+    joint = templating.render_all([body.get("subject"), preheader_src, *outputs], data)
+    if joint is not None:
+        subject, preheader = (addresses.fold_header(value).strip() for value in joint[:2])
+    else:
+        subject = header("subject")
+        preheader = header("preheader")
     html_part = None
     if html_src:
         html_part = as_document(with_preheader(templating.render(html_src, data, html=True), preheader))
     if text_src:
         text_part = templating.render(text_src, data)
     else:
-        derived = _derived_text(html_src, body.get("preheader") or "", data) if html_src else None
+        rendered = joint[2:] if joint is not None and plan is not None else None
+        derived = _derived_text(html_src, preheader_src, data, rendered) if html_src else None
         text_part = derived if derived is not None else html_to_text(html_part or "")
     return RenderedEmail(
         message_id=message_id_for(message_id, from_email, fallback_domain),
