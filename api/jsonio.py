@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import msgspec
@@ -66,6 +67,33 @@ def decode(body: bytes, type_: type[T]) -> T:
     if b"\\u0000" in body or _LONG_NUMBER.search(body) or body.count(b"{") + body.count(b"[") > MAX_DEPTH:
         _check_storable(msgspec.to_builtins(value, enc_hook=_skip_raw))
     return value
+
+
+def decode_whole(body: bytes, type_: type[T]) -> T | None:
+    """`body` decoded as `type_` in one call, when nothing in its bytes needs the storable
+    check (`decode` does it per value: a NUL, a long number); None when it does or when it
+    does not decode, for the caller to decode its parts one by one with `decode` (whose
+    errors name the part at fault). For a batch whose items `decode` would each accept:
+    one msgspec call for all of them instead of a call, a copy and these checks per item.
+    Nesting is not bounded here: the caller checks what may nest (`nests`)."""
+    if b"\\u0000" in body or _LONG_NUMBER.search(body):
+        return None
+    decoder = _decoders.get(type_)
+    if decoder is None:
+        decoder = _decoders[type_] = msgspec.json.Decoder(type_)
+    try:
+        value: T = decoder.decode(body)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):  # ValidationError is a DecodeError
+        return None
+    return value
+
+
+def nests(value: Mapping[str, Any]) -> bool:
+    """Whether a mapping holds a container (so that `decode` may have to bound its depth)."""
+    return any(type(v) in _CONTAINERS for v in value.values())
+
+
+_CONTAINERS = (dict, list)
 
 
 def _skip_raw(value: Any) -> Any:

@@ -228,7 +228,7 @@ class Acceptor:
         All accepted sends are committed in one statement. Raises what refuses the whole
         request: the broadcast cannot send, Postgres is unreachable, the key was taken over.
         `test`: a test key's batch, whose messages reach no provider (as `trigger`)."""
-        await sending.sendable_broadcast(self.pool, org_id, broadcast_id, self.broadcast_cache)
+        sendable = await sending.sendable_broadcast(self.pool, org_id, broadcast_id, self.broadcast_cache)
         send_ids, committed = await self._batch_ids(
             claim, len(triggers), lambda ids_: sending.load_committed_many(self.pool, org_id, ids_)
         )
@@ -254,6 +254,7 @@ class Acceptor:
                     source=source,
                     request_id=request_id,
                     max_attachment_bytes=self.settings.max_attachment_bytes,
+                    sendable=sendable,
                 )
             except errors.TidingsError as exc:
                 if not _item_refusal(exc):
@@ -340,8 +341,11 @@ class Acceptor:
         self, org_id: uuid.UUID, triggers: Sequence[sending.Trigger | errors.TidingsError]
     ) -> ContactCache:
         """The known recipients of a batch given by address, found in one query instead of one
-        or two per item; the process cache's fresh entries are not asked again."""
+        or two per item; the process cache's fresh entries are not asked again, and are kept
+        for the batch as they are now (one that expired while the batch's items were being
+        prepared would otherwise cost its item a query after all)."""
         wanted: dict[tuple[uuid.UUID, str | None, str | None], None] = {}
+        cached: dict[tuple[uuid.UUID, str | None, str | None], Any] = {}
         for t in triggers:
             if isinstance(t, errors.TidingsError) or t.contact_channel_id or t.contact_id:
                 continue
@@ -351,19 +355,25 @@ class Acceptor:
             except errors.TidingsError:
                 continue  # `prepare` refuses it
             key = (org_id, email, phone)
-            if (email or phone) and not self.contact_cache.has(key):
+            if not (email or phone) or key in cached or key in wanted:
+                continue
+            hit = self.contact_cache.peek(key)
+            if hit is not None:
+                cached[key] = hit
+            else:
                 wanted[key] = None
-        if len(wanted) < 2:
-            return self.contact_cache
-        keys = list(wanted)
-        found = await contacts.find_many(self.pool, org_id, [(email, phone) for _, email, phone in keys])
-        known = {k: v for k, v in zip(keys, found, strict=True) if v is not None}
-        # Into the process's cache too, as a single trigger's lookup goes: the next batches to
-        # the same recipients within its TTL skip this query (a batch of repeat recipients
-        # otherwise paid it every time, about a sixth of the api's CPU per batch).
-        for key, value in known.items():
-            self.contact_cache.put(key, value)
-        return PreloadedContacts(known, self.contact_cache)
+        known = cached
+        if len(wanted) >= 2:
+            keys = list(wanted)
+            found = await contacts.find_many(self.pool, org_id, [(email, phone) for _, email, phone in keys])
+            # Into the process's cache too, as a single trigger's lookup goes: the next batches to
+            # the same recipients within its TTL skip this query (a batch of repeat recipients
+            # otherwise paid it every time, about a sixth of the api's CPU per batch).
+            for key, value in zip(keys, found, strict=True):
+                if value is not None:
+                    known[key] = value
+                    self.contact_cache.put(key, value)
+        return PreloadedContacts(known, self.contact_cache) if known else self.contact_cache
 
     async def _batch_ids(
         self,
