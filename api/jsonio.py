@@ -133,7 +133,8 @@ def _check_value(value: Any, depth: int, field: str) -> None:
             _check_value(item, depth + 1, field)
     elif isinstance(value, list):
         for item in value:
-            _check_value(item, depth + 1, field)
+            if item is not None:  # a batch's raw items come here as None (`_skip_raw`)
+                _check_value(item, depth + 1, field)
     elif isinstance(value, int) and not isinstance(value, bool) and value not in _INT64:
         raise errors.ValidationFailed(
             f"{field}: integers must fit in 64 bits (send larger numbers as strings)",
