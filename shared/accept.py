@@ -90,9 +90,14 @@ class Acceptor:
         self.senders = sending_domains.SenderCache(settings.broadcast_cache_ttl_s)
         # One batch at a time: measured, it beats two in flight (each request waits for at
         # most one commit before its own, and batches grow instead of splitting).
-        self.batcher: Batcher[Prepared, asyncio.Future[bool]] = Batcher(self._flush, max_in_flight=1)
+        self.batcher: Batcher[Prepared, asyncio.Future[bool]] = Batcher(
+            self._flush, max_in_flight=1, observe=_observer("single")
+        )
         self.group_batcher: Batcher[Prepared, asyncio.Future[bool]] = Batcher(
-            self._flush, max_size=GROUP_FLUSH_MAX_SENDS, max_in_flight=GROUP_FLUSHES_IN_FLIGHT
+            self._flush,
+            max_size=GROUP_FLUSH_MAX_SENDS,
+            max_in_flight=GROUP_FLUSHES_IN_FLIGHT,
+            observe=_observer("group"),
         )
         self._rings: set[asyncio.Future[bool]] = set()
         # A batch request's sends refused at commit for their own reason, until it reads them.
@@ -493,6 +498,20 @@ async def _in_lanes(count: int, job: Callable[[int], Awaitable[T]], lanes: int) 
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
     return out
+
+
+def _observer(batcher: str) -> Callable[[int, float, float], None]:
+    """Each commit's size, its oldest send's wait and its duration, into the api's metrics."""
+    sends = metrics.ACCEPT_FLUSH_SENDS.labels(batcher)
+    wait = metrics.ACCEPT_FLUSH_WAIT.labels(batcher)
+    duration = metrics.ACCEPT_FLUSH_DURATION.labels(batcher)
+
+    def observe(size: int, waited_s: float, took_s: float) -> None:
+        sends.observe(size)
+        wait.observe(waited_s)
+        duration.observe(took_s)
+
+    return observe
 
 
 def _wakes_workers(p: Prepared) -> bool:

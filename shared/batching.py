@@ -20,15 +20,23 @@ R = TypeVar("R")
 
 # A flush returns, per item, its result or the exception to raise to that item's caller.
 Flush = Callable[[list[T]], Awaitable[Sequence[R | BaseException]]]
+# Told after each flush: its item count, how long its oldest item waited for it to start (s),
+# and how long it ran (s). Where a pipeline's time goes: waiting for a slot, or in the flush.
+Observe = Callable[[int, float, float], None]
 
 
 class Batcher(Generic[T, R]):
-    def __init__(self, flush: Flush[T, R], *, max_size: int = 200, max_in_flight: int = 2) -> None:
+    def __init__(
+        self, flush: Flush[T, R], *, max_size: int = 200, max_in_flight: int = 2, observe: Observe | None = None
+    ) -> None:
         self._flush = flush
         self.max_size = max_size
         self._slots = asyncio.Semaphore(max_in_flight)
+        self._observe = observe
         # Groups of items that must share a flush (a single `submit` is a group of one).
         self._pending: collections.deque[list[tuple[T, asyncio.Future[R]]]] = collections.deque()
+        # When each pending group was submitted (loop time), in the same order.
+        self._submitted: collections.deque[float] = collections.deque()
         self._pending_size = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -49,6 +57,7 @@ class Batcher(Generic[T, R]):
         group = [(item, loop.create_future()) for item in items]
         was_idle = not self._pending
         self._pending.append(group)
+        self._submitted.append(loop.time())
         self._pending_size += len(group)
         if was_idle or self._pending_size >= self.max_size:
             self._start()
@@ -64,14 +73,19 @@ class Batcher(Generic[T, R]):
             # Take whatever gathered while we waited for a slot (possibly nothing), whole
             # groups only, up to max_size items (or one larger group alone).
             batch: list[tuple[T, asyncio.Future[R]]] = []
+            oldest = 0.0
             while self._pending and (not batch or len(batch) + len(self._pending[0]) <= self.max_size):
                 batch.extend(self._pending.popleft())
+                submitted = self._submitted.popleft()
+                oldest = oldest or submitted
             self._pending_size -= len(batch)
             if self._pending and self._pending_size < self.max_size:
                 # Leftovers need a flush of their own.
                 self._start()
             if not batch:
                 return
+            loop = asyncio.get_running_loop()
+            started = loop.time()
             try:
                 results = await self._flush([item for item, _ in batch])
             except BaseException as exc:
@@ -81,6 +95,8 @@ class Batcher(Generic[T, R]):
                 if not isinstance(exc, Exception):
                     raise
                 return
+            if self._observe is not None:
+                self._observe(len(batch), started - oldest, loop.time() - started)
             for (_, fut), result in zip(batch, results, strict=True):
                 if fut.done():
                     continue
