@@ -1,14 +1,19 @@
 """Ids for rows created on the hot path.
 
-Ids are opaque and unordered (never sequential), but they are not secrets: every object
-is read through an authenticated, org-scoped route. So they come from a fast PRNG seeded
-from the OS once per process, instead of `uuid4()`'s system call per id.
+Ids are opaque (never sequential), but they are not secrets: every object is read through
+an authenticated, org-scoped route. So they come from a fast PRNG seeded from the OS once
+per process, instead of `uuid4()`'s system call per id.
+
+A message's id is a UUIDv7 (RFC 9562): its first 48 bits are the Unix time in milliseconds,
+and the message's created_at is that time (shared/migrations/0017: messages are partitioned
+by created_at, and a statement that knows only an id finds its partition from it).
 """
 
 from __future__ import annotations
 
 import os
 import random
+import time
 import uuid
 
 _random = random.Random()  # seeded from os.urandom at creation
@@ -18,6 +23,18 @@ os.register_at_fork(after_in_child=_random.seed)
 
 def new_id() -> uuid.UUID:
     return uuid.UUID(int=_random.getrandbits(128), version=4)
+
+
+_V7_VERSION_AND_VARIANT = (0x7 << 76) | (0b10 << 62)
+_V7_RANDOM_MASK = ((1 << 12) - 1) << 64 | ((1 << 62) - 1)
+
+
+def new_message_id(now_s: float | None = None) -> uuid.UUID:
+    """A message's id: UUIDv7, the time (`now_s`, default the clock) in milliseconds, then 74
+    random bits. The time is the message's created_at (uuid_v7_time in SQL)."""
+    ms = int((time.time() if now_s is None else now_s) * 1000)
+    rand = _random.getrandbits(128) & _V7_RANDOM_MASK
+    return uuid.UUID(int=(ms & 0xFFFF_FFFF_FFFF) << 80 | _V7_VERSION_AND_VARIANT | rand)
 
 
 # A batch request's sends get ids that name the batch: one random base with its low bits

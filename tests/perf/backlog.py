@@ -45,7 +45,7 @@ async def build_backlog(h: Harness, broadcast: str, channel: str) -> float:
     `shared.sending.prepare` resolves a few recipients once; each send is then a copy with
     new ids, written by the service's own `commit_many` in batches of 500 (as its api does
     under load). Postgres is the delivery queue: workers started afterwards find them."""
-    from shared import sending
+    from shared import ids, sending
 
     n = h.cfg.backlog
     assert h.org_id is not None
@@ -65,7 +65,7 @@ async def build_backlog(h: Harness, broadcast: str, channel: str) -> float:
     def copy(i: int) -> sending.PreparedSend:
         base = prepared[i % len(prepared)]
         return dataclasses.replace(
-            base, send_id=uuid.uuid4(), records=[dataclasses.replace(r, id=uuid.uuid4()) for r in base.records]
+            base, send_id=uuid.uuid4(), records=[dataclasses.replace(r, id=ids.new_message_id()) for r in base.records]
         )
 
     async def filler() -> None:
