@@ -67,8 +67,7 @@ LIMIT $10;
 
 -- name: search_messages_by_broadcast
 -- search_messages of one broadcast ($11, required): walks messages_org_broadcast_recent (0014),
--- or messages_broadcast_recent (0001) where that is cheaper (one org in the table), never the
--- org's timeline: org, mode and broadcast are all index conditions, so it wins the generic plan.
+-- never the org's timeline: org, mode and broadcast are all index conditions.
 SELECT * FROM messages
 WHERE broadcast_id = $11::uuid AND org_id = $1 AND test = $2
   AND (created_at, id) < ($3::timestamptz, $4::uuid)
