@@ -126,6 +126,7 @@ async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
         yield conn
 
 
+@translated
 async def fetch_custom_planned(pool: asyncpg.Pool, statement: str, *args: Any) -> list[asyncpg.Record]:
     """Run a read planned for these values, never by a generic plan (plan_cache_mode, for this
     transaction only). For the searches over partitioned messages (0017): a generic plan is

@@ -20,7 +20,7 @@ WITH u AS (
         updated_at = now()
     FROM u
     WHERE m.id = u.id AND m.attempts = u.attempts
-      AND m.created_at BETWEEN message_ids_created_min($1::uuid[]) AND message_ids_created_max($1::uuid[])
+      AND m.created_at BETWEEN (SELECT message_ids_created_min($1::uuid[])) AND (SELECT message_ids_created_max($1::uuid[]))
       AND (m.status = 'sending' OR (m.status IN ('queued', 'failed') AND m.lease_expires_at IS NOT NULL))
     RETURNING m.id, m.send_id, m.status, m.error, m.created_at
 ), logged AS (
@@ -41,8 +41,8 @@ WITH u AS (
           -- either side of the batch's span holds every sibling.
           SELECT 1 FROM messages m
           WHERE m.send_id = d.send_id AND m.status IN ('queued', 'scheduled', 'sending')
-            AND m.created_at BETWEEN message_ids_created_min($1::uuid[]) - interval '1 day'
-                                 AND message_ids_created_max($1::uuid[]) + interval '1 day'
+            AND m.created_at BETWEEN (SELECT message_ids_created_min($1::uuid[])) - interval '1 day'
+                                 AND (SELECT message_ids_created_max($1::uuid[])) + interval '1 day'
             AND m.id NOT IN (SELECT id FROM updated))
 )
 SELECT id FROM updated;
@@ -63,7 +63,7 @@ WITH u AS (
         updated_at = now()
     FROM u
     WHERE m.id = u.id AND m.test AND m.status = 'sent' AND m.external_message_id = u.external_message_id
-      AND m.created_at BETWEEN message_ids_created_min($1::uuid[]) AND message_ids_created_max($1::uuid[])
+      AND m.created_at BETWEEN (SELECT message_ids_created_min($1::uuid[])) AND (SELECT message_ids_created_max($1::uuid[]))
     RETURNING m.id, m.status, m.created_at
 ), logged AS (
     INSERT INTO message_events (message_id, status, detail, message_created_at)
@@ -114,7 +114,7 @@ WITH released AS (
         attempts = greatest(m.attempts - 1, 0)
     FROM unnest($1::uuid[], $2::int[]) AS c(id, attempts)
     WHERE m.id = c.id AND m.status = 'sending' AND m.attempts = c.attempts
-      AND m.created_at BETWEEN message_ids_created_min($1::uuid[]) AND message_ids_created_max($1::uuid[])
+      AND m.created_at BETWEEN (SELECT message_ids_created_min($1::uuid[])) AND (SELECT message_ids_created_max($1::uuid[]))
     RETURNING m.id, m.created_at
 ), logged AS (
     INSERT INTO message_events (message_id, status, detail, message_created_at)
@@ -188,7 +188,7 @@ WITH held AS (
     FROM messages m
     JOIN unnest($1::uuid[], $2::int[]) AS c(id, attempts) ON m.id = c.id AND m.attempts = c.attempts
     WHERE (m.status = 'sending' OR (m.status IN ('queued', 'failed') AND m.lease_expires_at IS NOT NULL))
-      AND m.created_at BETWEEN message_ids_created_min($1::uuid[]) AND message_ids_created_max($1::uuid[])
+      AND m.created_at BETWEEN (SELECT message_ids_created_min($1::uuid[])) AND (SELECT message_ids_created_max($1::uuid[]))
     -- In id order, as the worker sorts its outcome writes: the two run side by side on the
     -- same rows, and must not deadlock.
     ORDER BY m.id
@@ -202,7 +202,7 @@ WITH held AS (
         updated_at = CASE WHEN held.was = 'sending' THEN m.updated_at ELSE now() END
     FROM held
     WHERE m.id = held.id AND m.created_at = held.created_at
-      AND m.created_at BETWEEN message_ids_created_min($1::uuid[]) AND message_ids_created_max($1::uuid[])
+      AND m.created_at BETWEEN (SELECT message_ids_created_min($1::uuid[])) AND (SELECT message_ids_created_max($1::uuid[]))
     RETURNING m.id, held.was, m.created_at
 ), logged AS (
     INSERT INTO message_events (message_id, status, detail, message_created_at)

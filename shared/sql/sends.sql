@@ -9,7 +9,7 @@ INSERT INTO message_events (message_id, status, detail, message_created_at)
 SELECT u.id, u.status, u.detail, m.created_at
 FROM unnest($1::uuid[], $2::message_status[], $3::text[]) AS u(id, status, detail)
 JOIN messages m ON m.id = u.id
-  AND m.created_at BETWEEN message_ids_created_min($1::uuid[]) AND message_ids_created_max($1::uuid[]);
+  AND m.created_at BETWEEN (SELECT message_ids_created_min($1::uuid[])) AND (SELECT message_ids_created_max($1::uuid[]));
 
 -- name: select_suppression
 -- Whether an address is on the org's suppression list, and why.

@@ -74,7 +74,7 @@ SELECT t.id, t.recipient_email, t.recipient_name, t.subject, t.body, t.preheader
        c.redacted_at IS NOT NULL AS subscriber_redacted
 FROM transactionals t
 JOIN messages m ON m.id = t.id
-  AND m.created_at BETWEEN message_ids_created_min($1::uuid[]) AND message_ids_created_max($1::uuid[])
+  AND m.created_at BETWEEN (SELECT message_ids_created_min($1::uuid[])) AND (SELECT message_ids_created_max($1::uuid[]))
 LEFT JOIN confirmations cf ON cf.token = t.confirmation_token
 LEFT JOIN contacts c ON c.id = m.contact_id
 WHERE t.id = ANY($1::uuid[]);
