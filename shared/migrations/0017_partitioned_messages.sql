@@ -58,14 +58,20 @@ CREATE TABLE message_events_partitioned (
 DO $$
 DECLARE
     -- The first week: the one of the oldest message (or this one), Monday 00:00 UTC.
-    v_lower timestamptz := date_trunc('week', least(now(), (SELECT min(created_at) FROM messages)) AT TIME ZONE 'UTC')
-                           AT TIME ZONE 'UTC';
+    v_oldest timestamptz;
+    v_newest timestamptz;
+    v_lower timestamptz;
+    v_until timestamptz;
 BEGIN
+    SELECT min(created_at), max(created_at) INTO v_oldest, v_newest FROM messages;
+    v_lower := date_trunc('week', least(now(), v_oldest) AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+    -- Four weeks ahead (the reconciler keeps them so), or past the newest row (a clock that ran ahead).
+    v_until := greatest(now() + interval '28 days', v_newest);
     EXECUTE format('CREATE TABLE messages_p_min PARTITION OF messages_partitioned FOR VALUES FROM (MINVALUE) TO (%L)',
                    v_lower);
     EXECUTE format('CREATE TABLE message_events_p_min PARTITION OF message_events_partitioned'
                    ' FOR VALUES FROM (MINVALUE) TO (%L)', v_lower);
-    WHILE v_lower < now() + interval '28 days' LOOP
+    WHILE v_lower < v_until LOOP
         EXECUTE format('CREATE TABLE %I PARTITION OF messages_partitioned FOR VALUES FROM (%L) TO (%L)',
                        'messages_p' || to_char(v_lower AT TIME ZONE 'UTC', 'YYYYMMDD'), v_lower, v_lower + interval '7 days');
         EXECUTE format('CREATE TABLE %I PARTITION OF message_events_partitioned FOR VALUES FROM (%L) TO (%L)',

@@ -78,16 +78,26 @@ class DbCost:
         self.pool, self.count_sql = pool, count_sql
         self._wal0 = self._n0 = 0
         self._t0 = self.elapsed_s = 0.0
-        self.wal = self.messages = 0
+        self.wal = self.messages = self.records = self.fpi = 0
+        self._records0 = self._fpi0 = 0
+
+    async def _wal_stats(self) -> tuple[int, int]:
+        """WAL records and full-page images written so far (pg_stat_wal, the whole server; a
+        backend reports its counts within a second or so, so short windows blur)."""
+        row = await self.pool.fetchrow("SELECT wal_records, wal_fpi FROM pg_stat_wal")
+        return int(row["wal_records"]), int(row["wal_fpi"])
 
     async def start(self) -> None:
         self._wal0, self._n0 = await wal_bytes(self.pool), int(await self.pool.fetchval(self.count_sql))
+        self._records0, self._fpi0 = await self._wal_stats()
         self._t0 = time.monotonic()
 
     async def stop(self) -> None:
         self.elapsed_s = time.monotonic() - self._t0
         self.wal = await wal_bytes(self.pool) - self._wal0
         self.messages = int(await self.pool.fetchval(self.count_sql)) - self._n0
+        records, fpi = await self._wal_stats()
+        self.records, self.fpi = records - self._records0, fpi - self._fpi0
 
     def per_message(self, cpu_cores: dict[str, float]) -> dict[str, Any]:
         if self.messages <= 0:
@@ -96,6 +106,10 @@ class DbCost:
         return {
             "messages": self.messages,
             "wal_bytes_per_message": round(self.wal / self.messages),
+            # Records and full-page images (the first change of a page after a checkpoint
+            # writes the whole 8 kB page: how much of the WAL is that, not the rows).
+            "wal_records_per_message": round(self.records / self.messages, 2),
+            "wal_fpi_per_message": round(self.fpi / self.messages, 3),
             "postgres_cpu_ms_per_message": round(pg_cores * self.elapsed_s * 1000 / self.messages, 3),
         }
 
