@@ -51,14 +51,15 @@ async def get(pool: asyncpg.Pool, org_id: uuid.UUID, message_id: uuid.UUID, *, t
 
 
 def timeline(message: Mapping[str, Any], stored: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """A message's events as the API shows them. An acceptance event is stored only when it
-    says more than `queued` (scheduled, rejected, skipped, or with a detail), stamped with the
-    message's created_at; a message with no event at its created_at was accepted `queued`
-    then, and its timeline begins so (one row less written per message: docs/design.md,
-    "Partitioned messages")."""
+    """A message's events as the API shows them. Since 0017 the service accepts a message
+    under a v7 id and stores its acceptance event only when it says more than `queued`
+    (scheduled, rejected, skipped, or with a detail), stamped with the message's created_at: such
+    a message with no event at its created_at was accepted `queued` then, and its timeline
+    begins so (one row less written per message: docs/design.md, "Partitioned messages"). A
+    message of any other id stored whatever it was accepted with, and is shown as stored."""
     events = [dict(e) for e in stored]
     created_at = message["created_at"]
-    if not any(e["at"] == created_at for e in events):
+    if message["id"].version == 7 and not any(e["at"] == created_at for e in events):
         events.insert(0, {"status": "queued", "at": created_at, "detail": None})
     return events
 
