@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import msgspec
@@ -68,6 +69,33 @@ def decode(body: bytes, type_: type[T]) -> T:
     return value
 
 
+def decode_whole(body: bytes, type_: type[T]) -> T | None:
+    """`body` decoded as `type_` in one call, when nothing in its bytes needs the storable
+    check (`decode` does it per value: a NUL, a long number); None when it does or when it
+    does not decode, for the caller to decode its parts one by one with `decode` (whose
+    errors name the part at fault). For a batch whose items `decode` would each accept:
+    one msgspec call for all of them instead of a call, a copy and these checks per item.
+    Nesting is not bounded here: the caller checks what may nest (`nests`)."""
+    if b"\\u0000" in body or _LONG_NUMBER.search(body):
+        return None
+    decoder = _decoders.get(type_)
+    if decoder is None:
+        decoder = _decoders[type_] = msgspec.json.Decoder(type_)
+    try:
+        value: T = decoder.decode(body)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):  # ValidationError is a DecodeError
+        return None
+    return value
+
+
+def nests(value: Mapping[str, Any]) -> bool:
+    """Whether a mapping holds a container (so that `decode` may have to bound its depth)."""
+    return any(type(v) in _CONTAINERS for v in value.values())
+
+
+_CONTAINERS = (dict, list)
+
+
 def _skip_raw(value: Any) -> Any:
     # A batch's items stay raw JSON until each is decoded (and checked) on its own by
     # `decode`, so that a fault in one item is that item's refusal, not the whole batch's.
@@ -105,7 +133,8 @@ def _check_value(value: Any, depth: int, field: str) -> None:
             _check_value(item, depth + 1, field)
     elif isinstance(value, list):
         for item in value:
-            _check_value(item, depth + 1, field)
+            if item is not None:  # a batch's raw items come here as None (`_skip_raw`)
+                _check_value(item, depth + 1, field)
     elif isinstance(value, int) and not isinstance(value, bool) and value not in _INT64:
         raise errors.ValidationFailed(
             f"{field}: integers must fit in 64 bits (send larger numbers as strings)",

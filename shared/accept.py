@@ -90,9 +90,14 @@ class Acceptor:
         self.senders = sending_domains.SenderCache(settings.broadcast_cache_ttl_s)
         # One batch at a time: measured, it beats two in flight (each request waits for at
         # most one commit before its own, and batches grow instead of splitting).
-        self.batcher: Batcher[Prepared, asyncio.Future[bool]] = Batcher(self._flush, max_in_flight=1)
+        self.batcher: Batcher[Prepared, asyncio.Future[bool]] = Batcher(
+            self._flush, max_in_flight=1, observe=_observer("single")
+        )
         self.group_batcher: Batcher[Prepared, asyncio.Future[bool]] = Batcher(
-            self._flush, max_size=GROUP_FLUSH_MAX_SENDS, max_in_flight=GROUP_FLUSHES_IN_FLIGHT
+            self._flush,
+            max_size=GROUP_FLUSH_MAX_SENDS,
+            max_in_flight=GROUP_FLUSHES_IN_FLIGHT,
+            observe=_observer("group"),
         )
         self._rings: set[asyncio.Future[bool]] = set()
         # A batch request's sends refused at commit for their own reason, until it reads them.
@@ -228,7 +233,7 @@ class Acceptor:
         All accepted sends are committed in one statement. Raises what refuses the whole
         request: the broadcast cannot send, Postgres is unreachable, the key was taken over.
         `test`: a test key's batch, whose messages reach no provider (as `trigger`)."""
-        await sending.sendable_broadcast(self.pool, org_id, broadcast_id, self.broadcast_cache)
+        sendable = await sending.sendable_broadcast(self.pool, org_id, broadcast_id, self.broadcast_cache)
         send_ids, committed = await self._batch_ids(
             claim, len(triggers), lambda ids_: sending.load_committed_many(self.pool, org_id, ids_)
         )
@@ -254,6 +259,7 @@ class Acceptor:
                     source=source,
                     request_id=request_id,
                     max_attachment_bytes=self.settings.max_attachment_bytes,
+                    sendable=sendable,
                 )
             except errors.TidingsError as exc:
                 if not _item_refusal(exc):
@@ -340,8 +346,11 @@ class Acceptor:
         self, org_id: uuid.UUID, triggers: Sequence[sending.Trigger | errors.TidingsError]
     ) -> ContactCache:
         """The known recipients of a batch given by address, found in one query instead of one
-        or two per item; the process cache's fresh entries are not asked again."""
+        or two per item; the process cache's fresh entries are not asked again, and are kept
+        for the batch as they are now (one that expired while the batch's items were being
+        prepared would otherwise cost its item a query after all)."""
         wanted: dict[tuple[uuid.UUID, str | None, str | None], None] = {}
+        cached: dict[tuple[uuid.UUID, str | None, str | None], Any] = {}
         for t in triggers:
             if isinstance(t, errors.TidingsError) or t.contact_channel_id or t.contact_id:
                 continue
@@ -351,19 +360,25 @@ class Acceptor:
             except errors.TidingsError:
                 continue  # `prepare` refuses it
             key = (org_id, email, phone)
-            if (email or phone) and not self.contact_cache.has(key):
+            if not (email or phone) or key in cached or key in wanted:
+                continue
+            hit = self.contact_cache.peek(key)
+            if hit is not None:
+                cached[key] = hit
+            else:
                 wanted[key] = None
-        if len(wanted) < 2:
-            return self.contact_cache
-        keys = list(wanted)
-        found = await contacts.find_many(self.pool, org_id, [(email, phone) for _, email, phone in keys])
-        known = {k: v for k, v in zip(keys, found, strict=True) if v is not None}
-        # Into the process's cache too, as a single trigger's lookup goes: the next batches to
-        # the same recipients within its TTL skip this query (a batch of repeat recipients
-        # otherwise paid it every time, about a sixth of the api's CPU per batch).
-        for key, value in known.items():
-            self.contact_cache.put(key, value)
-        return PreloadedContacts(known, self.contact_cache)
+        known = cached
+        if len(wanted) >= 2:
+            keys = list(wanted)
+            found = await contacts.find_many(self.pool, org_id, [(email, phone) for _, email, phone in keys])
+            # Into the process's cache too, as a single trigger's lookup goes: the next batches to
+            # the same recipients within its TTL skip this query (a batch of repeat recipients
+            # otherwise paid it every time, about a sixth of the api's CPU per batch).
+            for key, value in zip(keys, found, strict=True):
+                if value is not None:
+                    known[key] = value
+                    self.contact_cache.put(key, value)
+        return PreloadedContacts(known, self.contact_cache) if known else self.contact_cache
 
     async def _batch_ids(
         self,
@@ -483,6 +498,20 @@ async def _in_lanes(count: int, job: Callable[[int], Awaitable[T]], lanes: int) 
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
     return out
+
+
+def _observer(batcher: str) -> Callable[[int, float, float], None]:
+    """Each commit's size, its oldest send's wait and its duration, into the api's metrics."""
+    sends = metrics.ACCEPT_FLUSH_SENDS.labels(batcher)
+    wait = metrics.ACCEPT_FLUSH_WAIT.labels(batcher)
+    duration = metrics.ACCEPT_FLUSH_DURATION.labels(batcher)
+
+    def observe(size: int, waited_s: float, took_s: float) -> None:
+        sends.observe(size)
+        wait.observe(waited_s)
+        duration.observe(took_s)
+
+    return observe
 
 
 def _wakes_workers(p: Prepared) -> bool:

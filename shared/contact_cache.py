@@ -25,8 +25,12 @@ class ContactCache:
 
     def has(self, key: Key) -> bool:
         """Whether `key` would be answered from the cache now."""
+        return self.peek(key) is not None
+
+    def peek(self, key: Key) -> Loaded | None:
+        """What the cache would answer for `key` now, without loading it (None: a miss)."""
         hit = self._entries.get(key)
-        return hit is not None and hit[1] > time.monotonic()
+        return hit[0] if hit is not None and hit[1] > time.monotonic() else None
 
     async def get(self, key: Key, load: Callable[[], Awaitable[Loaded]]) -> Loaded:
         hit = self._entries.get(key)

@@ -18,6 +18,25 @@ HTTP_LATENCY = Histogram(
 )
 RATE_LIMITED = Counter("tidings_rate_limited_total", "Send requests refused by the per-org rate limit")
 SENDS_ACCEPTED = Counter("tidings_sends_accepted_total", "Triggers committed (both APIs)")
+# The accept service's commits (`shared.accept`): `single` for single sends, `group` for batch requests.
+ACCEPT_FLUSH_SENDS = Histogram(
+    "tidings_accept_flush_sends",
+    "Sends per commit of the accept service",
+    ["batcher"],
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+)
+ACCEPT_FLUSH_WAIT = Histogram(
+    "tidings_accept_flush_wait_seconds",
+    "How long a commit's oldest send waited for the commit to start (a commit in flight before it)",
+    ["batcher"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+ACCEPT_FLUSH_DURATION = Histogram(
+    "tidings_accept_flush_duration_seconds",
+    "How long a commit of the accept service took (its statement's round trip and Postgres's work)",
+    ["batcher"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
 
 # ---- worker ----
 MESSAGES = Counter("tidings_messages_total", "Delivery attempts by channel and outcome", ["channel", "outcome"])

@@ -189,17 +189,26 @@ async def prepare(
     source: str = "api",
     request_id: str | None = None,
     max_attachment_bytes: int = attachments.DEFAULT_MAX_TOTAL_BYTES,
+    sendable: Sendable | None = None,
 ) -> PreparedSend:
     """`public_base` (PUBLIC_BASE_URL) makes `{{ unsubscribe_url }}` for templates that use it;
     `source` (`api` or `manual`) and `request_id` are written with the send; its attachments
-    may hold `max_attachment_bytes` (MAX_ATTACHMENT_BYTES) in total."""
-    broadcast, templates = await sendable_broadcast(pool, org_id, broadcast_id, cache)
-    selected = _select_templates(templates, trigger.template_ids)
+    may hold `max_attachment_bytes` (MAX_ATTACHMENT_BYTES) in total. `sendable`: the broadcast
+    as `sendable_broadcast` found it for this request (a batch looks it up once for all of
+    its items); None: looked up here."""
+    if sendable is None:
+        sendable = await sendable_broadcast(pool, org_id, broadcast_id, cache)
+    broadcast = sendable.broadcast
+    selected = (
+        sendable.templates
+        if trigger.template_ids is None
+        else _select_templates(sendable.templates, trigger.template_ids)
+    )
     if not selected:
         # Possible only if every template was removed after activation.
         raise errors.ValidationFailed("the broadcast has no templates to send", fields={"template_ids": ["none"]})
     # Before the recipient is looked up (which may create a contact): a refusal writes nothing.
-    files = await attachments.decode_or_refuse(trigger.attachments, max_attachment_bytes)
+    files = await attachments.decode_or_refuse(trigger.attachments, max_attachment_bytes) if trigger.attachments else []
 
     if not (trigger.contact_channel_id or trigger.contact_id or trigger.phone or trigger.email):
         raise errors.RecipientRequired()
@@ -272,11 +281,12 @@ async def prepare(
             firing.append(t)
         records.append(record)
 
+    reads = sendable.reads
     missing = sorted(
         {
             name
             for t in firing
-            for name in broadcasts.template_variables(t["channel"], t["body"])
+            for name in reads[t["id"]]
             if name not in BUILTIN_VARIABLES and variables.get(name) is None
         }
     )
@@ -288,7 +298,7 @@ async def prepare(
         )
 
     unsubscribe = None
-    if any("unsubscribe_url" in broadcasts.template_variables(t["channel"], t["body"]) for t in firing):
+    if any("unsubscribe_url" in reads[t["id"]] for t in firing):
         if public_base is None:
             raise RuntimeError("sending.prepare needs public_base for a template that uses unsubscribe_url")
         unsubscribe = (unsubscribes.new_token(), to_by_channel[Channel.email] or "")
@@ -308,10 +318,20 @@ async def prepare(
     )
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Sendable:
+    """A broadcast that can be triggered now: its row, its templates, and the names each
+    template reads (by template id), worked out once per request, not once per item."""
+
+    broadcast: asyncpg.Record
+    templates: list[asyncpg.Record]
+    reads: dict[uuid.UUID, frozenset[str]]
+
+
 @db.translated
 async def sendable_broadcast(
     pool: asyncpg.Pool, org_id: uuid.UUID, broadcast_id: uuid.UUID, cache: BroadcastCache = NO_CACHE
-) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
+) -> Sendable:
     """The broadcast and its templates, if it can be triggered now; else the refusal. A batch
     asks this once for all its items: a broadcast that cannot send is the request's fault,
     not an item's."""
@@ -322,7 +342,8 @@ async def sendable_broadcast(
         raise errors.NotTransactional()
     if broadcast["status"] != BroadcastStatus.active:
         raise errors.BroadcastNotActive(f"the broadcast is {broadcast['status']}; activate or resume it first")
-    return broadcast, templates
+    reads = {t["id"]: broadcasts.template_variables(t["channel"], t["body"]) for t in templates}
+    return Sendable(broadcast, templates, reads)
 
 
 def _select_templates(templates: list[asyncpg.Record], template_ids: list[str] | None) -> list[asyncpg.Record]:

@@ -9,6 +9,7 @@ hash of each address so that the address stays blocked.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import re
 import uuid
@@ -48,6 +49,9 @@ def subscriber_json(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+# Asked for every email an accepted send writes (`insert_sends_batch` checks redacted
+# addresses by it); the same recipients come back, so it is kept for them.
+@functools.lru_cache(maxsize=65536)
 def address_hash(org_id: uuid.UUID, channel: str, address: str) -> bytes:
     """What redaction keeps of an address. Salted with the org id, so that one org's list
     says nothing about another's; an address is blocked by recomputing this hash."""

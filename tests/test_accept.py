@@ -141,3 +141,26 @@ async def test_a_batch_s_recipients_found_at_once_are_kept_in_the_process_cache(
         await acceptor.close()
     assert lookups == [1]
     assert all(cache.has((org.id, e, None)) for e in emails)
+
+
+async def test_the_batcher_reports_each_flush_s_size_wait_and_duration() -> None:
+    """Where the accept pipeline's time goes (the api's `tidings_accept_flush_*` metrics): a
+    flush's items, how long its oldest waited for the flush in flight before it, how long it ran."""
+    from shared.batching import Batcher
+
+    seen: list[tuple[int, float, float]] = []
+
+    async def flush(items: list[int]) -> list[int]:
+        await asyncio.sleep(0.05)
+        return items
+
+    batcher: Batcher[int, int] = Batcher(
+        flush, max_in_flight=1, observe=lambda n, waited, took: seen.append((n, waited, took))
+    )
+    first = asyncio.ensure_future(batcher.submit(0))
+    await asyncio.sleep(0.01)  # the first flush is running: the next three wait for it together
+    assert await asyncio.gather(first, *(batcher.submit(i) for i in (1, 2, 3))) == [0, 1, 2, 3]
+    await batcher.close()
+    assert [n for n, _, _ in seen] == [1, 3]
+    assert seen[0][1] < 0.01 and seen[0][2] >= 0.05
+    assert 0.03 <= seen[1][1] < 0.05 + 0.04 and seen[1][2] >= 0.05

@@ -20,6 +20,7 @@ from typing import Any
 
 import asyncpg
 import msgspec
+import pytest
 
 from api.broadcasts import batch as broadcast_batch
 from api.broadcasts import schemas
@@ -429,6 +430,34 @@ def test_batch_item_schema_is_the_single_send_schema() -> None:
     """Items decode as the single send's body, so a field it gains is a batch item's too."""
     assert broadcast_batch.decode_item.__annotations__  # documented
     assert isinstance(broadcast_batch.decode_item(msgspec.Raw(b'{"email": "a@b.example"}')), schemas.SendRequest)
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        [{"email": "a@b.example", "variables": {"otp": "1"}}, {"phone": "+14155550123", "name": "N"}],
+        # Each of these sends the batch item by item, so that each fault is its own item's answer.
+        [{"email": "a@b.example"}, {"email": "c@d.example", "background": True}],
+        [{"email": "a@b.example"}, {"email": "c@d.example", "variables": {"otp": "\u0000"}}],
+        [{"email": "a@b.example"}, {"email": "c@d.example", "variables": {"n": 12345678901234567890}}],
+        [{"email": "a@b.example"}, {"email": "c@d.example", "variables": {"deep": {"x": [1, {"y": 2}]}}}],
+        [{"email": "a@b.example"}, {"emial": "c@d.example"}],
+        [{"email": "a@b.example"}, {"email": 7}],
+    ],
+)
+def test_a_batch_decoded_in_one_call_answers_as_item_by_item(items: list[dict[str, Any]]) -> None:
+    """The one-call decode of a whole batch (`decode_items`) answers every item as
+    `decode_item` does alone: the same trigger, or the same refusal."""
+    body = json.dumps({"items": items}).encode()
+    raw_items = msgspec.json.decode(body, type=broadcast_batch.BatchSendRequest).items
+    together = broadcast_batch.decode_items(body, raw_items)
+    alone = [broadcast_batch.decode_item(raw) for raw in raw_items]
+    assert [type(t) for t in together] == [type(a) for a in alone]
+    for t, a in zip(together, alone, strict=True):
+        if isinstance(a, errors.TidingsError):
+            assert isinstance(t, errors.TidingsError) and str(t) == str(a)
+        else:
+            assert t == a
 
 
 async def test_a_group_item_that_fails_alone_is_answered_alone(

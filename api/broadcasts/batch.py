@@ -47,6 +47,28 @@ class BatchSendResponse(msgspec.Struct, forbid_unknown_fields=True):
     data: list[BatchItemOut]
 
 
+class _DecodedBatch(schemas.Strict):
+    """The batch with its items decoded as the single send's body in one call (`decode_items`)."""
+
+    items: list[schemas.SendRequest]
+
+
+def decode_items(body: bytes, raw_items: list[msgspec.Raw]) -> list[sending.Trigger | errors.TidingsError]:
+    """Every item as `decode_item` would answer it. A batch whose items all decode, carry no
+    `background` and nothing `jsonio.decode` checks per value is decoded in one msgspec call
+    (≈ a tenth of the api's CPU per item, measured under P1b); any other goes item by item,
+    so that each fault is its own item's answer."""
+    if b'"background"' not in body:
+        whole = jsonio.decode_whole(body, _DecodedBatch)
+        if (
+            whole is not None
+            and len(whole.items) == len(raw_items)
+            and not any(jsonio.nests(item.variables) for item in whole.items)
+        ):
+            return list(whole.items)
+    return [decode_item(raw) for raw in raw_items]
+
+
 def decode_item(raw: msgspec.Raw) -> sending.Trigger | errors.TidingsError:
     """One item as the single send's body (whatever fields that gains), or why not."""
     body = bytes(raw)
@@ -78,7 +100,7 @@ async def send_batch(call: Call[BatchSendRequest]) -> web.Response:
     results = await state.acceptor.trigger_many(
         call.org_id,
         call.path_uuid("broadcast_id"),
-        [decode_item(raw) for raw in call.body.items],
+        decode_items(call.raw_body, call.body.items),
         source="api",
         **batching.accept_context(call),
     )
