@@ -145,6 +145,15 @@ class Settings:
     # erased by the reconciler; statuses, timestamps and events stay. An org may have its own
     # (orgs.retention_days, the operator's setting).
     retention_days: int = 30
+    # Message history (shared/partitions.py): messages and their events live in partitions
+    # this many days wide (by created_at); the reconciler keeps partitions made this many days
+    # ahead; and drops a whole partition once its newest possible row is MESSAGE_HISTORY_DAYS
+    # old (0: never), unless it still holds a message that may go out. Unlike RETENTION_DAYS
+    # (content erased, rows kept), this removes the rows: GET, search and the console no
+    # longer find them.
+    message_partition_days: int = 7
+    message_partitions_ahead_days: int = 28
+    message_history_days: int = 180
 
     log_level: str = "INFO"
     log_format: LogFormat = "json"
@@ -189,6 +198,8 @@ class Settings:
         if self.retry_max_attempts < 1:
             raise ValueError("RETRY_MAX_ATTEMPTS must be at least 1")
         self.validate_webhooks()
+        if self.message_history_days < 0:
+            raise ValueError(f"MESSAGE_HISTORY_DAYS must be 0 (keep forever) or more, not {self.message_history_days}")
         base = urllib.parse.urlsplit(self.public_base_url)
         if base.scheme not in ("http", "https") or not base.netloc:
             raise ValueError(
@@ -212,6 +223,8 @@ class Settings:
             "batch_max_body_bytes",
             "max_attachment_bytes",
             "retention_days",
+            "message_partition_days",
+            "message_partitions_ahead_days",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.upper()} must be at least 1, not {getattr(self, name)}")

@@ -72,8 +72,8 @@ async def counts_over_time(
 ) -> list[asyncpg.Record]:
     """(bucket start, status, n) for the messages (of one mode) created since `since`, oldest
     bucket first; buckets start at `since` and are `bucket_s` long."""
-    rows: list[asyncpg.Record] = await pool.fetch(
-        Q.message_counts_over_time, org_id, broadcast_id, since, bucket_s, test
+    rows: list[asyncpg.Record] = await db.fetch_custom_planned(
+        pool, Q.message_counts_over_time, org_id, broadcast_id, since, bucket_s, test
     )
     return rows
 

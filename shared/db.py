@@ -144,6 +144,21 @@ async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
         yield conn
 
 
+@translated
+async def fetch_custom_planned(pool: asyncpg.Pool, statement: str, *args: Any) -> list[asyncpg.Record]:
+    """Run a read planned for these values, never by a generic plan (plan_cache_mode, for this
+    transaction only). For the searches over partitioned messages (0017): a generic plan is
+    made for every partition at once, and with the made-ahead partitions empty, reading them
+    all and sorting can look cheaper than walking each partition's index in order, which
+    for a big org would read its whole history per page. Planned for the values, the time
+    bounds prune partitions and the planner sees each one's real size. Costs a planning per
+    call: right for a search, not for the hot path."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(Q.plan_for_these_values)
+        rows: list[asyncpg.Record] = await conn.fetch(statement, *args)
+        return rows
+
+
 # ---- The worker's failures, sorted (its statements run through shared/delivery.py) ----
 
 # Failures that pass: Postgres unreachable, restarting or failing over, or a conflict with a

@@ -10,12 +10,17 @@ in C, written to Postgres without a Python call per id, and printed in C. `uuid.
 checked its arguments in Python and cost ≈ 2.8 µs an id against ≈ 0.7 µs, and its `str()`
 ≈ 1.5 µs against ≈ 0.15 µs; an accepted trigger makes two or three ids and prints them in
 its answer (measured, tests/perf/README.md).
+
+A message's id is a UUIDv7 (RFC 9562): its first 48 bits are the Unix time in milliseconds,
+and the message's created_at is that time (shared/migrations/0017: messages are partitioned
+by created_at, and a statement that knows only an id finds its partition from it).
 """
 
 from __future__ import annotations
 
 import os
 import random
+import time
 import uuid
 
 from asyncpg.pgproto.pgproto import UUID as _PgUUID
@@ -31,6 +36,19 @@ _V4_SET = (0x4000 << 64) | (0x8000 << 48)
 
 def new_id() -> uuid.UUID:
     uid: uuid.UUID = _PgUUID((_random.getrandbits(128) & _V4_CLEAR | _V4_SET).to_bytes(16, "big"))
+    return uid
+
+
+_V7_VERSION_AND_VARIANT = (0x7 << 76) | (0b10 << 62)
+_V7_RANDOM_MASK = ((1 << 12) - 1) << 64 | ((1 << 62) - 1)
+
+
+def new_message_id(now_s: float | None = None) -> uuid.UUID:
+    """A message's id: UUIDv7, the time (`now_s`, default the clock) in milliseconds, then 74
+    random bits. The time is the message's created_at (uuid_v7_time in SQL)."""
+    ms = int((time.time() if now_s is None else now_s) * 1000)
+    rand = _random.getrandbits(128) & _V7_RANDOM_MASK
+    uid: uuid.UUID = _PgUUID(((ms & 0xFFFF_FFFF_FFFF) << 80 | _V7_VERSION_AND_VARIANT | rand).to_bytes(16, "big"))
     return uid
 
 

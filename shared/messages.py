@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -46,8 +46,22 @@ async def get(pool: asyncpg.Pool, org_id: uuid.UUID, message_id: uuid.UUID, *, t
     if row is None:
         raise errors.NotFound("no such message")
     out = message_json(row)
-    out["events"] = [dict(e) for e in await pool.fetch(Q.select_message_events, row["id"])]
+    out["events"] = timeline(row, await pool.fetch(Q.select_message_events, row["id"], row["created_at"]))
     return out
+
+
+def timeline(message: Mapping[str, Any], stored: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """A message's events as the API shows them. Since 0017 the service accepts a message
+    under a v7 id and stores its acceptance event only when it says more than `queued`
+    (scheduled, rejected, skipped, or with a detail), stamped with the message's created_at: such
+    a message with no event at its created_at was accepted `queued` then, and its timeline
+    begins so (one row less written per message: docs/design.md, "Partitioned messages"). A
+    message of any other id stored whatever it was accepted with, and is shown as stored."""
+    events = [dict(e) for e in stored]
+    created_at = message["created_at"]
+    if message["id"].version == 7 and not any(e["at"] == created_at for e in events):
+        events.insert(0, {"status": "queued", "at": created_at, "detail": None})
+    return events
 
 
 @db.translated
@@ -66,8 +80,18 @@ async def recipients_page(
     """A broadcast's messages as JSON, newest first, filtered (None: any), and the next cursor;
     only those of the key's mode (`test`)."""
     after_at, after_id = cursors.decode(cursor)
-    rows = await pool.fetch(
-        Q.select_recipients_page, broadcast_id, org_id, status, channel, contact_id, after_at, after_id, limit + 1, test
+    rows = await db.fetch_custom_planned(
+        pool,
+        Q.select_recipients_page,
+        broadcast_id,
+        org_id,
+        status,
+        channel,
+        contact_id,
+        after_at,
+        after_id,
+        limit + 1,
+        test,
     )
     chosen, next_cursor = cursors.split_page(rows, limit)
     return [message_json(r) for r in chosen], next_cursor
@@ -131,7 +155,7 @@ async def search(
         statement = Q.search_messages_by_status
     else:
         statement = Q.search_messages
-    rows = await pool.fetch(statement, *args)
+    rows = await db.fetch_custom_planned(pool, statement, *args)
     chosen, next_cursor = cursors.split_page(rows, limit)
     return [message_json(r) for r in chosen], next_cursor
 

@@ -264,7 +264,7 @@ async def prepare(
         channel = t["channel"]
         to = to_by_channel[channel]
         record = Record(
-            id=ids.new_id(),
+            id=ids.new_message_id(),
             template_id=t["id"],
             channel=channel,
             contact_channel_id=channel_ids.get((channel, to)),

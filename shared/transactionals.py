@@ -34,6 +34,7 @@ from shared import (
     db,
     errors,
     field_errors,
+    ids,
     sending,
     subscribers,
     suppressions,
@@ -426,7 +427,7 @@ def _prepared(
     status = MessageStatus.rejected if rejection else MessageStatus.scheduled if scheduled else MessageStatus.queued
     return PreparedTransactional(
         send_id=uuid.uuid4(),
-        message_id=uuid.uuid4(),
+        message_id=ids.new_message_id(),
         org_id=org_id,
         request_id=request_id,
         req=req,

@@ -5,20 +5,27 @@ addresses and events stay."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import time
+import types
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
 import pytest
 
-from shared import errors, orgs, retention
+from shared import errors, ids, orgs, retention
 from shared.config import Settings
 from tests.helpers import eventually, make_broadcast, unique_email
 from tests.transactionals_helpers import fetch, send, wait_status
 
 
-async def backdate(pool: asyncpg.Pool, message_id: str | uuid.UUID, days: float) -> None:
+async def backdate(pool: asyncpg.Pool, message_id: uuid.UUID, days: float) -> None:
+    """Age a message written by hand with a random (v4) id: its created_at says nothing of its
+    partition, so any lookup by its id looks in every partition and still finds it moved."""
+    assert message_id.version == 4
     await pool.execute(
         "UPDATE messages SET created_at = now() - make_interval(secs => $2) WHERE id = $1",
         uuid.UUID(str(message_id)),
@@ -37,26 +44,38 @@ async def content_of(pool: asyncpg.Pool, message_id: str | uuid.UUID) -> asyncpg
     return row
 
 
-async def test_content_past_retention_is_erased_and_history_kept(client, org, pool, worker, smtp_server) -> None:
+@contextlib.contextmanager
+def accepted_days_ago(monkeypatch: pytest.MonkeyPatch, days: float) -> Iterator[None]:
+    """Messages accepted inside are `days` old: a message's created_at is its id's time
+    (shared/ids.py new_message_id), so its age is set where its id is made (a backdated
+    created_at would no longer match its id, nor the partition its id names)."""
+    now_s = time.time
+    with monkeypatch.context() as patch:
+        patch.setattr(ids, "time", types.SimpleNamespace(time=lambda: now_s() - days * 86400))
+        yield
+
+
+async def test_content_past_retention_is_erased_and_history_kept(
+    client, org, pool, worker, smtp_server, monkeypatch
+) -> None:
     await orgs.set_retention_days(pool, org.id, 1)
-    old = await send(client, org, {"to": unique_email("old"), "subject": "Old news", "body": "Secret body"})
-    await wait_status(client, org, old["id"], "sent")
-    b = await make_broadcast(client, org)
-    r = await client.post(
-        org.path(f"/broadcasts/{b['id']}/send"),
-        headers=org.auth("write"),
-        json={"email": unique_email("bc"), "variables": {"otp": "424242"}},
-    )
-    assert r.status == 200, await r.text()
-    (old_broadcast,) = (await r.json())["recipients"]
-    later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
-    scheduled = await send(
-        client, org, {"to": unique_email("sched"), "subject": "Soon", "body": "Wait", "queue_at": later}
-    )
+    with accepted_days_ago(monkeypatch, 2):
+        old = await send(client, org, {"to": unique_email("old"), "subject": "Old news", "body": "Secret body"})
+        await wait_status(client, org, old["id"], "sent")
+        b = await make_broadcast(client, org)
+        r = await client.post(
+            org.path(f"/broadcasts/{b['id']}/send"),
+            headers=org.auth("write"),
+            json={"email": unique_email("bc"), "variables": {"otp": "424242"}},
+        )
+        assert r.status == 200, await r.text()
+        (old_broadcast,) = (await r.json())["recipients"]
+        later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
+        scheduled = await send(
+            client, org, {"to": unique_email("sched"), "subject": "Soon", "body": "Wait", "queue_at": later}
+        )
     recent = await send(client, org, {"to": unique_email("new"), "subject": "Fresh", "body": "Kept"})
     await wait_status(client, org, recent["id"], "sent")
-    for m in (old["id"], old_broadcast["id"], scheduled["id"]):
-        await backdate(pool, m, 2)
     before = {m: await content_of(pool, m) for m in (old["id"], old_broadcast["id"])}
     assert before[old["id"]]["content"] is not None
     assert before[old_broadcast["id"]]["variables"]["otp"] == "424242"

@@ -9,7 +9,8 @@ a second), and the grace, counted from the reclaim (so from a moment Postgres an
 is there so that it does so before anyone claims the message again. It also sweeps
 expired idempotency keys and the attachments of settled sends that their last outcome write
 did not erase (shared/attachments.py), erases message content past its org's retention
-(shared/retention.py), and reports the backlog. Nothing here is needed for a message
+(shared/retention.py), makes message partitions ahead and drops those past
+MESSAGE_HISTORY_DAYS (shared/partitions.py), and reports the backlog. Nothing here is needed for a message
 to be found: due messages are claimed straight from Postgres (worker/pump.py), whatever
 happened to Redis.
 """
@@ -21,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from shared import attachments, delivery, doorbell, metrics, retention
+from shared import attachments, delivery, doorbell, metrics, partitions, retention
 from worker.context import WorkerContext
 
 log = structlog.get_logger("tidings.reconcile")
@@ -38,6 +39,8 @@ IDEMPOTENCY_SWEEP_EVERY_S = 300.0
 # RETENTION_BUDGET_S, in batches of retention.BATCH_ROWS; a backlog is worked off over runs.
 RETENTION_EVERY_S = 60.0
 RETENTION_BUDGET_S = 5.0
+# Partitions are made weeks ahead and dropped weeks late: a look every few minutes is plenty.
+PARTITIONS_EVERY_S = 300.0
 # When each slower chore last ran in this process (monotonic seconds).
 _last_run_s: dict[str, float] = {}
 
@@ -65,6 +68,11 @@ async def reconcile(arq_ctx: dict[str, Any]) -> dict[str, int]:
     erased = 0
     if _due("retention", RETENTION_EVERY_S):
         erased = await retention.erase_expired(ctx.pool, ctx.settings.retention_days, budget_s=RETENTION_BUDGET_S)
+    if _due("partitions", PARTITIONS_EVERY_S):
+        settings = ctx.settings
+        await partitions.make_ahead(ctx.pool, settings.message_partition_days, settings.message_partitions_ahead_days)
+        if settings.message_history_days:
+            await partitions.drop_expired(ctx.pool, settings.message_history_days)
     metrics.QUEUE_DEPTH.set(await delivery.count_due(ctx.pool, BACKLOG_COUNT_LIMIT))
     metrics.RECONCILED.labels("reclaimed").inc(reclaimed)
     if reclaimed or erased:

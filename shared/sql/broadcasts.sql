@@ -68,7 +68,11 @@ RETURNING id, broadcast_id, channel, body, created_at, updated_at;
 DELETE FROM templates WHERE id = $1 AND broadcast_id = $2 AND org_id = $3 RETURNING id;
 
 -- name: select_message_counts
--- Per broadcast, channel and status: how many messages (the summary's raw numbers).
+-- Per broadcast, channel and status: how many messages (the summary's raw numbers). Through
+-- messages_org_broadcast_recent (org, both modes, broadcast: every column an index condition;
+-- = ANY(ARRAY(...)): the broadcasts' orgs as one array, whatever the planner guesses).
 SELECT broadcast_id, channel, status, count(*) AS n
-FROM messages WHERE broadcast_id = ANY($1::uuid[])
+FROM messages
+WHERE org_id = ANY (ARRAY(SELECT org_id FROM broadcasts WHERE id = ANY($1::uuid[])))
+  AND test IN (false, true) AND broadcast_id = ANY($1::uuid[])
 GROUP BY broadcast_id, channel, status;

@@ -5,6 +5,7 @@
 -- back and claimed again changes nothing. One taken back by the reconciler and not claimed
 -- since (its lease stamp kept, attempts unchanged; see reclaim_expired_leases) still lands:
 -- the worker that held it was cut off from Postgres, not dead, and the message went out.
+-- Partitions: only those the batch's ids span (their created_at, message_ids_created_min/max).
 WITH u AS (
     SELECT * FROM unnest($1::uuid[], $2::message_status[], $3::text[], $4::text[], $5::timestamptz[], $6::int[])
         AS u(id, status, external_message_id, error, next_attempt_at, attempts)
@@ -19,11 +20,12 @@ WITH u AS (
         updated_at = now()
     FROM u
     WHERE m.id = u.id AND m.attempts = u.attempts
+      AND m.created_at BETWEEN (SELECT message_ids_created_min($1::uuid[])) AND (SELECT message_ids_created_max($1::uuid[]))
       AND (m.status = 'sending' OR (m.status IN ('queued', 'failed') AND m.lease_expires_at IS NOT NULL))
-    RETURNING m.id, m.send_id, m.status, m.error
+    RETURNING m.id, m.send_id, m.status, m.error, m.created_at
 ), logged AS (
-    INSERT INTO message_events (message_id, status, detail)
-    SELECT id, status, error FROM updated
+    INSERT INTO message_events (message_id, status, detail, message_created_at)
+    SELECT id, status, error, created_at FROM updated
 ), erased AS (
     -- A send's attachments are erased by the write that settles its last unsettled message
     -- (this statement sees the other messages as they were before it: those it writes are
@@ -35,8 +37,12 @@ WITH u AS (
           SELECT 1 FROM updated x
           WHERE x.send_id = d.send_id AND x.status IN ('queued', 'scheduled', 'sending'))
       AND NOT EXISTS (
+          -- A send's messages are made by one request, within moments of each other: a day
+          -- either side of the batch's span holds every sibling.
           SELECT 1 FROM messages m
           WHERE m.send_id = d.send_id AND m.status IN ('queued', 'scheduled', 'sending')
+            AND m.created_at BETWEEN (SELECT message_ids_created_min($1::uuid[])) - interval '1 day'
+                                 AND (SELECT message_ids_created_max($1::uuid[])) + interval '1 day'
             AND m.id NOT IN (SELECT id FROM updated))
 )
 SELECT id FROM updated;
@@ -57,10 +63,11 @@ WITH u AS (
         updated_at = now()
     FROM u
     WHERE m.id = u.id AND m.test AND m.status = 'sent' AND m.external_message_id = u.external_message_id
-    RETURNING m.id, m.status
+      AND m.created_at BETWEEN (SELECT message_ids_created_min($1::uuid[])) AND (SELECT message_ids_created_max($1::uuid[]))
+    RETURNING m.id, m.status, m.created_at
 ), logged AS (
-    INSERT INTO message_events (message_id, status, detail)
-    SELECT moved.id, moved.status, u.detail FROM moved JOIN u ON u.id = moved.id
+    INSERT INTO message_events (message_id, status, detail, message_created_at)
+    SELECT moved.id, moved.status, u.detail, moved.created_at FROM moved JOIN u ON u.id = moved.id
 )
 SELECT count(*) FROM moved;
 
@@ -74,8 +81,10 @@ SELECT count(*) FROM moved;
 -- renew_leases) before anyone claims it again.
 -- SKIP LOCKED: a row locked by its worker's outcome write or lease renewal under way is
 -- left alone (that worker is alive); the reclaim never waits for it nor deadlocks with it.
+-- Every partition is looked in, each through its messages_leased; the update then reaches only
+-- the partitions the expired messages span.
 WITH expired AS (
-    SELECT id FROM messages
+    SELECT id, created_at FROM messages
     WHERE status = 'sending' AND lease_expires_at < now()
     FOR UPDATE SKIP LOCKED
 ), reclaimed AS (
@@ -87,11 +96,12 @@ WITH expired AS (
             THEN format('gave up after %s attempts: the worker handling it stopped each time', m.attempts)
             ELSE 'the worker handling this message stopped; retrying' END
     FROM expired
-    WHERE m.id = expired.id
-    RETURNING m.id, m.status, m.error
+    WHERE m.id = expired.id AND m.created_at = expired.created_at
+      AND m.created_at BETWEEN (SELECT min(created_at) FROM expired) AND (SELECT max(created_at) FROM expired)
+    RETURNING m.id, m.status, m.error, m.created_at
 ), logged AS (
-    INSERT INTO message_events (message_id, status, detail)
-    SELECT id, status, error FROM reclaimed
+    INSERT INTO message_events (message_id, status, detail, message_created_at)
+    SELECT id, status, error, created_at FROM reclaimed
 )
 SELECT count(*) FROM reclaimed;
 
@@ -104,10 +114,11 @@ WITH released AS (
         attempts = greatest(m.attempts - 1, 0)
     FROM unnest($1::uuid[], $2::int[]) AS c(id, attempts)
     WHERE m.id = c.id AND m.status = 'sending' AND m.attempts = c.attempts
-    RETURNING m.id
+      AND m.created_at BETWEEN (SELECT message_ids_created_min($1::uuid[])) AND (SELECT message_ids_created_max($1::uuid[]))
+    RETURNING m.id, m.created_at
 ), logged AS (
-    INSERT INTO message_events (message_id, status, detail)
-    SELECT id, 'queued', 'released by a worker shutting down' FROM released
+    INSERT INTO message_events (message_id, status, detail, message_created_at)
+    SELECT id, 'queued', 'released by a worker shutting down', created_at FROM released
 )
 SELECT count(*) FROM released;
 
@@ -118,9 +129,11 @@ SELECT count(*) FROM released;
 -- test key made it (worker/channels/testmode.py), the template body (NULL when the
 -- message carries its own content), and for an email whose send has attachments their
 -- size in bytes (else NULL). SKIP LOCKED: workers claiming at the same moment take
--- different rows and never wait for each other.
+-- different rows and never wait for each other. Every partition that may hold a due message
+-- is looked in (a retry or a scheduled message may be old), each through its messages_due;
+-- the update then reaches only the partitions the claimed messages span.
 WITH due AS (
-    SELECT id, status FROM messages
+    SELECT id, status, created_at FROM messages
     WHERE status IN ('queued', 'scheduled') AND coalesce(next_attempt_at, queue_at, created_at) <= now()
     ORDER BY coalesce(next_attempt_at, queue_at, created_at)
     LIMIT $1
@@ -130,15 +143,16 @@ WITH due AS (
     SET status = 'sending', attempts = m.attempts + 1, updated_at = now(),
         lease_expires_at = now() + make_interval(secs => $2), next_attempt_at = NULL
     FROM due
-    WHERE m.id = due.id
+    WHERE m.id = due.id AND m.created_at = due.created_at
+      AND m.created_at BETWEEN (SELECT min(created_at) FROM due) AND (SELECT max(created_at) FROM due)
     RETURNING m.id, m.send_id, m.org_id, m.template_id, m.contact_id, m.channel, m.to_address, m.attempts,
-              m.content, m.test, due.status AS was
+              m.content, m.test, due.status AS was, m.created_at
 ), logged AS (
     -- A scheduled message passes through queued, as it always has on its timeline.
-    INSERT INTO message_events (message_id, status)
-    SELECT id, 'queued'::message_status FROM claimed WHERE was = 'scheduled'
+    INSERT INTO message_events (message_id, status, message_created_at)
+    SELECT id, 'queued'::message_status, created_at FROM claimed WHERE was = 'scheduled'
     UNION ALL
-    SELECT id, 'sending'::message_status FROM claimed
+    SELECT id, 'sending'::message_status, created_at FROM claimed
 )
 SELECT c.id, c.send_id, c.org_id, c.template_id, c.contact_id, c.channel, c.to_address, c.attempts, c.content,
        c.test, s.variables, s.notify, s.request_id, t.body AS template_body,
@@ -170,10 +184,11 @@ SELECT count(*) FROM (
 -- claimed since (lease stamp kept, same attempt), is taken back to `sending` and logged:
 -- this worker is sending it or has sent it. Returns how many were taken back.
 WITH held AS (
-    SELECT m.id, m.status AS was
+    SELECT m.id, m.created_at, m.status AS was
     FROM messages m
     JOIN unnest($1::uuid[], $2::int[]) AS c(id, attempts) ON m.id = c.id AND m.attempts = c.attempts
-    WHERE m.status = 'sending' OR (m.status IN ('queued', 'failed') AND m.lease_expires_at IS NOT NULL)
+    WHERE (m.status = 'sending' OR (m.status IN ('queued', 'failed') AND m.lease_expires_at IS NOT NULL))
+      AND m.created_at BETWEEN (SELECT message_ids_created_min($1::uuid[])) AND (SELECT message_ids_created_max($1::uuid[]))
     -- In id order, as the worker sorts its outcome writes: the two run side by side on the
     -- same rows, and must not deadlock.
     ORDER BY m.id
@@ -186,11 +201,12 @@ WITH held AS (
         error = CASE WHEN held.was = 'sending' THEN m.error ELSE NULL END,
         updated_at = CASE WHEN held.was = 'sending' THEN m.updated_at ELSE now() END
     FROM held
-    WHERE m.id = held.id
-    RETURNING m.id, held.was
+    WHERE m.id = held.id AND m.created_at = held.created_at
+      AND m.created_at BETWEEN (SELECT message_ids_created_min($1::uuid[])) AND (SELECT message_ids_created_max($1::uuid[]))
+    RETURNING m.id, held.was, m.created_at
 ), logged AS (
-    INSERT INTO message_events (message_id, status, detail)
-    SELECT id, 'sending', 'taken back by the worker still sending it (it had lost Postgres for a while)'
+    INSERT INTO message_events (message_id, status, detail, message_created_at)
+    SELECT id, 'sending', 'taken back by the worker still sending it (it had lost Postgres for a while)', created_at
     FROM renewed WHERE was <> 'sending'
 )
 SELECT count(*) FROM renewed WHERE was <> 'sending';

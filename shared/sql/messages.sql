@@ -1,10 +1,12 @@
 -- name: select_message
--- One message of an org (the status_url target), of the key's mode ($3: test).
-SELECT * FROM messages WHERE id = $1 AND org_id = $2 AND test = $3;
+-- One message of an org (the status_url target), of the key's mode ($3: test). The bounds on
+-- created_at name its partition (its id's time: shared/ids.py new_message_id).
+SELECT * FROM messages
+WHERE id = $1 AND org_id = $2 AND test = $3 AND created_at BETWEEN message_created_min($1) AND message_created_max($1);
 
 -- name: select_message_events
--- A message's timeline, oldest first.
-SELECT status, at, detail FROM message_events WHERE message_id = $1 ORDER BY id;
+-- A message's timeline as stored, oldest first ($2: the message's created_at, its partition's key).
+SELECT status, at, detail FROM message_events WHERE message_id = $1 AND message_created_at = $2 ORDER BY id;
 
 -- name: select_recipients_page
 -- A broadcast's messages newest first, filtered, after the cursor (created_at, id), of the
@@ -65,8 +67,7 @@ LIMIT $10;
 
 -- name: search_messages_by_broadcast
 -- search_messages of one broadcast ($11, required): walks messages_org_broadcast_recent (0014),
--- or messages_broadcast_recent (0001) where that is cheaper (one org in the table), never the
--- org's timeline: org, mode and broadcast are all index conditions, so it wins the generic plan.
+-- never the org's timeline: org, mode and broadcast are all index conditions.
 SELECT * FROM messages
 WHERE broadcast_id = $11::uuid AND org_id = $1 AND test = $2
   AND (created_at, id) < ($3::timestamptz, $4::uuid)
@@ -86,14 +87,14 @@ LIMIT $10;
 WITH canceled AS (
     UPDATE messages
     SET status = 'canceled', updated_at = now(), next_attempt_at = NULL
-    WHERE id = $1 AND org_id = $2 AND test = $3 AND status = 'scheduled'
+    WHERE id = $1 AND org_id = $2 AND test = $3 AND status = 'scheduled' AND created_at BETWEEN message_created_min($1) AND message_created_max($1)
     RETURNING *
 ), logged AS (
-    INSERT INTO message_events (message_id, status, detail)
-    SELECT id, 'canceled', 'canceled by the API' FROM canceled
+    INSERT INTO message_events (message_id, status, detail, message_created_at)
+    SELECT id, 'canceled', 'canceled by the API', created_at FROM canceled
 )
 SELECT * FROM canceled;
 
 -- name: select_message_of_mode
 -- One message of an org and mode (cancel's answer when the message was not scheduled).
-SELECT id, status FROM messages WHERE id = $1 AND org_id = $2 AND test = $3;
+SELECT id, status FROM messages WHERE id = $1 AND org_id = $2 AND test = $3 AND created_at BETWEEN message_created_min($1) AND message_created_max($1);

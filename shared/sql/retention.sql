@@ -23,7 +23,7 @@ WITH batch AS (
     ) AS due
 ), erased AS (
     UPDATE messages m SET content = NULL, erased_at = now()
-    WHERE m.id = ANY((SELECT ids FROM batch)::uuid[])
+    WHERE m.id = ANY((SELECT ids FROM batch)::uuid[]) AND m.created_at < $2
     RETURNING m.id, m.send_id
 ), erased_ids AS (
     SELECT array_agg(id) AS ids, array_agg(DISTINCT send_id) AS send_ids FROM erased

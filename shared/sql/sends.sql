@@ -4,9 +4,12 @@ INSERT INTO sends (id, org_id, broadcast_id, contact_id, source, request_id, var
 VALUES ($1, $2, $3, $4, $5, $6, $7);
 
 -- name: insert_events
--- Timeline entries for several messages at once.
-INSERT INTO message_events (message_id, status, detail)
-SELECT * FROM unnest($1::uuid[], $2::message_status[], $3::text[]);
+-- Timeline entries for several messages at once (each filed with its message's created_at).
+INSERT INTO message_events (message_id, status, detail, message_created_at)
+SELECT u.id, u.status, u.detail, m.created_at
+FROM unnest($1::uuid[], $2::message_status[], $3::text[]) AS u(id, status, detail)
+JOIN messages m ON m.id = u.id
+  AND m.created_at BETWEEN (SELECT message_ids_created_min($1::uuid[])) AND (SELECT message_ids_created_max($1::uuid[]));
 
 -- name: select_suppression
 -- Whether an address is on the org's suppression list, and why.
@@ -19,7 +22,10 @@ ON CONFLICT (org_id, email) DO NOTHING;
 
 -- name: insert_sends_batch
 -- Many triggers in one statement (one fsync): the sends whose broadcast is still active, their
--- messages and first events. An email to a suppressed or redacted address is written
+-- messages and their acceptance events (only those that say more than `queued`: a message's
+-- created_at is its acceptance, see shared/messages.py). A message's created_at is its id's
+-- time (a v7 id, shared/ids.py), which is how a statement knowing only the id finds its
+-- partition; any other id is stamped now(). An email to a suppressed or redacted address is written
 -- `rejected` here, so the check costs nothing per request. Returns each message written
 -- with its final status and error; a send with no rows was refused (its broadcast paused, or
 -- its contact unsubscribed or blocked, after the request looked, or its Idempotency-Key taken
@@ -64,15 +70,16 @@ WITH f AS (
     JOIN s ON s.id = v.send_id
 ), m AS (
     INSERT INTO messages (id, send_id, org_id, broadcast_id, template_id, contact_id, contact_channel_id,
-                          channel, to_address, status, source, error, test)
+                          channel, to_address, status, source, error, test, created_at)
     SELECT v.id, v.send_id, v.org_id, v.broadcast_id, v.template_id, v.contact_id, v.contact_channel_id,
            v.channel, v.to_address,
            CASE WHEN v.block IS NULL THEN v.status ELSE 'rejected'::message_status END,
-           v.source, coalesce(v.block, v.error), v.test
+           v.source, coalesce(v.block, v.error), v.test, coalesce(uuid_v7_time(v.id), now())
     FROM v
-    RETURNING id, send_id, status, error
+    RETURNING id, send_id, status, error, created_at
 ), e AS (
-    INSERT INTO message_events (message_id, status, detail) SELECT id, status, error FROM m
+    INSERT INTO message_events (message_id, status, detail, at, message_created_at)
+    SELECT id, status, error, created_at, created_at FROM m WHERE status <> 'queued' OR error IS NOT NULL
 )
 SELECT id, send_id, status, error FROM m;
 

@@ -73,9 +73,11 @@ WITH rejected AS (
     UPDATE messages
     SET status = 'rejected', error = $2, next_attempt_at = NULL, updated_at = now()
     WHERE id = ANY($1::uuid[]) AND status IN ('scheduled', 'queued')
-    RETURNING id
+      AND created_at BETWEEN (SELECT message_ids_created_min($1::uuid[])) AND (SELECT message_ids_created_max($1::uuid[]))
+    RETURNING id, created_at
 ), logged AS (
-    INSERT INTO message_events (message_id, status, detail) SELECT id, 'rejected', $2 FROM rejected
+    INSERT INTO message_events (message_id, status, detail, message_created_at)
+    SELECT id, 'rejected', $2, created_at FROM rejected
 )
 SELECT id FROM rejected;
 

@@ -28,8 +28,9 @@ WITH rejected AS (
     UPDATE messages
     SET status = 'rejected', error = $3, next_attempt_at = NULL, updated_at = now()
     WHERE org_id = $1 AND status IN ('scheduled', 'queued') AND channel = 'email' AND lower(to_address) = $2
-    RETURNING id
+    RETURNING id, created_at
 ), logged AS (
-    INSERT INTO message_events (message_id, status, detail) SELECT id, 'rejected', $3 FROM rejected
+    INSERT INTO message_events (message_id, status, detail, message_created_at)
+    SELECT id, 'rejected', $3, created_at FROM rejected
 )
 SELECT id FROM rejected;

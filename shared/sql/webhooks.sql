@@ -9,7 +9,7 @@ WITH u AS (
 ), locked AS (
     -- Lock first, in id order: the old status read here is the one the update replaces, and two
     -- webhook batches naming the same messages cannot deadlock.
-    SELECT m.id, m.external_message_id, m.status AS old_status
+    SELECT m.id, m.created_at, m.external_message_id, m.status AS old_status
     FROM messages m
     -- Only WhatsApp messages: an email's Message-ID is an external id too, and a signed status
     -- naming one (by accident or by a forged wamid) must not move that email.
@@ -19,14 +19,14 @@ WITH u AS (
 ), applicable AS (
     -- Progress only moves forward (a late `delivered` after `read` is dropped); `failed` may
     -- follow `sent` or `delivered` (Meta reports most undeliverable numbers that way).
-    SELECT l.id, u.status, u.at, u.detail, u.precedence
+    SELECT l.id, l.created_at, u.status, u.at, u.detail, u.precedence
     FROM locked l
     JOIN u ON u.wamid = l.external_message_id
     WHERE (u.status = 'failed' AND l.old_status IN ('sent', 'delivered'))
        OR array_position($6::message_status[], l.old_status) < array_position($6::message_status[], u.status)
 ), winner AS (
     -- One row per message: UPDATE ... FROM with several matches would apply an arbitrary one.
-    SELECT DISTINCT ON (id) id, status, at, detail, precedence
+    SELECT DISTINCT ON (id) id, created_at, status, at, detail, precedence
     FROM applicable
     ORDER BY id, precedence DESC, at DESC
 ), updated AS (
@@ -35,13 +35,13 @@ WITH u AS (
         error = CASE WHEN w.status = 'failed' THEN w.detail ELSE m.error END,
         updated_at = now()
     FROM winner w
-    WHERE m.id = w.id
+    WHERE m.id = w.id AND m.created_at = w.created_at
     RETURNING m.id, w.precedence
 ), logged AS (
     -- Every step the batch moved a message through (delivered and read both, when Meta batched
     -- them), at Meta's time, in progress order.
-    INSERT INTO message_events (message_id, status, at, detail)
-    SELECT DISTINCT ON (a.id, a.status) a.id, a.status, a.at, a.detail
+    INSERT INTO message_events (message_id, status, at, detail, message_created_at)
+    SELECT DISTINCT ON (a.id, a.status) a.id, a.status, a.at, a.detail, a.created_at
     FROM applicable a
     JOIN updated up ON up.id = a.id
     WHERE a.precedence <= up.precedence

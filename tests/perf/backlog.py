@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import common
+import meters
 from common import log
 from harness import START_TIMEOUT_S, Harness
 from meters import CpuMeter, RssSampler
@@ -45,7 +46,7 @@ async def build_backlog(h: Harness, broadcast: str, channel: str) -> float:
     `shared.sending.prepare` resolves a few recipients once; each send is then a copy with
     new ids, written by the service's own `commit_many` in batches of 500 (as its api does
     under load). Postgres is the delivery queue: workers started afterwards find them."""
-    from shared import sending
+    from shared import ids, sending
 
     n = h.cfg.backlog
     assert h.org_id is not None
@@ -65,7 +66,7 @@ async def build_backlog(h: Harness, broadcast: str, channel: str) -> float:
     def copy(i: int) -> sending.PreparedSend:
         base = prepared[i % len(prepared)]
         return dataclasses.replace(
-            base, send_id=uuid.uuid4(), records=[dataclasses.replace(r, id=uuid.uuid4()) for r in base.records]
+            base, send_id=uuid.uuid4(), records=[dataclasses.replace(r, id=ids.new_message_id()) for r in base.records]
         )
 
     async def filler() -> None:
@@ -93,6 +94,8 @@ async def _deliver(
     first_seen: float | None = None
     exhausted = False
     meter = CpuMeter()
+    # WAL and Postgres CPU per message sent (claim + outcome; the accept side is P1's and P1b's).
+    cost = meters.DbCost(h.pool, "SELECT count(*) FROM messages WHERE status NOT IN ('queued', 'sending')")
     cpu: dict[str, float] = {}
     try:
         if sampler is not None:
@@ -106,6 +109,7 @@ async def _deliver(
             now = time.monotonic()
             if row["sent"] and first_seen is None:
                 first_seen = now
+                await cost.start()
                 meter.start()
                 deadline = now + cfg.warmup_s + cfg.duration_s + 0.5
             if row["sent"] + row["other"] >= cfg.backlog:
@@ -121,6 +125,7 @@ async def _deliver(
             await asyncio.sleep(0.25)
         if first_seen is not None:
             cpu = meter.stop()
+            await cost.stop()
     finally:
         if sampler is not None:
             await sampler.__aexit__(None, None, None)
@@ -132,6 +137,7 @@ async def _deliver(
         "backlog_exhausted": exhausted,
         "build_s": round(build_s, 1),
         "cpu_cores": cpu,
+        "db_cost": cost.per_message(cpu),
     }
     if sampler is not None and first_seen is not None:
         stats["worker_rss_peak_mb"] = round(sampler.peak_mb(), 1)

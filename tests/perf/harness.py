@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import common
+import meters
 from common import log
 from meters import CpuMeter, RssSampler
 from tools import find_tools
@@ -257,6 +258,11 @@ class Harness:
         if self.redis_lock:
             await self.redis.set(self.redis_lock, 1)
         self.pool = await db.create_pool(url, min_size=1, max_size=8)
+        if meters.bench_postmaster_pid is None:
+            import psutil
+
+            with contextlib.suppress(psutil.Error):  # a server on another machine: no CPU of its own to read
+                meters.bench_postmaster_pid = psutil.Process(await self.pool.fetchval("SELECT pg_backend_pid()")).ppid()
         try:
             yield
         finally:
@@ -426,11 +432,15 @@ class Harness:
         measured_from = 0.0
         result: dict[str, Any] = {}
         meter = CpuMeter()
+        # WAL and Postgres CPU per message accepted (None: the ceiling's bare app, no database).
+        cost = meters.DbCost(self.pool, "SELECT count(*) FROM messages") if self.pool is not None else None
         for seconds, measured in ((cfg.warmup_s, False), (cfg.duration_s, True)):
             if seconds <= 0:
                 continue
             if measured:
                 measured_from = time.monotonic()
+                if cost is not None:
+                    await cost.start()
                 meter.start()
             cap = int(MAX_RPS * max(seconds, 1))
             log_path = self.logs / f"load-{phase}.log"
@@ -466,6 +476,9 @@ class Harness:
                 raw = await common.run_json(argv, timeout_s=seconds + 60, log_path=log_path)
                 result = raw | {"non_2xx": sum(n for s, n in raw["statuses"].items() if not s.startswith("2"))}
         result["cpu_cores"] = meter.stop()
+        if cost is not None:
+            await cost.stop()
+            result["db_cost"] = cost.per_message(result["cpu_cores"])
         if sampler is not None:
             result["rss_growth_mb_per_min"] = round(sampler.growth_mb_per_min(measured_from), 2)
         return result

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import common
 
@@ -56,6 +57,63 @@ class RssSampler:
         return max(slopes, default=0.0)
 
 
+# The bench's own Postgres server, once known (its postmaster's pid, Harness.scenario_database):
+# its processes count as `postgres`, any other server's on the machine (someone's test suite)
+# as `postgres (other)`, so that Postgres CPU per message is the service's own.
+bench_postmaster_pid: int | None = None
+
+
+async def wal_bytes(pool: Any) -> int:
+    """The server's WAL position in bytes: two readings apart, the WAL written in between
+    (by every database of the server: the bench's own server holds only the scenario's)."""
+    return int(await pool.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')"))
+
+
+class DbCost:
+    """WAL bytes and Postgres CPU per message over a window: `start()` and `stop()` read the
+    WAL position and a count of messages (`count_sql`: what the window produces, e.g. rows
+    written or messages sent), and `per_message(cpu_cores)` divides the differences."""
+
+    def __init__(self, pool: Any, count_sql: str) -> None:
+        self.pool, self.count_sql = pool, count_sql
+        self._wal0 = self._n0 = 0
+        self._t0 = self.elapsed_s = 0.0
+        self.wal = self.messages = self.records = self.fpi = 0
+        self._records0 = self._fpi0 = 0
+
+    async def _wal_stats(self) -> tuple[int, int]:
+        """WAL records and full-page images written so far (pg_stat_wal, the whole server; a
+        backend reports its counts within a second or so, so short windows blur)."""
+        row = await self.pool.fetchrow("SELECT wal_records, wal_fpi FROM pg_stat_wal")
+        return int(row["wal_records"]), int(row["wal_fpi"])
+
+    async def start(self) -> None:
+        self._wal0, self._n0 = await wal_bytes(self.pool), int(await self.pool.fetchval(self.count_sql))
+        self._records0, self._fpi0 = await self._wal_stats()
+        self._t0 = time.monotonic()
+
+    async def stop(self) -> None:
+        self.elapsed_s = time.monotonic() - self._t0
+        self.wal = await wal_bytes(self.pool) - self._wal0
+        self.messages = int(await self.pool.fetchval(self.count_sql)) - self._n0
+        records, fpi = await self._wal_stats()
+        self.records, self.fpi = records - self._records0, fpi - self._fpi0
+
+    def per_message(self, cpu_cores: dict[str, float]) -> dict[str, Any]:
+        if self.messages <= 0:
+            return {"messages": 0}
+        pg_cores = cpu_cores.get("postgres", 0.0)
+        return {
+            "messages": self.messages,
+            "wal_bytes_per_message": round(self.wal / self.messages),
+            # Records and full-page images (the first change of a page after a checkpoint
+            # writes the whole 8 kB page: how much of the WAL is that, not the rows).
+            "wal_records_per_message": round(self.records / self.messages, 2),
+            "wal_fpi_per_message": round(self.fpi / self.messages, 3),
+            "postgres_cpu_ms_per_message": round(pg_cores * self.elapsed_s * 1000 / self.messages, 3),
+        }
+
+
 class CpuMeter:
     """CPU used per role between `start()` and `stop()`, in cores (1.0 = one core busy).
 
@@ -85,9 +143,11 @@ class CpuMeter:
         self._t0 = 0.0
         self._reaped0 = 0.0
 
-    def _role(self, name: str, cmdline: list[str] | None, ours: bool) -> str:
+    def _role(self, name: str, cmdline: list[str] | None, ours: bool, pid: int = 0, ppid: int = 0) -> str:
         if name.startswith("postgres") or name == "postmaster":
-            return "postgres"
+            if bench_postmaster_pid is None or bench_postmaster_pid in (pid, ppid):
+                return "postgres"
+            return "postgres (other)"
         if name.startswith("redis-server"):
             return "redis"
         if ours:
@@ -104,11 +164,13 @@ class CpuMeter:
         me = psutil.Process()
         ours = {me.pid} | {p.pid for p in me.children(recursive=True)}
         out = {}
-        for proc in psutil.process_iter(["name", "cpu_times", "cmdline"]):
+        for proc in psutil.process_iter(["name", "cpu_times", "cmdline", "ppid"]):
             times = proc.info["cpu_times"]
             if times is None:
                 continue
-            role = self._role(proc.info["name"] or "", proc.info["cmdline"], proc.pid in ours)
+            role = self._role(
+                proc.info["name"] or "", proc.info["cmdline"], proc.pid in ours, proc.pid, proc.info["ppid"] or 0
+            )
             out[proc.pid] = (role, times.user + times.system)
         return out
 

@@ -69,6 +69,8 @@ async def p1(h: Harness) -> dict[str, Any]:
         "ceiling_p99_ms": ceiling["p99_ms"],
         "connections": cfg.connections,
         "loadgen": h.loadgen_name,
+        # WAL bytes and Postgres CPU per message accepted (the accept side of the end-to-end cost).
+        "db_cost": figure.get("db_cost"),
     }
 
 
@@ -105,6 +107,7 @@ async def p1b(h: Harness, p1_figure: dict[str, Any] | None) -> dict[str, Any]:
         "connections": connections,
         "loadgen": h.loadgen_name,
         "target_of_p1": P1B_TARGET_OF_P1,
+        "db_cost": figure.get("db_cost"),
     }
     if p1_figure is not None:  # P1 of the same run, and its ceiling
         out["p1_value"] = p1_figure["value"]
@@ -133,6 +136,8 @@ async def p2_p6(h: Harness) -> tuple[dict[str, Any], dict[str, Any], dict[str, A
             "workers": 2,
             "ceiling_connections": connections,
             "window_s": p2["window_s"],
+            # WAL bytes and Postgres CPU per message claimed and settled (the delivery side).
+            "db_cost": p2.get("db_cost"),
         },
         {"workers": {n: r["rate"] for n, r in by_workers.items()}, "ceiling": ceiling},
         p2,
