@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import asyncpg
 from aiohttp.test_utils import TestClient
+
+from shared import db
+from shared.migrate import migrate
+from tidings.dev.embedded import create_database, drop_database
 
 EMAIL_TEMPLATE: dict[str, Any] = {
     "channel": "email",
@@ -17,6 +23,26 @@ EMAIL_TEMPLATE: dict[str, Any] = {
     "html_body": "<p>Hi {{ name }}, your code is <b>{{ otp }}</b>.</p>",
     "preheader": "Code {{ otp }}",
 }
+
+
+@contextlib.asynccontextmanager
+async def own_database_pool(
+    admin_dsn: str, prefix: str, *, min_size: int, max_size: int
+) -> AsyncIterator[asyncpg.Pool]:
+    """A migrated database of the caller's own (named `prefix` + a random suffix) and a pool
+    on it, both gone afterwards: for tests the session's worker must not see."""
+    name = f"{prefix}{uuid.uuid4().hex[:10]}"
+    dsn = await create_database(admin_dsn, name)
+    try:
+        await migrate(dsn)
+        pool = await db.create_pool(dsn, min_size=min_size, max_size=max_size)
+        try:
+            yield pool
+        finally:
+            await pool.close()
+    finally:
+        await drop_database(admin_dsn, name)
+
 
 WHATSAPP_TEMPLATE: dict[str, Any] = {
     "channel": "whatsapp",

@@ -19,11 +19,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from shared import db, ids, messages, partitions
-from shared.migrate import migrate
+from shared import ids, messages, partitions
 from shared.sql import Q
+from tests.helpers import own_database_pool
 from tests.test_search import partition_index_parents
-from tidings.dev.embedded import create_database, drop_database
 
 DAY = dt.timedelta(days=1)
 WEEK = dt.timedelta(days=7)
@@ -34,17 +33,8 @@ FILL_ROWS = 4_000
 
 @pytest.fixture
 async def own_pool(admin_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    name = f"tidings_part_{uuid.uuid4().hex[:10]}"
-    dsn = await create_database(admin_dsn, name)
-    try:
-        await migrate(dsn)
-        pool = await db.create_pool(dsn, min_size=1, max_size=4)
-        try:
-            yield pool
-        finally:
-            await pool.close()
-    finally:
-        await drop_database(admin_dsn, name)
+    async with own_database_pool(admin_dsn, "tidings_part_", min_size=1, max_size=4) as pool:
+        yield pool
 
 
 def this_week() -> dt.datetime:

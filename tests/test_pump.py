@@ -22,12 +22,11 @@ from redis.asyncio import Redis
 
 from shared import db, orgs, sending
 from shared.config import Settings
-from shared.migrate import migrate
 from shared.redis_keys import RedisKeys
 from shared.send_waiter import SendWaiter
 from shared.sql import Q
-from tests.helpers import EMAIL_TEMPLATE, eventually, make_broadcast, unique_email
-from tidings.dev.embedded import create_database, database_dsn, drop_database
+from tests.helpers import EMAIL_TEMPLATE, eventually, make_broadcast, own_database_pool, unique_email
+from tidings.dev.embedded import database_dsn
 from worker.context import WorkerContext, open_channels
 from worker.pump import Pump
 
@@ -46,17 +45,8 @@ CONTENT: dict[str, Any] = {
 @pytest.fixture
 async def own_pool(admin_dsn: str) -> AsyncIterator[asyncpg.Pool]:
     """A migrated database of this test's own, dropped afterwards."""
-    name = f"tidings_pump_{uuid.uuid4().hex[:10]}"
-    dsn = await create_database(admin_dsn, name)
-    try:
-        await migrate(dsn)
-        pool = await db.create_pool(dsn, min_size=2, max_size=5)
-        try:
-            yield pool
-        finally:
-            await pool.close()
-    finally:
-        await drop_database(admin_dsn, name)
+    async with own_database_pool(admin_dsn, "tidings_pump_", min_size=2, max_size=5) as pool:
+        yield pool
 
 
 async def insert_messages(
